@@ -1,0 +1,24 @@
+"""sde-gen: score-based generative modelling with stochastic differential equations."""
+
+from .analytic import GaussianMixture
+from .losses import dsm_loss
+from .parameterization import ScoreModel, denoise_fn, score_fn
+from .sampling import SampleResult, sample
+from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "GaussianMixture",
+    "ReverseSDE",
+    "SampleResult",
+    "ScoreModel",
+    "SubVPSDE",
+    "VESDE",
+    "VPSDE",
+    "denoise_fn",
+    "dsm_loss",
+    "sample",
+    "score_fn",
+]

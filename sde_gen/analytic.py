@@ -1,0 +1,144 @@
+"""Gaussian and Gaussian-mixture data with exact perturbed marginals under every SDE here.
+
+Under any SDE of this package ``x_t | x0 ~ N(alpha_t x0, sigma_t^2 I)``, so a mixture
+``sum_k w_k N(mu_k, S_k)`` stays a mixture: ``q_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 S_k + sigma_t^2 I)``.
+Its log-density, score, eps (``-sigma_t score``) and denoiser are closed-form. Use it as an oracle:
+``GaussianMixture.eps_model(sde)`` is a perfect ``model(x, t)`` to drive any sampler, and
+``log_prob_t`` is the exact density a likelihood method should reproduce.
+
+Refs: [Song21] Eq. (7), (29)-(30); [Karras22] Sec. 2 (ideal denoiser).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .parameterization import eps_to_x0
+from .sde import SDE
+
+
+class GaussianMixture:
+    """A mixture of K Gaussians in D dimensions with full, diagonal or isotropic covariances.
+
+    Args:
+        means: ``(K, D)``.
+        covs: ``(K, D, D)`` full, ``(K, D)`` diagonal, or ``(K,)`` isotropic variances.
+        weights: ``(K,)`` positive, normalized here; uniform if omitted.
+    """
+
+    def __init__(
+        self,
+        means: torch.Tensor,
+        covs: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise ValueError(f"means must be (K, D), got {tuple(means.shape)}")
+        k, d = means.shape
+        covs = torch.as_tensor(covs, dtype=torch.float64)
+        if covs.shape == (k,):
+            covs = covs[:, None, None] * torch.eye(d, dtype=torch.float64)
+        elif covs.shape == (k, d):
+            covs = torch.diag_embed(covs)
+        elif covs.shape != (k, d, d):
+            raise ValueError(f"covs must be (K,), (K, D) or (K, D, D) with K={k}, D={d}")
+        weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else (
+            torch.as_tensor(weights, dtype=torch.float64))
+        if weights.shape != (k,) or (weights <= 0).any():
+            raise ValueError("weights must be K positive numbers")
+        self.means, self.covs, self.weights = means, covs, weights / weights.sum()
+        self.chol0 = torch.linalg.cholesky(covs)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @classmethod
+    def gaussian(cls, mean: torch.Tensor, cov: torch.Tensor) -> "GaussianMixture":
+        """A single Gaussian ``N(mean, cov)``; ``cov`` full ``(D, D)``, diagonal ``(D,)`` or scalar."""
+        mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
+        cov = torch.as_tensor(cov, dtype=torch.float64)
+        return cls(mean, cov.reshape(1) if cov.ndim == 0 else cov[None])
+
+    def mean(self) -> torch.Tensor:
+        """Mixture mean ``(D,)``."""
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """Mixture covariance ``(D, D)``."""
+        m = self.mean()
+        second = torch.einsum("k,kij->ij", self.weights, self.covs + self.means[:, :, None]
+                              * self.means[:, None, :])
+        return second - torch.outer(m, m)
+
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Exact samples ``(n, D)`` from the data distribution."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[k] + torch.einsum("nij,nj->ni", self.chol0[k], z)
+        return x.to(dtype)
+
+    # -- perturbed marginals ----------------------------------------------------------------------
+    def _components_t(
+        self, sde: SDE, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means ``(B, K, D)``, Cholesky factors ``(B, K, D, D)`` and ``(alpha, sigma)`` at time t."""
+        alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t.to(torch.float64)))
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        a2 = (alpha_t**2)[:, None, None, None]
+        cov_t = a2 * self.covs[None] + (sigma_t**2)[:, None, None, None] * eye
+        means_t = alpha_t[:, None, None] * self.means[None]
+        return means_t, torch.linalg.cholesky(cov_t), alpha_t, sigma_t
+
+    def _log_components(self, x: torch.Tensor, means: torch.Tensor, chol: torch.Tensor):
+        diff = (x.to(torch.float64)[:, None, :] - means).unsqueeze(-1)  # (B, K, D, 1)
+        white = torch.linalg.solve_triangular(chol, diff, upper=False)
+        maha = white.squeeze(-1).pow(2).sum(-1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + logdet + maha)
+        return torch.log(self.weights) + log_norm, diff
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``log q_0(x)`` in nats. Shapes: ``(B, D) -> (B,)`` (float64)."""
+        chol = self.chol0.expand(x.shape[0], *self.chol0.shape)
+        log_comp, _ = self._log_components(x, self.means[None], chol)
+        return torch.logsumexp(log_comp, dim=1)
+
+    def log_prob_t(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
+        """Exact ``log q_t(x)`` of the perturbed marginal. Shapes: ``x (B, D)``, ``t (B,)`` -> ``(B,)``."""
+        means, chol, _, _ = self._components_t(sde, t)
+        log_comp, _ = self._log_components(x, means, chol)
+        return torch.logsumexp(log_comp, dim=1)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
+        """Exact ``grad_x log q_t(x)`` (float64): ``sum_k r_k(x) C_k^{-1} (m_k - x)``."""
+        means, chol, _, _ = self._components_t(sde, t)
+        log_comp, diff = self._log_components(x, means, chol)
+        resp = torch.softmax(log_comp, dim=1)  # posterior responsibilities r_k(x)
+        prec_diff = torch.cholesky_solve(diff, chol).squeeze(-1)  # C_k^{-1} (x - m_k)
+        return -(resp[..., None] * prec_diff).sum(1)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
+        """Exact ``eps(x, t) = -sigma_t score`` (float64)."""
+        sigma_t = sde.marginal_coeffs(t.to(torch.float64))[1].to(torch.float64)
+        return -sigma_t[:, None] * self.score(x, t, sde)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
+        """Exact ``E[x0 | x_t = x]`` (float64)."""
+        t64 = t.to(torch.float64)
+        alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t64))
+        return eps_to_x0(x.to(torch.float64), self.eps(x, t, sde), alpha_t, sigma_t)
+
+    def eps_model(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A perfect ``model(x, t) -> eps`` for ``sde``, returning ``x``'s dtype."""
+
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.eps(x, t, sde).to(x.dtype)
+
+        return model

@@ -1,0 +1,195 @@
+"""Typed, frozen run configuration loaded from YAML, with strict validation.
+
+Sections map to frozen dataclasses. A YAML file or ``--set section.key=value`` override that names
+an unknown key, gives a value of the wrong type or outside its allowed range raises
+:class:`ConfigError` with a one-line message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .data.toy2d import TOY2D
+
+
+class ConfigError(ValueError):
+    """An invalid configuration key or value."""
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field with a help text and validation rules (``min``, ``max``, ``choices``)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    name: str = _f("vp", "forward SDE", choices=("vp", "subvp", "ve"))
+    beta_min: float = _f(0.1, "VP/sub-VP beta(0)", min=1e-6)
+    beta_max: float = _f(20.0, "VP/sub-VP beta(1)", min=1e-6)
+    schedule: str = _f("linear", "VP beta schedule", choices=("linear", "cosine"))
+    sigma_min: float = _f(0.01, "VE smallest noise std", min=1e-6)
+    sigma_max: float = _f(50.0, "VE largest noise std", min=1e-6)
+    N: int = _f(1000, "number of discrete steps (DDPM's T)", min=2, max=100_000)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f("mlp", "network", choices=("mlp",))
+    width: int = _f(256, "MLP hidden width", min=1, max=65536)
+    depth: int = _f(3, "MLP residual blocks", min=1, max=64)
+    emb_dim: int = _f(128, "time-embedding size (even)", min=2, max=4096)
+    prediction: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
+    sigma_data: float = _f(1.0, "data std for input scaling", min=1e-6)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _f("8gaussians", "dataset", choices=TOY2D)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = _f(4000, "optimizer steps", min=1, max=10**9)
+    batch_size: int = _f(512, "examples per step", min=1, max=10**6)
+    lr: float = _f(2e-3, "AdamW peak learning rate", min=0.0, max=1.0)
+    warmup: int = _f(200, "linear LR warmup steps", min=0, max=10**9)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0, max=1.0)
+    grad_clip: float = _f(1.0, "gradient-norm clip (0 disables)", min=0.0)
+    ema_decay: float = _f(0.999, "EMA decay of the weights", min=0.0, max=1.0)
+    seed: int = _f(0, "random seed", min=0, max=2**63 - 1)
+    weighting: str = _f("simple", "DSM weighting", choices=("simple", "likelihood"))
+    t_eps: float = _f(1e-5, "smallest training time", min=0.0, max=0.5)
+    reduce: str = _f("mean", "reduce the squared error over dims", choices=("mean", "sum"))
+    discrete: bool = _f(False, "train on DDPM's N discrete steps")
+    ckpt_every: int = _f(1000, "checkpoint every K steps", min=1, max=10**9)
+    keep: int = _f(3, "checkpoints kept", min=1, max=1000)
+    log_every: int = _f(100, "metrics every K steps", min=1, max=10**9)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    plot_samples: int = _f(2000, "samples in the final plot (0: no plot)", min=0, max=10**6)
+
+
+@dataclass(frozen=True)
+class Config:
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTION_CLASSES = {"sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        value = int(value)
+    elif kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif kind == "str" and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    rules = f.metadata
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, rules['choices']))}")
+    if "min" in rules and value < rules["min"]:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {rules['min']}")
+    if "max" in rules and value > rules["max"]:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {rules['max']}")
+    return value
+
+
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = _SECTION_CLASSES[name]
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{name}.{key}'; allowed: {', '.join(known)}")
+        kwargs[key] = _coerce(f"{name}.{key}", value, known[key])
+    return cls(**kwargs)
+
+
+def from_dict(d: Mapping[str, Any]) -> Config:
+    """Build a validated :class:`Config` from nested dicts (missing keys take defaults)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    for section, values in d.items():
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(f"unknown section '{section}'; allowed: {', '.join(_SECTION_CLASSES)}")
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"section '{section}' must be a mapping, got {values!r}")
+    return Config(**{s: _build_section(s, d.get(s) or {}) for s in _SECTION_CLASSES})
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict of a config (YAML- and checkpoint-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value`` (value read as YAML: ``3``, ``1e-4``, ``true``, ``vp``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    path, raw = text.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {path!r} must look like section.key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts[0], parts[1], value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **section_values: Mapping[str, Any],
+) -> Config:
+    """Defaults <- YAML file <- ``section_values`` (e.g. ``sde={"name": "ve"}``) <- ``overrides``."""
+    d: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"{p} must hold a mapping of sections")
+        for s, values in (loaded or {}).items():
+            d[s] = dict(values) if isinstance(values, Mapping) else values
+    for s, values in section_values.items():
+        d.setdefault(s, {}).update(values)
+    for text in overrides:
+        s, k, v = parse_override(text)
+        if s not in _SECTION_CLASSES:
+            raise ConfigError(f"unknown section '{s}' in --set {text}; allowed: {', '.join(_SECTION_CLASSES)}")
+        d.setdefault(s, {})[k] = v
+    return from_dict(d)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)

@@ -1,0 +1,107 @@
+"""Noise schedules of the variance-preserving family and the time grids samplers walk.
+
+A VP schedule is given by ``beta(t)`` and its integral ``B(t) = int_0^t beta(s) ds``; the
+perturbation kernel then has ``log alpha_t = -B(t) / 2`` ([Song21] Eq. (29)).
+
+Refs: [Song21] Appendix B; [Nichol21] Eq. (17).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+
+class BetaSchedule(Protocol):
+    """A continuous-time ``beta(t)`` with its integral and the inverse of that integral."""
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def inverse_integral(self, b: torch.Tensor) -> torch.Tensor: ...
+
+
+class LinearBeta:
+    """``beta(t) = beta_min + t (beta_max - beta_min)``: DDPM's linear schedule in the limit N -> inf.
+
+    Refs: [Song21] Eq. (32) and Appendix B; [Ho20] Sec. 4.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def inverse_integral(self, b: torch.Tensor) -> torch.Tensor:
+        # Positive root of 0.5 d t^2 + beta_min t - b = 0, written to avoid cancellation.
+        d = self.beta_max - self.beta_min
+        return 2 * b / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * b))
+
+
+class CosineBeta:
+    """Nichol & Dhariwal's cosine schedule: ``abar(t) = f(t)/f(0)``, ``f(t) = cos^2((t+s)/(1+s) pi/2)``.
+
+    ``beta(t) = -d log abar / dt`` diverges at t = 1, so use it with ``T < 1`` (0.9946 by default
+    in :class:`~sde_gen.sde.VPSDE`, where ``abar`` is about 4e-5, as DPM-Solver does).
+
+    Refs: [Nichol21] Eq. (17).
+    """
+
+    def __init__(self, s: float = 0.008) -> None:
+        self.s = float(s)
+        self._log_f0 = 2 * math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+
+    def _angle(self, t: torch.Tensor) -> torch.Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return math.pi / (1 + self.s) * torch.tan(self._angle(t))
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor:
+        return self._log_f0 - 2 * torch.log(torch.cos(self._angle(t)))
+
+    def inverse_integral(self, b: torch.Tensor) -> torch.Tensor:
+        angle = torch.arccos(torch.exp(0.5 * (self._log_f0 - b)))
+        return angle * (2 / math.pi) * (1 + self.s) - self.s
+
+
+def time_grid(
+    steps: int,
+    *,
+    T: float = 1.0,
+    eps: float = 1e-3,
+    spacing: str = "uniform",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A decreasing grid of ``steps + 1`` times from ``T`` to ``eps``.
+
+    Args:
+        steps: number of intervals (>= 1).
+        spacing: ``"uniform"`` in t, or ``"quadratic"`` (dense near ``eps``, as DDIM's CIFAR-10
+            runs, [Song21ddim] Appendix D.2).
+
+    Returns:
+        ``(steps + 1,)`` tensor with ``ts[0] = T`` and ``ts[-1] = eps``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 <= eps < T:
+        raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    if spacing == "uniform":
+        ts = eps + (T - eps) * u
+    elif spacing == "quadratic":
+        ts = eps + (T - eps) * u**2
+    else:
+        raise ValueError(f"unknown time spacing {spacing!r}; choose 'uniform' or 'quadratic'")
+    return ts.to(dtype=dtype, device=device)

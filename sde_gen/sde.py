@@ -1,0 +1,334 @@
+"""Forward SDEs ``dx = f(x, t) dt + g(t) dw`` with Gaussian perturbation kernels, and their reversals.
+
+Every SDE here has an affine drift, so ``x_t | x0 ~ N(alpha_t x0, sigma_t^2 I)``; ``marginal_coeffs``
+returns ``(alpha_t, sigma_t)`` and the rest of the package is written in those two numbers.
+
+Shapes: ``x`` is ``(B, *D)`` (``(B, D)`` or ``(B, C, H, W)``); ``t`` is a float tensor ``(B,)`` of
+continuous time in ``[0, T]``; per-example scalars (``diffusion``, ``alpha_t``, ``sigma_t``) are ``(B,)``.
+
+Refs: [Song21] Sec. 3, Eqs. (6), (9), (11), (13), (34); [Ho20] Eq. (4); [Song21] Appendix B-C.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from .schedules import BetaSchedule, CosineBeta, LinearBeta
+from .tensor_utils import append_dims, sum_flat
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_time(x: torch.Tensor, t: torch.Tensor) -> None:
+    if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim != 1 or t.shape[0] != x.shape[0]:
+        shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+        raise ValueError(f"t must be a float tensor of shape ({x.shape[0]},), got {shape}")
+
+
+class SDE(ABC):
+    """Abstract forward SDE with the interface of score_sde's ``sde_lib.SDE``.
+
+    Args:
+        N: number of discretization steps (DDPM's / SMLD's number of noise levels).
+        T: end time.
+    """
+
+    prior_std: float = 1.0
+
+    def __init__(self, N: int, T: float = 1.0) -> None:
+        if int(N) < 1:
+            raise ValueError(f"N must be a positive integer, got {N}")
+        if not T > 0:
+            raise ValueError(f"T must be positive, got {T}")
+        self.N, self._T = int(N), float(T)
+
+    @property
+    def T(self) -> float:
+        """End time of the SDE."""
+        return self._T
+
+    # -- the SDE itself ---------------------------------------------------------------------------
+    @abstractmethod
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift ``f(x, t)`` (shape of ``x``) and diffusion ``g(t)`` ``(B,)``. [Song21] Eq. (5)."""
+
+    @abstractmethod
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha_t, sigma_t)``, each ``(B,)``, with ``x_t = alpha_t x0 + sigma_t eps``."""
+
+    def marginal_prob(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``alpha_t x0`` (shape of ``x``) and std ``sigma_t`` ``(B,)`` of ``p_0t(x_t | x0)``."""
+        _check_time(x, t)
+        alpha_t, sigma_t = self.marginal_coeffs(t)
+        return append_dims(alpha_t, x.ndim) * x, sigma_t
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Half log signal-to-noise ratio ``lambda_t = log(alpha_t / sigma_t)``. [Lu22] Sec. 3.1."""
+        alpha_t, sigma_t = self.marginal_coeffs(t)
+        return torch.log(alpha_t) - torch.log(sigma_t)
+
+    # -- prior ------------------------------------------------------------------------------------
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Draw ``x_T ~ N(0, prior_std^2 I)``."""
+        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return self.prior_std * z
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-density of the prior in nats, per example. Shapes: ``(B, *D) -> (B,)``."""
+        d = z[0].numel()
+        s2 = self.prior_std**2
+        return -0.5 * d * math.log(2 * math.pi * s2) - sum_flat(z**2) / (2 * s2)
+
+    # -- discretization ---------------------------------------------------------------------------
+    def index_to_time(self, i: torch.Tensor) -> torch.Tensor:
+        """Continuous time of discrete step index ``i`` in ``0..N-1`` (0-based). See subclasses."""
+        return (i.to(torch.float64) + 1) * (self.T / self.N)
+
+    def time_to_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`index_to_time`, rounded to the nearest step and clamped to ``[0, N)``."""
+        i = torch.round(t.to(torch.float64) * (self.N / self.T)) - 1
+        return i.clamp(0, self.N - 1).long()
+
+    def discrete_coeffs(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma)`` of the discrete chain at 0-based step ``i``; float64."""
+        return self.marginal_coeffs(self.index_to_time(i))
+
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step ``x_{i+1} = x_i + f_i + G_i z_i`` of the discretized SDE.
+
+        The default is Euler-Maruyama with ``dt = T/N``; VP and VE override it with the DDPM and
+        SMLD chains. Refs: [Song21] Eq. (45) and Appendix E.
+        """
+        _check_time(x, t)
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE ([Song21] Eq. 6) or probability-flow ODE ([Song21] Eq. 13)."""
+        return ReverseSDE(self, score_fn, probability_flow=probability_flow)
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw``: DDPM in continuous time.
+
+    Discrete chain: DDPM's ``beta_i`` (``linspace(beta_min/N, beta_max/N, N)`` for the linear
+    schedule, which is ``linspace(1e-4, 0.02, 1000)`` at the defaults). Step ``i`` (0-based, DDPM's
+    ``i + 1``) sits at continuous time ``t_i = (i + 1) T / N`` (:meth:`index_to_time`), where the
+    discrete ``abar_i`` matches ``exp(-int_0^t beta)`` to within a few 1e-3.
+
+    Args:
+        beta_min, beta_max: linear schedule end points (0.1, 20 reproduce DDPM).
+        N: number of discrete steps.
+        schedule: ``"linear"`` or ``"cosine"`` ([Nichol21]).
+        T: end time; defaults to 1 for linear and 0.9946 for cosine (where ``beta`` stays finite).
+
+    Refs: [Song21] Eq. (11), (29); [Ho20] Eq. (4), Sec. 4.
+    """
+
+    def __init__(
+        self,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        N: int = 1000,
+        *,
+        schedule: str = "linear",
+        T: float | None = None,
+    ) -> None:
+        schedules: dict[str, Callable[[], BetaSchedule]] = {
+            "linear": lambda: LinearBeta(beta_min, beta_max),
+            "cosine": lambda: CosineBeta(),
+        }
+        if schedule not in schedules:
+            raise ValueError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
+        super().__init__(N, T if T is not None else (1.0 if schedule == "linear" else 0.9946))
+        self.beta_min, self.beta_max, self.schedule_name = float(beta_min), float(beta_max), schedule
+        self.schedule = schedules[schedule]()
+        betas = self._betas64 = self._discrete_betas()
+        self._alphas_cumprod64 = torch.cumprod(1.0 - betas, 0)
+        self.discrete_betas = betas.float()
+        self.alphas = (1.0 - betas).float()
+        self.alphas_cumprod = self._alphas_cumprod64.float()
+
+    def _discrete_betas(self) -> torch.Tensor:
+        if self.schedule_name == "linear":  # [Ho20] Sec. 4
+            return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N,
+                                  dtype=torch.float64)
+        # [Nichol21] Eq. (17): beta_i = 1 - abar(t_i) / abar(t_{i-1}), clipped at 0.999.
+        t = self.index_to_time(torch.arange(-1, self.N))
+        log_abar = -self.schedule.integral(t)
+        return (-torch.expm1(log_abar[1:] - log_abar[:-1])).clamp(max=0.999)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.schedule.beta(t)
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(x, t)
+        beta_t = self.schedule.beta(t)
+        return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)  # Eq. (11) [Song21]
+
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.schedule.integral(t)  # Eq. (29) [Song21]
+        return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
+
+    def discrete_coeffs(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self._alphas_cumprod64.to(i.device)[i]
+        return torch.sqrt(abar), torch.sqrt(1.0 - abar)
+
+    def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`: ``e^{-B(t)} = sigmoid(2 lambda)``. [Lu22] Appendix."""
+        return self.schedule.inverse_integral(torch.nn.functional.softplus(-2 * lam))
+
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDPM's chain ``x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z``. [Ho20] Eq. (2)."""
+        _check_time(x, t)
+        beta = self._betas64.to(x.device, x.dtype)[self.time_to_index(t).to(x.device)]
+        f = append_dims(torch.sqrt(1.0 - beta), x.ndim) * x - x
+        return f, torch.sqrt(beta)
+
+
+class SubVPSDE(SDE):
+    """Sub-VP SDE ``dx = -1/2 beta x dt + sqrt(beta (1 - e^{-2 int beta})) dw``.
+
+    Its marginal std ``1 - e^{-int beta}`` is below the VP one at every t. The discrete chain is
+    Euler-Maruyama; discrete coefficients are the continuous ones at ``t_i = (i + 1) T / N``.
+
+    Refs: [Song21] Eq. (17), (29).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
+        super().__init__(N, 1.0)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.schedule = LinearBeta(beta_min, beta_max)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.schedule.beta(t)
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(x, t)
+        beta_t = self.schedule.beta(t)
+        discount = -torch.expm1(-2 * self.schedule.integral(t))
+        drift = -0.5 * append_dims(beta_t, x.ndim) * x
+        return drift, torch.sqrt(beta_t * discount)  # Eq. (17) [Song21]
+
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.schedule.integral(t)  # Eq. (29) [Song21]
+        return torch.exp(-0.5 * b), -torch.expm1(-b)
+
+    def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`: with ``a = e^{-B/2}``, ``a / (1 - a^2) = e^lambda``."""
+        # a^2 e^l + a - e^l = 0  ->  a = 2 / (e^{-l} + sqrt(e^{-2l} + 4)), stable for any lambda.
+        a = 2.0 / (torch.exp(-lam) + torch.sqrt(torch.exp(-2 * lam) + 4.0))
+        return self.schedule.inverse_integral(-2 * torch.log(a))
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw``, ``sigma(t) = s_min (s_max/s_min)^t``.
+
+    As in score_sde, ``marginal_coeffs`` gives ``sigma_t = sigma(t)``: the process starts from data
+    already perturbed with ``N(0, sigma_min^2 I)`` (so ``q_0 = p_data * N(0, sigma_min^2)``), and the
+    SDE carries it exactly to ``N(x0, sigma(t)^2 I)``. The discrete chain is SMLD's geometric noise
+    ladder, step ``i`` at ``t_i = i T / (N - 1)`` so that ``sigma(t_i)`` equals it exactly.
+
+    Refs: [Song21] Eq. (9), (30); [Song19] Sec. 4.2.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if int(N) < 2:
+            raise ValueError(f"VESDE needs N >= 2, got {N}")
+        super().__init__(N, 1.0)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.prior_std = self.sigma_max
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self._sigmas64 = torch.exp(
+            torch.linspace(math.log(sigma_min), math.log(sigma_max), self.N, dtype=torch.float64)
+        )
+        self.discrete_sigmas = self._sigmas64.float()
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(x, t)
+        diffusion = self.sigma(t) * math.sqrt(2 * self._log_ratio)  # Eq. (30) [Song21]
+        return torch.zeros_like(x), diffusion
+
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones_like(t), self.sigma(t)
+
+    def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`: ``sigma(t) = e^{-lambda}``."""
+        return (-lam - math.log(self.sigma_min)) / self._log_ratio
+
+    def index_to_time(self, i: torch.Tensor) -> torch.Tensor:
+        """SMLD level ``i`` (0 = ``sigma_min``) sits at ``t = i T / (N - 1)``."""
+        return i.to(torch.float64) * (self.T / (self.N - 1))
+
+    def time_to_index(self, t: torch.Tensor) -> torch.Tensor:
+        i = torch.round(t.to(torch.float64) * ((self.N - 1) / self.T))
+        return i.clamp(0, self.N - 1).long()
+
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMLD's chain ``x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z``. [Song21] Eq. (45)."""
+        _check_time(x, t)
+        i = self.time_to_index(t).to(x.device)
+        sigmas = self._sigmas64.to(x.device, x.dtype)
+        prev = torch.where(i == 0, torch.zeros_like(sigmas[i]), sigmas[(i - 1).clamp(min=0)])
+        return torch.zeros_like(x), torch.sqrt(sigmas[i] ** 2 - prev**2)
+
+
+class ReverseSDE:
+    """Reverse-time SDE of a forward :class:`SDE` given a score function ``score_fn(x, t)``.
+
+    ``drift = f - g^2 score`` and ``diffusion = g`` ([Song21] Eq. 6); with ``probability_flow``
+    the deterministic ODE ``drift = f - 1/2 g^2 score``, ``diffusion = 0`` ([Song21] Eq. 13). The
+    drift is the ``dx/dt`` of the process run backwards in t (integrate from T down to 0).
+    """
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, *, probability_flow: bool = False) -> None:
+        self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
+        self.N = forward.N
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drift, diffusion = self.forward.sde(x, t)
+        return self._combine(x, t, drift, diffusion)
+
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse of the forward chain: ``f - G^2 s`` and ``G`` ([Song21] Eq. 46, reverse diffusion)."""
+        f, G = self.forward.discretize(x, t)
+        return self._combine(x, t, f, G)
+
+    def _combine(
+        self, x: torch.Tensor, t: torch.Tensor, f: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = 0.5 if self.probability_flow else 1.0
+        g2 = append_dims(g**2, x.ndim)
+        drift = f - weight * g2 * self.score_fn(x, t)
+        return drift, torch.zeros_like(g) if self.probability_flow else g

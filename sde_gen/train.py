@@ -1,0 +1,160 @@
+"""Training loop: DSM with AdamW, warmup, clipping, EMA, atomic checkpoints and exact resume.
+
+Resuming restores the model, EMA, optimizer, step and every RNG the loop draws from, so a run that
+is stopped and restarted ends with the same parameters, bit for bit, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .config import Config, save_config, to_dict
+from .ema import EMA
+from .factory import build_data, build_model, build_sde
+from .losses import dsm_loss
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    workdir: Path
+    step: int
+    checkpoint: Path
+    loss: float
+    plot: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available")
+    return dev
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warmup to ``train.lr`` over ``train.warmup`` steps, constant after ([Ho20] App. B)."""
+    w = cfg.train.warmup
+    return cfg.train.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after ``step`` (from a run that died past its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _state(step, model, ema, opt, data_gen, noise_gen, cfg) -> dict[str, Any]:
+    return {
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "data_rng": data_gen.get_state(),
+        "noise_rng": noise_gen.get_state(),
+        "config": to_dict(cfg),
+    }
+
+
+def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
+    """Train the eps-model of ``cfg`` in ``workdir``, resuming from its latest checkpoint.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/ckpt_*.pt`` and, for 2-D data,
+    ``samples.png``.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    tc = cfg.train
+    sde = build_sde(cfg.sde)
+    data = build_data(cfg.data)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg, sde).to(device)
+    ema = EMA(model, tc.ema_decay)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **fused)
+    data_gen = torch.Generator().manual_seed(tc.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+
+    step = 0
+    ckpts = list_checkpoints(workdir)
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], map_location=device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_rng"].cpu())
+        noise_gen.set_state(state["noise_rng"].cpu() if device.type == "cpu" else state["noise_rng"])
+        step = int(state["step"])
+    save_config(cfg, workdir / CONFIG)
+    metrics_path = workdir / METRICS
+    _truncate_metrics(metrics_path, step)
+
+    model.train()
+    loss_value = math.nan
+    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="train", unit="it")
+    t_last, s_last = time.perf_counter(), step
+    with metrics_path.open("a") as metrics:
+        while step < tc.steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            x0 = data.sample(tc.batch_size, generator=data_gen).to(device)
+            loss = dsm_loss(
+                model, sde, x0, weighting=tc.weighting, t_eps=tc.t_eps, reduce=tc.reduce,
+                discrete=tc.discrete, generator=noise_gen,
+            ).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                loss_value = loss.item()
+                now = time.perf_counter()
+                rate = (step - s_last) / max(now - t_last, 1e-9)
+                t_last, s_last = now, step
+                rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate}
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                state = _state(step, model, ema, opt, data_gen, noise_gen, cfg)
+                save_checkpoint(state, checkpoint_path(workdir, step))
+                prune_checkpoints(workdir, tc.keep)
+    bar.close()
+    ckpt = list_checkpoints(workdir)[-1]
+    plot = None
+    if tc.plot_samples > 0 and step == tc.steps:
+        from .plots import plot_toy_samples
+
+        plot = plot_toy_samples(ema.module, sde, data, workdir / "samples.png",
+                                n=tc.plot_samples, seed=tc.seed)
+    return TrainResult(workdir=workdir, step=step, checkpoint=ckpt, loss=loss_value, plot=plot)
