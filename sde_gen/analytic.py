@@ -135,6 +135,22 @@ class GaussianMixture:
         alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t64))
         return eps_to_x0(x.to(torch.float64), self.eps(x, t, sde), alpha_t, sigma_t)
 
+    def ode_endpoint(
+        self, sde: SDE, x_T: torch.Tensor, t_end: float, *, t_start: float | None = None,
+        tol: float = 1e-10,
+    ) -> torch.Tensor:
+        """Exact probability-flow ODE solution from ``x_T`` at ``t_start`` (default T) to ``t_end``.
+
+        Solved in float64 with the exact score by dopri5 at ``rtol = atol = tol``, landing
+        exactly on ``t_end``: the reference for deterministic samplers.
+        """
+        from .sampling.ode import odeint_between, probability_flow
+
+        x = x_T.to(torch.float64)
+        ts = torch.tensor([sde.T if t_start is None else t_start, t_end], dtype=torch.float64)
+        return odeint_between(probability_flow(self.eps_model(sde), sde), x, ts[0], ts[1],
+                              method="dopri5", rtol=tol, atol=tol)
+
     def eps_model(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """A perfect ``model(x, t) -> eps`` for ``sde``, returning ``x``'s dtype."""
 

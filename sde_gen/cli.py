@@ -81,6 +81,81 @@ def train(
         typer.echo(f"plot: {result.plot}")
 
 
+SOLVER_OPTIONS = {
+    "ancestral": ("variance", "discrete"),
+    "ddim": ("eta", "discrete"),
+    "sde": ("method",),
+    "pc": ("predictor", "corrector", "snr", "n_corrector"),
+    "ode": ("method", "rtol", "atol"),
+    "dpm": ("order",),
+    "heun": (),
+}
+
+
+def solver_options(solver: str, given: dict) -> dict:
+    """Keep the options the user set; reject those the solver does not take."""
+    if solver not in SOLVER_OPTIONS:
+        fail(f"unknown solver {solver!r}; choose one of {', '.join(SOLVER_OPTIONS)}")
+    opts = {k: v for k, v in given.items() if v is not None}
+    bad = [k for k in opts if k not in SOLVER_OPTIONS[solver]]
+    if bad:
+        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
+        fail(f"{flags} does not apply to --solver {solver}")
+    return opts
+
+
+@app.command()
+@one_line_errors
+def sample(
+    solver: str = typer.Option("ode", "--solver", "-s", help="ancestral, ddim, sde, pc, ode, dpm or heun."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (solver default if omitted)."),
+    n: int = typer.Option(2000, "--n", min=1, help="Number of samples."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>.png."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time (default 1e-3 VP/sub-VP, 1e-5 VE)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Grid: uniform, quadratic, logsnr or karras."),
+    denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
+    eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="DDIM stochasticity in [0, 1]."),
+    variance: Optional[str] = typer.Option(None, "--variance", help="Ancestral reverse variance: beta or beta_tilde."),
+    discrete: Optional[bool] = typer.Option(None, "--discrete/--continuous", help="ancestral/ddim: DDPM's discrete abar or continuous coefficients."),
+    method: Optional[str] = typer.Option(None, "--method", help="sde: a torchsde method (euler, milstein, srk, ...); ode: a torchdiffeq method (dopri5, rk4, ...)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="ODE relative tolerance (default 1e-5)."),
+    atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="ODE absolute tolerance (default 1e-5)."),
+    predictor: Optional[str] = typer.Option(None, "--predictor", help="pc: reverse_diffusion, euler_maruyama, ancestral or none."),
+    corrector: Optional[str] = typer.Option(None, "--corrector", help="pc: langevin or none."),
+    snr: Optional[float] = typer.Option(None, "--snr", min=0.0, help="pc: Langevin signal-to-noise ratio (default 0.16)."),
+    n_corrector: Optional[int] = typer.Option(None, "--n-corrector", min=0, help="pc: corrector steps per time (default 1)."),
+    order: Optional[int] = typer.Option(None, "--order", min=2, max=3, help="dpm: 2 or 3."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Sample a trained model; write a PNG and an .npz of raw samples."""
+    if out is not None and out.suffix.lower() != ".png":
+        fail(f"--out must be a .png path, got {out}")
+    opts = solver_options(solver, dict(
+        eta=eta, variance=variance, discrete=discrete, method=method, rtol=rtol, atol=atol,
+        predictor=predictor, corrector=corrector, snr=snr, n_corrector=n_corrector, order=order))
+    from .generate import generate
+    from .outputs import write_samples
+    from .runs import load_run
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    run = load_run(ckpt, device=dev)
+    from .factory import data_shape
+
+    out = out or run.workdir / f"samples_{solver}.png"
+    gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
+                   seed=seed, device=dev, progress=progress, steps=steps, eps=eps,
+                   spacing=spacing, denoise=denoise, **opts)
+    png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE")
+    typer.echo(f"{n} samples with {solver}: {gen.nfe} NFE per batch, {gen.seconds:.2f} s")
+    typer.echo(f"plot: {png}")
+    typer.echo(f"samples: {npz}")
+
+
 @app.command("show-config")
 @one_line_errors
 def show_config(

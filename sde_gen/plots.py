@@ -28,7 +28,7 @@ def scatter_compare(samples: torch.Tensor, data: torch.Tensor, path: Path, title
     axes[0].set_xlim(-lim, lim)
     axes[0].set_ylim(-lim, lim)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 

@@ -1,0 +1,585 @@
+"""Quality versus NFE for every sampler, driven by the exact score of analytic Gaussian mixtures.
+
+For each problem (a 2-D asymmetric mixture, a D = 8 anisotropic mixture with full covariances) and
+SDE (VP, sub-VP, VE) every solver of :func:`sde_gen.sampling.sample` runs at several NFE budgets
+from one fixed prior draw ``x_T``, with the model ``GaussianMixture.eps_model(sde)``. Reported:
+
+- ``NFE``: ``SampleResult.nfe`` (counted calls; peers: calls counted by the same wrapper);
+- ``ODE err``: for deterministic solvers, mean L2 distance to the exact probability-flow ODE
+  endpoint from the same ``x_T`` (dopri5 at tol 1e-10 in float64 to the sampler's end time, then
+  the exact Tweedie denoiser ``gm.denoise`` there, since every sampler here ends with a denoise);
+- ``SW2``: sliced Wasserstein-2 to fresh data (the two-sample noise floor is printed with it);
+- ``wall``: seconds for the call, and ``overhead``: the fraction of it spent outside model calls.
+
+Peers (optional, pyproject extra ``bench``), on VP only, with the same model, ``x_T`` and NFE:
+k-diffusion's ``sample_dpmpp_2m`` / ``sample_lms`` and diffusers' ``DDIMScheduler`` /
+``DPMSolverMultistepScheduler``; missing peers are skipped with a note. How each is wired is
+written into the results file.
+
+Usage::
+
+    python benchmarks/samplers.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/samplers.py --quick    # smoke run (under a minute)
+
+Refs: [Lu22pp] DPM-Solver++; [Karras22] EDM; [Song21] Eq. (13); [Song21ddim].
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere without installing
+    sys.path.insert(0, str(ROOT))
+
+from sde_gen.analytic import GaussianMixture  # noqa: E402
+from sde_gen.data.toy2d import eight_gaussians  # noqa: E402
+from sde_gen.metrics import sliced_wasserstein  # noqa: E402
+from sde_gen.sampling import make_grid, sample  # noqa: E402
+from sde_gen.sampling.grids import default_eps  # noqa: E402
+from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE  # noqa: E402
+
+DTYPE = torch.float64  # solver error, not float32 rounding, is what the tables measure
+REF_TOL = 1e-10
+SW_PROJECTIONS = 256
+SW_SEED = 1234
+
+
+# -- problems -------------------------------------------------------------------------------------
+def asymmetric_2d() -> GaussianMixture:
+    """Three tilted, unequal Gaussians with weights 0.55 / 0.30 / 0.15."""
+    means = torch.tensor([[-1.2, 0.6], [0.9, 1.1], [0.4, -1.3]], dtype=torch.float64)
+    covs = torch.tensor(
+        [[[0.08, 0.03], [0.03, 0.04]], [[0.02, -0.01], [-0.01, 0.06]], [[0.15, 0.0], [0.0, 0.01]]],
+        dtype=torch.float64,
+    )
+    return GaussianMixture(means, covs, torch.tensor([0.55, 0.30, 0.15]))
+
+
+def anisotropic_8d(seed: int = 0) -> GaussianMixture:
+    """Four Gaussians in D = 8, random rotations of variances 0.005 .. 0.5, weights 0.4 .. 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    k, d = 4, 8
+    means = 1.5 * torch.randn(k, d, generator=g, dtype=torch.float64)
+    variances = torch.logspace(-2.3, -0.3, d, dtype=torch.float64)
+    covs = []
+    for _ in range(k):
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        covs.append(q @ torch.diag(variances) @ q.T)
+    return GaussianMixture(means, torch.stack(covs), torch.tensor([0.4, 0.3, 0.2, 0.1]))
+
+
+PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
+    "2d-asym": asymmetric_2d,
+    "8d-aniso": anisotropic_8d,
+    "8gaussians": eight_gaussians,
+}
+SDES: dict[str, Callable[[], SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+# -- timing and references ------------------------------------------------------------------------
+class TimedModel:
+    """Wraps ``model(x, t)``; counts calls and accumulates the seconds spent inside them."""
+
+    def __init__(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.model, self.calls, self.seconds = model, 0, 0.0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.model(x, t)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+
+@dataclass
+class Row:
+    method: str
+    nfe: int
+    err: float | None
+    sw2: float
+    wall: float
+    overhead: float
+    note: str = ""
+
+
+class Problem:
+    """One mixture under one SDE: a fixed ``x_T``, fresh data, and cached exact references."""
+
+    def __init__(self, name: str, gm: GaussianMixture, sde_name: str, n: int, seed: int) -> None:
+        self.name, self.gm, self.sde_name = name, gm, sde_name
+        self.sde = SDES[sde_name]()
+        g = torch.Generator().manual_seed(seed)
+        self.x_T = self.sde.prior_sampling((n, gm.dim), generator=g, dtype=DTYPE)
+        self.data = gm.sample(n, generator=g, dtype=DTYPE)
+        self.floor = self.sw2(gm.sample(n, generator=g, dtype=DTYPE))
+        self._refs: dict[tuple[float, float], torch.Tensor] = {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} / {self.sde_name}"
+
+    def model(self) -> TimedModel:
+        return TimedModel(self.gm.eps_model(self.sde))
+
+    def sw2(self, x: torch.Tensor) -> float:
+        g = torch.Generator().manual_seed(SW_SEED)  # the same projections for every row
+        return float(sliced_wasserstein(x, self.data, n_projections=SW_PROJECTIONS, generator=g))
+
+    def reference(self, t_end: float, t_start: float | None = None) -> torch.Tensor:
+        """Exact PF-ODE endpoint from ``x_T`` at ``t_start`` (default T), Tweedie-denoised at t_end."""
+        key = (self.sde.T if t_start is None else t_start, t_end)
+        if key not in self._refs:
+            x = self.gm.ode_endpoint(self.sde, self.x_T, t_end, t_start=key[0], tol=REF_TOL)
+            t = torch.full((x.shape[0],), t_end, dtype=torch.float64)
+            self._refs[key] = self.gm.denoise(x, t, self.sde)
+        return self._refs[key]
+
+    def err(self, x: torch.Tensor, t_end: float, t_start: float | None = None) -> float:
+        return float((x.to(torch.float64) - self.reference(t_end, t_start)).norm(dim=1).mean())
+
+    def row(self, method: str, x: torch.Tensor, nfe: int, wall: float, model: TimedModel, *,
+            t_end: float | None, note: str = "") -> Row:
+        err = None if t_end is None else self.err(x, t_end)
+        overhead = max(0.0, wall - model.seconds) / wall
+        return Row(method, nfe, err, self.sw2(x), wall, overhead, note)
+
+
+# -- our solvers ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    label: str
+    solver: str
+    calls_per_step: int  # NFE per grid interval (the final denoise adds one)
+    deterministic: bool
+    options: tuple = ()
+
+
+CONFIGS = (
+    Config("ancestral", "ancestral", 1, False),
+    Config("sde (EM)", "sde", 1, False),
+    Config("pc (RD + Langevin)", "pc", 2, False),
+    Config("ddim", "ddim", 1, True),
+    Config("heun", "heun", 2, True),
+    Config("dpm order 2", "dpm", 1, True, (("order", 2),)),
+    Config("dpm order 3", "dpm", 1, True, (("order", 3),)),
+)
+ODE_TOLS = (1e-3, 1e-5)
+
+
+def run_ours(p: Problem, cfg: Config, nfe: int, **extra) -> Row:
+    steps = max(1, math.ceil((nfe - 1) / cfg.calls_per_step))
+    return run_sample(p, cfg.label, cfg.solver, deterministic=cfg.deterministic, steps=steps,
+                      **dict(cfg.options), **extra)
+
+
+def run_sample(p: Problem, label: str, solver: str, *, deterministic: bool, note: str = "",
+               **kw) -> Row:
+    model = p.model()
+    g = torch.Generator().manual_seed(7)
+    start = time.perf_counter()
+    res = sample(model, p.sde, p.x_T.shape, solver, x_T=p.x_T, generator=g, **kw)
+    wall = time.perf_counter() - start
+    assert res.nfe == model.calls, (res.nfe, model.calls)
+    t_end = float(res.ts[-1]) if deterministic else None
+    return p.row(label, res.x, res.nfe, wall, model, t_end=t_end, note=note)
+
+
+def warm_up(kd, df) -> None:
+    """One tiny run of every code path, so that first-call costs stay out of the timings."""
+    p = Problem("2d-asym", asymmetric_2d(), "vp", 16, 0)
+    sweep_ours(p, [10], [10])
+    run_sample(p, "", "dpm", deterministic=True, steps=9, spacing="quadratic", order=3)
+    if kd is not None:
+        run_kdiff(p, kd, "2m", 10, 1e-3, "karras")
+        run_kdiff(p, kd, "lms", 10, 1e-3, "logsnr")
+    if df is not None:
+        run_diffusers(p, df, "ddim", 10)
+        run_diffusers(p, df, "dpm", 10, timesteps=snapped_logsnr_indices(p.sde, 10, 1e-3))
+
+
+def sweep_ours(p: Problem, det_nfes: list[int], sto_nfes: list[int]) -> list[Row]:
+    rows = []
+    for cfg in CONFIGS:
+        for nfe in det_nfes if cfg.deterministic else sto_nfes:
+            rows.append(run_ours(p, cfg, nfe))
+    for tol in ODE_TOLS:
+        rows.append(run_sample(p, f"ode (dopri5, tol {tol:g})", "ode", deterministic=True,
+                               rtol=tol, atol=tol))
+    return rows
+
+
+# -- peers ----------------------------------------------------------------------------------------
+def import_peer(name: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if name == "k-diffusion":
+                import k_diffusion.sampling as mod
+            else:
+                import diffusers as mod
+        return mod
+    except Exception as exc:  # noqa: BLE001 - any import failure means "skip this peer"
+        print(f"note: {name} not available ({type(exc).__name__}: {exc}); skipping it")
+        return None
+
+
+def sigma_ends(sde: SDE, eps: float) -> tuple[float, float]:
+    """``(sigma_max, sigma_min)`` of the VE-form ``x / alpha``: ``sigma_t / alpha_t`` at T and eps."""
+    alpha, sigma = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=torch.float64))
+    ratio = sigma / alpha
+    return float(ratio[0]), float(ratio[1])
+
+
+def kdiff_sigmas(kd, sde: SDE, nfe: int, eps: float, spacing: str) -> torch.Tensor:
+    """``nfe`` noise levels from sigma_max to sigma_min, then 0 (k-diffusion's convention)."""
+    s_max, s_min = sigma_ends(sde, eps)
+    if spacing == "karras":
+        sigmas = kd.get_sigmas_karras(nfe, s_min, s_max, rho=7.0)
+    else:  # uniform in log sigma = uniform in log-SNR
+        sigmas = kd.get_sigmas_exponential(nfe, s_min, s_max)
+    return sigmas.to(DTYPE)
+
+
+def kdiff_denoiser(p: Problem, model: TimedModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``D(x_ve, sigma)`` from the eps model: ``t = t(lambda = -log sigma)``, ``x_t = alpha_t x_ve``."""
+    sde = p.sde
+
+    def denoise(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = sde.t_from_log_snr(-torch.log(sigma.to(torch.float64)))
+        alpha, sigma_t = (c.to(x_ve.dtype)[:, None] for c in sde.marginal_coeffs(t))
+        x = alpha * x_ve
+        eps = model(x, t.to(x_ve.dtype))
+        return (x - sigma_t * eps) / alpha  # Tweedie
+
+    return denoise
+
+
+def run_kdiff(p: Problem, kd, which: str, nfe: int, eps: float, spacing: str) -> Row:
+    model = p.model()
+    sigmas = kdiff_sigmas(kd, p.sde, nfe, eps, spacing)
+    alpha_T = float(p.sde.marginal_coeffs(torch.tensor([p.sde.T], dtype=torch.float64))[0])
+    fn = kd.sample_dpmpp_2m if which == "2m" else kd.sample_lms
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = fn(kdiff_denoiser(p, model), p.x_T / alpha_T, sigmas, disable=True)
+    wall = time.perf_counter() - start
+    name = "k-diff DPM++(2M)" if which == "2m" else "k-diff LMS(4)"
+    return p.row(f"{name} {spacing}", x, model.calls, wall, model, t_end=eps)
+
+
+def diffusers_config() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                prediction_type="epsilon")
+
+
+def run_diffusers(p: Problem, df, which: str, nfe: int,
+                  timesteps: list[int] | None = None) -> tuple[Row, list[int]]:
+    """Drive a diffusers scheduler with the eps model at ``t = sde.index_to_time(timestep)``."""
+    model = p.model()
+    if which == "ddim":
+        sched = df.DDIMScheduler(**diffusers_config(), clip_sample=False, set_alpha_to_one=True,
+                                 timestep_spacing="trailing")
+        sched.set_timesteps(nfe)
+    else:
+        sched = df.DPMSolverMultistepScheduler(
+            **diffusers_config(), algorithm_type="dpmsolver++", solver_order=2,
+            lower_order_final=True, final_sigmas_type="zero")
+        if timesteps is None:
+            sched.set_timesteps(nfe)
+        else:
+            sched.set_timesteps(timesteps=timesteps)
+    steps = [int(s) for s in sched.timesteps]
+    x = p.x_T.clone()
+    n = x.shape[0]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for s in steps:
+            t = p.sde.index_to_time(torch.tensor(s)).to(DTYPE).expand(n)
+            eps = model(x, t)
+            if which == "ddim":
+                x = sched.step(eps, s, x, eta=0.0).prev_sample
+            else:
+                x = sched.step(eps, s, x).prev_sample
+    wall = time.perf_counter() - start
+    t_start = float(p.sde.index_to_time(torch.tensor(steps[0])))
+    t_end = float(p.sde.index_to_time(torch.tensor(steps[-1])))
+    err = p.err(x, t_end, t_start)
+    name = "diffusers DDIM (trailing)" if which == "ddim" else (
+        "diffusers DPM++(2M) " + ("linspace" if timesteps is None else "our logsnr grid, snapped"))
+    row = Row(name, model.calls, err, p.sw2(x), wall, max(0.0, wall - model.seconds) / wall,
+              f"t {t_start:.3f} -> {t_end:.3f}")
+    return row, steps
+
+
+def snapped_logsnr_indices(sde: SDE, nfe: int, eps: float) -> list[int]:
+    """Our logsnr grid with ``nfe - 1`` intervals on the 1000-step chain, kept strictly decreasing."""
+    idx = sde.time_to_index(make_grid(sde, nfe - 1, eps=eps, spacing="logsnr")).tolist()
+    for k in range(len(idx) - 2, -1, -1):  # from the clean end upwards, one step apart at least
+        idx[k] = max(idx[k], idx[k + 1] + 1)
+    return idx
+
+
+# -- sections -------------------------------------------------------------------------------------
+def dpm_vs_kdiff(p: Problem, kd, nfes: list[int], eps_list: list[float]) -> list[tuple]:
+    """Our dpm (order x spacing) against k-diffusion DPM++(2M) at the same NFE, sigma_max, sigma_min."""
+    out = []
+    for eps in eps_list:
+        for nfe in nfes:
+            peer = {}
+            if kd is not None:
+                for spacing in ("karras", "logsnr"):
+                    peer[f"2m-{spacing}"] = run_kdiff(p, kd, "2m", nfe, eps, spacing)
+                peer["lms-karras"] = run_kdiff(p, kd, "lms", nfe, eps, "karras")
+            ours = {}
+            for order in (2, 3):
+                for spacing in ("logsnr", "karras", "quadratic"):
+                    ours[f"dpm{order}-{spacing}"] = run_sample(
+                        p, f"dpm{order} {spacing}", "dpm", deterministic=True, steps=nfe - 1,
+                        eps=eps, spacing=spacing, order=order)
+            out.append((eps, nfe, peer, ours))
+    return out
+
+
+def peers_vp(p: Problem, kd, df, nfes: list[int]) -> list[Row]:
+    """Every peer at each NFE, each next to our solver on the identical grid."""
+    rows: list[Row] = []
+    eps = default_eps(p.sde)
+    for nfe in nfes:
+        if kd is not None:
+            rows.append(run_kdiff(p, kd, "2m", nfe, eps, "karras"))
+            rows.append(run_kdiff(p, kd, "lms", nfe, eps, "karras"))
+        rows.append(run_sample(p, "ours dpm2 logsnr (default)", "dpm", deterministic=True,
+                               steps=nfe - 1, eps=eps, order=2))
+        if df is None:
+            continue
+        row, steps = run_diffusers(p, df, "ddim", nfe)
+        rows.append(row)
+        ts = p.sde.index_to_time(torch.tensor(steps))
+        rows.append(run_sample(p, "ours ddim, same grid, discrete abar", "ddim", deterministic=True,
+                               ts=ts, discrete=True, note=row.note))
+        rows.append(run_sample(p, "ours ddim, same grid, continuous", "ddim", deterministic=True,
+                               ts=ts, note=row.note))
+        row, steps = run_diffusers(p, df, "dpm", nfe)
+        rows.append(row)
+        rows.append(run_sample(p, "ours dpm2, same grid", "dpm", deterministic=True,
+                               ts=p.sde.index_to_time(torch.tensor(steps)), order=2, note=row.note))
+        idx = snapped_logsnr_indices(p.sde, nfe, eps)
+        row, steps = run_diffusers(p, df, "dpm", nfe, timesteps=idx)
+        rows.append(row)
+        rows.append(run_sample(p, "ours dpm2, same grid", "dpm", deterministic=True,
+                               ts=p.sde.index_to_time(torch.tensor(steps)), order=2, note=row.note))
+    return rows
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def fmt(v: float | None, spec: str = ".2e") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def rows_table(rows: list[Row]) -> list[str]:
+    lines = ["| method | NFE | ODE err | SW2 | wall s | overhead | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.nfe} | {fmt(r.err)} | {r.sw2:.3f} | {r.wall:.3f} | "
+                     f"{100 * r.overhead:.0f}% | {r.note} |")
+    return lines
+
+
+def dpm_table(name: str, results: list[tuple]) -> list[str]:
+    peers = ["2m-karras", "2m-logsnr", "lms-karras"]
+    ours = [f"dpm{o}-{s}" for o in (2, 3) for s in ("logsnr", "karras", "quadratic")]
+    has_peer = any(res[2] for res in results)
+    cols = (peers if has_peer else []) + ours
+    lines = [f"**{name}** (VP; ODE err = mean L2 distance to the exact PF-ODE endpoint, "
+             "Tweedie-denoised at eps"
+             + ("; ratio = ours / k-diff DPM++(2M) karras)" if has_peer else ")"),
+             "",
+             "| eps | NFE | " + " | ".join(f"`{c}`" for c in cols)
+             + (" | ratio dpm2-logsnr | ratio dpm3-logsnr | best ours / ratio |" if has_peer else " |"),
+             "| ---: | ---: |" + " ---: |" * len(cols) + (" ---: | ---: | --- |" if has_peer else "")]
+    for eps, nfe, peer, mine in results:
+        nfes = {r.nfe for r in list(peer.values()) + list(mine.values())}
+        assert nfes == {nfe}, (nfe, nfes)
+        cells = [fmt(peer[c].err) for c in cols if c in peer] + [fmt(mine[c].err) for c in ours]
+        line = f"| {eps:g} | {nfe} | " + " | ".join(cells) + " |"
+        if has_peer:
+            base = peer["2m-karras"].err
+            best = min(ours, key=lambda c: mine[c].err)
+            line += (f" {mine['dpm2-logsnr'].err / base:.2f} | {mine['dpm3-logsnr'].err / base:.2f} |"
+                     f" `{best}` {mine[best].err / base:.2f} |")
+        lines.append(line)
+    return lines
+
+
+WIRING = """\
+### How the peers are wired
+
+All peers get the same analytic eps model (`GaussianMixture.eps_model(VPSDE())`, counted and timed
+by the same wrapper), the same float64 `x_T` and the same NFE; their outputs are compared with the
+exact PF-ODE endpoint from that `x_T` over *their own* start and end times, Tweedie-denoised at the
+end time (every method here finishes with one denoising evaluation).
+
+- **k-diffusion** (`sample_dpmpp_2m`, `sample_lms` with order 4) works on the VE-form state
+  `x_ve = x_vp / alpha_t` at noise level `sigma = sigma_t / alpha_t`. Denoiser:
+  `D(x_ve, sigma) = (x - sigma_t eps(x, t)) / alpha_t` with `t = sde.t_from_log_snr(-log sigma)`
+  and `x = alpha_t x_ve`. Start `x_T / alpha_T`. Sigmas: `get_sigmas_karras(NFE, sigma_min,
+  sigma_max, rho=7)` (`karras`) or `get_sigmas_exponential` (`logsnr`, uniform in log-SNR, i.e.
+  our `logsnr` grid), with `sigma_max = sigma_T / alpha_T` (about 152 for VP at T = 1) and
+  `sigma_min = sigma_eps / alpha_eps` (0.0105 at eps = 1e-3), then 0 appended. NFE = number of
+  nonzero sigmas; the last step (to sigma = 0) of DPM++(2M) is exactly the Tweedie denoise at
+  `sigma_min`, the same final evaluation our `sample(..., denoise=True)` makes. LMS integrates the
+  last interval to sigma = 0 instead; that differs from Tweedie-at-`sigma_min` only at second
+  order in `sigma_min`.
+- **Ours** on the same budget: `sample(model, sde, shape, "dpm", steps=NFE - 1, eps=eps,
+  spacing=..., order=...)`: NFE - 1 solver steps from T to eps plus the final denoise. On the same
+  grid, `dpm` order 2 and k-diffusion DPM++(2M) are the same algorithm; they differ only where
+  our `lower_order_final` applies (fewer than 15 steps: our last step into eps is first order).
+- **diffusers** `DDIMScheduler` (`clip_sample=False`, `set_alpha_to_one=True`,
+  `timestep_spacing="trailing"`, `eta=0`) and `DPMSolverMultistepScheduler`
+  (`algorithm_type="dpmsolver++"`, `solver_order=2`, `lower_order_final=True`,
+  `final_sigmas_type="zero"`), both with `beta_start=1e-4, beta_end=0.02, linear`, 1000 train
+  steps, `prediction_type="epsilon"`. The model is called at continuous time
+  `t = VPSDE.index_to_time(timestep) = (timestep + 1) / 1000`, while the schedulers use the
+  discrete `abar` (off the continuous `alpha_t^2` by a few 1e-3), so part of their error is that
+  mismatch, not the solver. DDIM's step goes to `timestep - 1000 // NFE` (trailing spacing keeps
+  that consistent and starts at timestep 999 = T) and its last step returns the x0-prediction at
+  the last timestep; DPM-Solver's final step (to sigma 0) is first order, i.e. the same denoise.
+  The reference for each run starts at its first timestep's time and is denoised at its last
+  timestep's time (column *note*); the rows beneath it run our solver on that identical grid
+  (`sample(..., ts=index_to_time(timesteps))`, `discrete=True` reproducing the scheduler's abar).
+  `our logsnr grid, snapped` passes our logsnr grid, rounded to distinct chain steps, as custom
+  `timesteps` (start 999, end 0, i.e. T and eps = 1e-3: the same ends as ours).
+"""
+
+
+def environment() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("k_diffusion", "diffusers"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name.replace("_", "-"))
+        except Exception:  # noqa: BLE001
+            versions[name] = "not installed"
+    return {
+        "device": f"CPU: {cpu} (torch threads: {torch.get_num_threads()})",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "peers": f"k-diffusion {versions['k_diffusion']}, diffusers {versions['diffusers']}",
+        "python": platform.python_version(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+# -- main -----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="sub-minute smoke run (VP, 2-D, few NFE)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="samples per run (default 2000; 500 with --quick)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "samplers.md",
+                    help="markdown output file")
+    ap.add_argument("--no-peers", action="store_true", help="skip k-diffusion and diffusers")
+    ap.add_argument("--seed", type=int, default=0, help="seed of x_T and of the data samples")
+    args = ap.parse_args(argv)
+    if args.samples is not None and args.samples < 10:
+        ap.error("--samples must be at least 10")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    n = args.samples or (500 if args.quick else 2000)
+    if args.quick:
+        sweep = {"2d-asym": ["vp"]}
+        det_nfes, sto_nfes, peer_nfes, cmp_nfes, cmp_eps = [10, 20, 50], [50, 200], [20], [20], [1e-3]
+        cmp_problems = ["2d-asym"]
+    else:
+        sweep = {"2d-asym": ["vp", "subvp", "ve"], "8d-aniso": ["vp", "subvp", "ve"]}
+        det_nfes, sto_nfes = [10, 20, 50, 100, 200], [50, 200, 1000]
+        peer_nfes, cmp_nfes, cmp_eps = [10, 20, 50], [10, 20, 50], [1e-3, 1e-4]
+        cmp_problems = ["2d-asym", "8gaussians", "8d-aniso"]
+    kd = None if args.no_peers else import_peer("k-diffusion")
+    df = None if args.no_peers else import_peer("diffusers")
+    warm_up(kd, df)
+    notes = []
+    if args.no_peers:
+        notes.append("Peers skipped (`--no-peers`).")
+    else:
+        notes += [f"{name} not installed: its rows are skipped." for name, mod in
+                  (("k-diffusion", kd), ("diffusers", df)) if mod is None]
+
+    env = environment()
+    out = ["# Sampler benchmark: quality vs NFE with the exact mixture score", ""]
+    out += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
+    out += [f"- **samples per run**: {n} (state and model in float64); SW2 with "
+            f"{SW_PROJECTIONS} projections; reference: dopri5 at tol {REF_TOL:g}"]
+    out += [f"- {note}" for note in notes] + [""]
+
+    # 1. dpm vs k-diffusion
+    out += ["## 1. `dpm` against k-diffusion DPM++(2M) (same NFE, sigma_max, sigma_min)", ""]
+    for name in cmp_problems:
+        p = Problem(name, PROBLEMS[name](), "vp", n, args.seed)
+        print(f"[{time.perf_counter() - t0:6.1f}s] dpm vs k-diffusion: {p.label}", flush=True)
+        out += dpm_table(p.label, dpm_vs_kdiff(p, kd, cmp_nfes, cmp_eps)) + [""]
+
+    # 2. peers on VP, next to ours on identical grids
+    out += ["## 2. Peers on VP, each beside our solver on the identical grid", ""]
+    for name in sweep:
+        p = Problem(name, PROBLEMS[name](), "vp", n, args.seed)
+        print(f"[{time.perf_counter() - t0:6.1f}s] peers: {p.label}", flush=True)
+        out += [f"**{p.label}** (SW2 noise floor {p.floor:.3f})", ""]
+        out += rows_table(peers_vp(p, kd, df, peer_nfes)) + [""]
+    out += [WIRING]
+
+    # 3. every solver of ours
+    out += ["## 3. Every solver, every SDE", "",
+            "Package defaults for grid and end time (`eps` = 1e-3 VP/sub-VP, 1e-5 VE; spacing "
+            "`uniform` except `dpm` logsnr and `heun` karras); stochastic solvers have no ODE "
+            "error. `overhead` = (wall - time inside model calls) / wall.", ""]
+    overheads: dict[str, list[float]] = {}
+    for name, sde_names in sweep.items():
+        for sde_name in sde_names:
+            p = Problem(name, PROBLEMS[name](), sde_name, n, args.seed)
+            print(f"[{time.perf_counter() - t0:6.1f}s] sweep: {p.label}", flush=True)
+            rows = sweep_ours(p, det_nfes, sto_nfes)
+            for r in rows:
+                overheads.setdefault(r.method.split(" (")[0], []).append(r.overhead)
+            out += [f"**{p.label}** (SW2 noise floor {p.floor:.3f})", ""] + rows_table(rows) + [""]
+    out += ["Median overhead fraction per solver over the sweep: "
+            + ", ".join(f"{k} {100 * sorted(v)[len(v) // 2]:.0f}%" for k, v in overheads.items()),
+            ""]
+    total = time.perf_counter() - t0
+    out += [f"Total runtime: {total:.0f} s."]
+    text = "\n".join(out) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out} in {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

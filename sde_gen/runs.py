@@ -1,0 +1,69 @@
+"""Load trained runs: config, SDE and EMA model from a checkpoint or a run directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint
+from .config import Config, ConfigError, from_dict
+from .factory import build_model, build_sde
+from .parameterization import ScoreModel
+from .sde import SDE
+
+DEFAULT_RUNS = Path("runs")
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained model ready for sampling or evaluation."""
+
+    cfg: Config
+    sde: SDE
+    model: ScoreModel
+    checkpoint: Path
+    step: int
+
+    @property
+    def workdir(self) -> Path:
+        return self.checkpoint.parent.parent
+
+
+def latest_run(root: str | os.PathLike = DEFAULT_RUNS) -> Path:
+    """The run directory under ``root`` whose newest checkpoint is the most recent."""
+    root = Path(root)
+    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)] if root.is_dir() else []
+    if not runs:
+        raise CheckpointError(f"no trained run under {root}/; train one with 'sde-gen train' or pass --ckpt")
+    return max(runs, key=lambda d: list_checkpoints(d)[-1].stat().st_mtime)
+
+
+def load_run(
+    path: str | os.PathLike | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    ema: bool = True,
+) -> LoadedRun:
+    """Load a run (a checkpoint file or a run directory; default the latest under ``runs/``).
+
+    The model gets the EMA weights unless ``ema=False``; it is put in eval mode.
+    """
+    ckpt = find_checkpoint(latest_run() if path is None else path)
+    state = load_checkpoint(ckpt, map_location=device)
+    try:
+        cfg = from_dict(state["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{ckpt} holds an invalid config: {e}") from None
+    sde = build_sde(cfg.sde)
+    model = build_model(cfg, sde)
+    weights = state["ema"] if ema else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt} does not match its config's model: {first}") from None
+    model.to(device).eval().requires_grad_(False)
+    return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]))

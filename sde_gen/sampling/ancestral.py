@@ -1,0 +1,91 @@
+"""Ancestral sampling: DDPM's Algorithm 2 on any grid, and SMLD's ancestral sampler for VE.
+
+Each step draws from the Gaussian posterior ``q(x_s | x_t, x0 = x0_hat)`` of the forward
+kernel, for ``s < t`` on the grid. With ``a = alpha_t / alpha_s`` and the forward transition
+variance ``v = sigma_t^2 - a^2 sigma_s^2`` (DDPM's ``beta_t`` on the N-step grid):
+
+| symbol here | [Ho20]                      | meaning                                  |
+| ----------- | --------------------------- | ---------------------------------------- |
+| alpha_t^2   | abar_t                      | signal power of ``x_t``                  |
+| v           | beta_t = 1 - abar_t/abar_s  | variance of ``q(x_t | x_s)``             |
+| mean        | mu~_t(x_t, x0), Eq. (7)     | ``a sigma_s^2/sigma_t^2 x_t + alpha_s v/sigma_t^2 x0`` |
+| var         | beta~_t or beta_t (Sec. 3.2)| ``v sigma_s^2 / sigma_t^2`` or ``v``     |
+
+With ``x0_hat = (x_t - sigma_t eps)/alpha_t`` the mean equals Alg. 2's
+``(x_t - beta_t/sqrt(1 - abar_t) eps) / sqrt(alpha_t)``. For VE (``alpha = 1``) it is SMLD's
+ancestral step ([Song21] Eq. (47)). Step indices appear only through :func:`grid_coeffs`
+(``sde.time_to_index``) when ``discrete=True``.
+
+Refs: [Ho20] Alg. 2, Eq. (6)-(7); [Song21] Appendix F.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..sde import SDE
+from .grids import grid_coeffs, snap_to_steps
+from .result import EpsModel
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+VARIANCES = ("beta", "beta_tilde")
+
+
+def posterior_coeffs(
+    alpha: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-interval coefficients of ``q(x_s | x_t, x0)`` for a grid's ``(alpha, sigma)``.
+
+    Returns:
+        ``(c_x, c_x0, var_tilde, v)``, each ``(K,)`` for K intervals: mean ``c_x x_t + c_x0 x0``,
+        posterior variance ``var_tilde`` and forward transition variance ``v``.
+    """
+    a_t, a_s, s_t, s_s = alpha[:-1], alpha[1:], sigma[:-1], sigma[1:]
+    a = a_t / a_s
+    v = s_t**2 - a**2 * s_s**2
+    return a * s_s**2 / s_t**2, a_s * v / s_t**2, v * s_s**2 / s_t**2, v
+
+
+@torch.no_grad()
+def sample_ancestral(
+    model: EpsModel,
+    sde: SDE,
+    x_T: torch.Tensor,
+    ts: torch.Tensor,
+    *,
+    variance: str = "beta",
+    discrete: bool = True,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM ancestral sampling from ``ts[0]`` to ``ts[-1]`` (one model call per interval).
+
+    Args:
+        variance: reverse variance ``"beta"`` (``sigma_t^2 = beta_t``) or ``"beta_tilde"``.
+        discrete: use the discrete chain's coefficients (DDPM's ``abar_i``), with ``ts`` snapped
+            to step times; otherwise the continuous ``marginal_coeffs``.
+
+    Returns:
+        ``(x, x_mean)`` at ``ts[-1]``.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    if discrete:
+        ts = snap_to_steps(sde, ts)
+    alpha, sigma = grid_coeffs(sde, ts, discrete=discrete)
+    c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)
+    std = torch.sqrt(var_tilde if variance == "beta_tilde" else v)
+    dt = x_T.dtype
+    x = x_mean = x_T
+    for k in range(len(ts) - 1):
+        t = ts[k].to(dt).expand(x.shape[0])
+        eps = model(x, t)
+        x0 = (x - sigma[k].to(dt) * eps) / alpha[k].to(dt)
+        x_mean = c_x[k].to(dt) * x + c_x0[k].to(dt) * x0  # Eq. (7) [Ho20]
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
+        x = x_mean + std[k].to(dt) * z
+        if callback is not None:
+            callback(k, x, x_mean)
+    return x, x_mean
