@@ -9,7 +9,8 @@ from one fixed prior draw ``x_T``, with the model ``GaussianMixture.eps_model(sd
   endpoint from the same ``x_T`` (dopri5 at tol 1e-10 in float64 to the sampler's end time, then
   the exact Tweedie denoiser ``gm.denoise`` there, since every sampler here ends with a denoise);
 - ``SW2``: sliced Wasserstein-2 to fresh data (the two-sample noise floor is printed with it);
-- ``wall``: seconds for the call, and ``overhead``: the fraction of it spent outside model calls.
+- ``wall``: seconds for the call, and ``overhead``: the fraction of it spent outside model calls
+  (measured in process CPU time, which other processes on a shared machine do not inflate).
 
 Peers (optional, pyproject extra ``bench``), on VP only, with the same model, ``x_T`` and NFE:
 k-diffusion's ``sample_dpmpp_2m`` / ``sample_lms`` and diffusers' ``DDIMScheduler`` /
@@ -29,14 +30,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
 import shlex
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,7 +51,7 @@ from sde_gen.data.toy2d import eight_gaussians  # noqa: E402
 from sde_gen.metrics import sliced_wasserstein  # noqa: E402
 from sde_gen.sampling import make_grid, sample  # noqa: E402
 from sde_gen.sampling.grids import default_eps  # noqa: E402
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE  # noqa: E402
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 DTYPE = torch.float64  # solver error, not float32 rounding, is what the tables measure
 REF_TOL = 1e-10
@@ -90,18 +92,35 @@ SDES: dict[str, Callable[[], SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESD
 
 
 # -- timing and references ------------------------------------------------------------------------
+class Clock:
+    """Wall and process-CPU seconds of a ``with`` block (``wall``, ``cpu``)."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
 class TimedModel:
-    """Wraps ``model(x, t)``; counts calls and accumulates the seconds spent inside them."""
+    """Wraps ``model(x, t)``; counts calls and accumulates the CPU seconds spent inside them."""
 
     def __init__(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        self.model, self.calls, self.seconds = model, 0, 0.0
+        self.model, self.calls, self.cpu = model, 0, 0.0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
+        start = time.process_time()
         out = self.model(x, t)
-        self.seconds += time.perf_counter() - start
+        self.cpu += time.process_time() - start
         self.calls += 1
         return out
+
+
+def overhead(clock: Clock, model: TimedModel) -> float:
+    """Fraction of the run's CPU time spent outside model calls."""
+    return max(0.0, clock.cpu - model.cpu) / max(clock.cpu, 1e-12)
 
 
 @dataclass
@@ -124,12 +143,18 @@ class Problem:
         g = torch.Generator().manual_seed(seed)
         self.x_T = self.sde.prior_sampling((n, gm.dim), generator=g, dtype=DTYPE)
         self.data = gm.sample(n, generator=g, dtype=DTYPE)
-        self.floor = self.sw2(gm.sample(n, generator=g, dtype=DTYPE))
+        floors = torch.tensor([self.sw2(gm.sample(n, generator=g, dtype=DTYPE)) for _ in range(5)])
+        self.floor, self.floor_sd = float(floors.mean()), float(floors.std())
         self._refs: dict[tuple[float, float], torch.Tensor] = {}
 
     @property
     def label(self) -> str:
         return f"{self.name} / {self.sde_name}"
+
+    @property
+    def header(self) -> str:
+        return (f"**{self.label}** (SW2 two-sample noise floor: fresh data vs data, "
+                f"{self.floor:.3f} +- {self.floor_sd:.3f} over 5 draws)")
 
     def model(self) -> TimedModel:
         return TimedModel(self.gm.eps_model(self.sde))
@@ -139,7 +164,7 @@ class Problem:
         return float(sliced_wasserstein(x, self.data, n_projections=SW_PROJECTIONS, generator=g))
 
     def reference(self, t_end: float, t_start: float | None = None) -> torch.Tensor:
-        """Exact PF-ODE endpoint from ``x_T`` at ``t_start`` (default T), Tweedie-denoised at t_end."""
+        """Exact PF-ODE endpoint from ``x_T`` at ``t_start`` (default T), denoised at ``t_end``."""
         key = (self.sde.T if t_start is None else t_start, t_end)
         if key not in self._refs:
             x = self.gm.ode_endpoint(self.sde, self.x_T, t_end, t_start=key[0], tol=REF_TOL)
@@ -150,11 +175,10 @@ class Problem:
     def err(self, x: torch.Tensor, t_end: float, t_start: float | None = None) -> float:
         return float((x.to(torch.float64) - self.reference(t_end, t_start)).norm(dim=1).mean())
 
-    def row(self, method: str, x: torch.Tensor, nfe: int, wall: float, model: TimedModel, *,
-            t_end: float | None, note: str = "") -> Row:
-        err = None if t_end is None else self.err(x, t_end)
-        overhead = max(0.0, wall - model.seconds) / wall
-        return Row(method, nfe, err, self.sw2(x), wall, overhead, note)
+    def row(self, method: str, x: torch.Tensor, nfe: int, clock: Clock, model: TimedModel, *,
+            t_end: float | None, t_start: float | None = None, note: str = "") -> Row:
+        err = None if t_end is None else self.err(x, t_end, t_start)
+        return Row(method, nfe, err, self.sw2(x), clock.wall, overhead(clock, model), note)
 
 
 # -- our solvers ----------------------------------------------------------------------------------
@@ -189,12 +213,11 @@ def run_sample(p: Problem, label: str, solver: str, *, deterministic: bool, note
                **kw) -> Row:
     model = p.model()
     g = torch.Generator().manual_seed(7)
-    start = time.perf_counter()
-    res = sample(model, p.sde, p.x_T.shape, solver, x_T=p.x_T, generator=g, **kw)
-    wall = time.perf_counter() - start
+    with Clock() as clock:
+        res = sample(model, p.sde, p.x_T.shape, solver, x_T=p.x_T, generator=g, **kw)
     assert res.nfe == model.calls, (res.nfe, model.calls)
     t_end = float(res.ts[-1]) if deterministic else None
-    return p.row(label, res.x, res.nfe, wall, model, t_end=t_end, note=note)
+    return p.row(label, res.x, res.nfe, clock, model, t_end=t_end, note=note)
 
 
 def warm_up(kd, df) -> None:
@@ -237,7 +260,7 @@ def import_peer(name: str):
 
 
 def sigma_ends(sde: SDE, eps: float) -> tuple[float, float]:
-    """``(sigma_max, sigma_min)`` of the VE-form ``x / alpha``: ``sigma_t / alpha_t`` at T and eps."""
+    """``(sigma_max, sigma_min)`` of the VE-form state ``x / alpha``: ``sigma/alpha`` at T, eps."""
     alpha, sigma = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=torch.float64))
     ratio = sigma / alpha
     return float(ratio[0]), float(ratio[1])
@@ -253,8 +276,8 @@ def kdiff_sigmas(kd, sde: SDE, nfe: int, eps: float, spacing: str) -> torch.Tens
     return sigmas.to(DTYPE)
 
 
-def kdiff_denoiser(p: Problem, model: TimedModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``D(x_ve, sigma)`` from the eps model: ``t = t(lambda = -log sigma)``, ``x_t = alpha_t x_ve``."""
+def kdiff_denoiser(p: Problem, model: TimedModel) -> Callable[..., torch.Tensor]:
+    """``D(x_ve, sigma)`` from the eps model at ``t(lambda = -log sigma)``, ``x = alpha x_ve``."""
     sde = p.sde
 
     def denoise(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -272,17 +295,15 @@ def run_kdiff(p: Problem, kd, which: str, nfe: int, eps: float, spacing: str) ->
     sigmas = kdiff_sigmas(kd, p.sde, nfe, eps, spacing)
     alpha_T = float(p.sde.marginal_coeffs(torch.tensor([p.sde.T], dtype=torch.float64))[0])
     fn = kd.sample_dpmpp_2m if which == "2m" else kd.sample_lms
-    start = time.perf_counter()
-    with torch.no_grad():
+    with Clock() as clock, torch.no_grad():
         x = fn(kdiff_denoiser(p, model), p.x_T / alpha_T, sigmas, disable=True)
-    wall = time.perf_counter() - start
     name = "k-diff DPM++(2M)" if which == "2m" else "k-diff LMS(4)"
-    return p.row(f"{name} {spacing}", x, model.calls, wall, model, t_end=eps)
+    return p.row(f"{name} {spacing}", x, model.calls, clock, model, t_end=eps)
 
 
 def diffusers_config() -> dict:
-    return dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                prediction_type="epsilon")
+    return {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+            "beta_schedule": "linear", "prediction_type": "epsilon"}
 
 
 def run_diffusers(p: Problem, df, which: str, nfe: int,
@@ -304,8 +325,7 @@ def run_diffusers(p: Problem, df, which: str, nfe: int,
     steps = [int(s) for s in sched.timesteps]
     x = p.x_T.clone()
     n = x.shape[0]
-    start = time.perf_counter()
-    with torch.no_grad():
+    with Clock() as clock, torch.no_grad():
         for s in steps:
             t = p.sde.index_to_time(torch.tensor(s)).to(DTYPE).expand(n)
             eps = model(x, t)
@@ -313,19 +333,17 @@ def run_diffusers(p: Problem, df, which: str, nfe: int,
                 x = sched.step(eps, s, x, eta=0.0).prev_sample
             else:
                 x = sched.step(eps, s, x).prev_sample
-    wall = time.perf_counter() - start
     t_start = float(p.sde.index_to_time(torch.tensor(steps[0])))
     t_end = float(p.sde.index_to_time(torch.tensor(steps[-1])))
-    err = p.err(x, t_end, t_start)
     name = "diffusers DDIM (trailing)" if which == "ddim" else (
         "diffusers DPM++(2M) " + ("linspace" if timesteps is None else "our logsnr grid, snapped"))
-    row = Row(name, model.calls, err, p.sw2(x), wall, max(0.0, wall - model.seconds) / wall,
-              f"t {t_start:.3f} -> {t_end:.3f}")
+    row = p.row(name, x, model.calls, clock, model, t_end=t_end, t_start=t_start,
+                note=f"t {t_start:.3f} -> {t_end:.3f}")
     return row, steps
 
 
 def snapped_logsnr_indices(sde: SDE, nfe: int, eps: float) -> list[int]:
-    """Our logsnr grid with ``nfe - 1`` intervals on the 1000-step chain, kept strictly decreasing."""
+    """Our logsnr grid, ``nfe - 1`` intervals, on the 1000-step chain, kept strictly decreasing."""
     idx = sde.time_to_index(make_grid(sde, nfe - 1, eps=eps, spacing="logsnr")).tolist()
     for k in range(len(idx) - 2, -1, -1):  # from the clean end upwards, one step apart at least
         idx[k] = max(idx[k], idx[k + 1] + 1)
@@ -334,7 +352,7 @@ def snapped_logsnr_indices(sde: SDE, nfe: int, eps: float) -> list[int]:
 
 # -- sections -------------------------------------------------------------------------------------
 def dpm_vs_kdiff(p: Problem, kd, nfes: list[int], eps_list: list[float]) -> list[tuple]:
-    """Our dpm (order x spacing) against k-diffusion DPM++(2M) at the same NFE, sigma_max, sigma_min."""
+    """Our dpm (order x spacing) against k-diffusion DPM++(2M): same NFE, sigma_max, sigma_min."""
     out = []
     for eps in eps_list:
         for nfe in nfes:
@@ -349,6 +367,9 @@ def dpm_vs_kdiff(p: Problem, kd, nfes: list[int], eps_list: list[float]) -> list
                     ours[f"dpm{order}-{spacing}"] = run_sample(
                         p, f"dpm{order} {spacing}", "dpm", deterministic=True, steps=nfe - 1,
                         eps=eps, spacing=spacing, order=order)
+            ours["dpm3-logsnr-noLOF"] = run_sample(
+                p, "dpm3 logsnr no LOF", "dpm", deterministic=True, steps=nfe - 1, eps=eps,
+                spacing="logsnr", order=3, lower_order_final=False)
             out.append((eps, nfe, peer, ours))
     return out
 
@@ -372,21 +393,29 @@ def peers_vp(p: Problem, kd, df, nfes: list[int]) -> list[Row]:
                                ts=ts, discrete=True, note=row.note))
         rows.append(run_sample(p, "ours ddim, same grid, continuous", "ddim", deterministic=True,
                                ts=ts, note=row.note))
-        row, steps = run_diffusers(p, df, "dpm", nfe)
-        rows.append(row)
-        rows.append(run_sample(p, "ours dpm2, same grid", "dpm", deterministic=True,
-                               ts=p.sde.index_to_time(torch.tensor(steps)), order=2, note=row.note))
-        idx = snapped_logsnr_indices(p.sde, nfe, eps)
-        row, steps = run_diffusers(p, df, "dpm", nfe, timesteps=idx)
-        rows.append(row)
-        rows.append(run_sample(p, "ours dpm2, same grid", "dpm", deterministic=True,
-                               ts=p.sde.index_to_time(torch.tensor(steps)), order=2, note=row.note))
+        for timesteps in (None, snapped_logsnr_indices(p.sde, nfe, eps)):
+            row, steps = run_diffusers(p, df, "dpm", nfe, timesteps=timesteps)
+            rows.append(row)
+            ts = p.sde.index_to_time(torch.tensor(steps))
+            rows.append(run_sample(p, "ours dpm2, same grid", "dpm", deterministic=True, ts=ts,
+                                   order=2, note=row.note))
+            if len(ts) - 1 < 15:  # where our lower_order_final differs from diffusers'
+                rows.append(run_sample(p, "ours dpm2, same grid, lower_order_final=False", "dpm",
+                                       deterministic=True, ts=ts, order=2,
+                                       lower_order_final=False, note=row.note))
     return rows
 
 
 # -- formatting -----------------------------------------------------------------------------------
 def fmt(v: float | None, spec: str = ".2e") -> str:
     return "n/a" if v is None else format(v, spec)
+
+
+def family(method: str) -> str:
+    """Method name without its grid or settings, for the overhead summary."""
+    for cut in (" (", " karras", " linspace", " our "):
+        method = method.split(cut)[0]
+    return method
 
 
 def rows_table(rows: list[Row]) -> list[str]:
@@ -401,15 +430,19 @@ def rows_table(rows: list[Row]) -> list[str]:
 def dpm_table(name: str, results: list[tuple]) -> list[str]:
     peers = ["2m-karras", "2m-logsnr", "lms-karras"]
     ours = [f"dpm{o}-{s}" for o in (2, 3) for s in ("logsnr", "karras", "quadratic")]
+    ours.insert(4, "dpm3-logsnr-noLOF")
+    ratios = ["dpm2-logsnr", "dpm3-logsnr", "dpm3-logsnr-noLOF"]
     has_peer = any(res[2] for res in results)
     cols = (peers if has_peer else []) + ours
-    lines = [f"**{name}** (VP; ODE err = mean L2 distance to the exact PF-ODE endpoint, "
-             "Tweedie-denoised at eps"
-             + ("; ratio = ours / k-diff DPM++(2M) karras)" if has_peer else ")"),
+    lines = [f"{name}: ODE err (mean L2 distance to the exact PF-ODE endpoint, Tweedie-denoised "
+             "at eps)" + ("; ratio = ours / k-diff DPM++(2M) karras at the same eps and NFE"
+                          if has_peer else ""),
              "",
              "| eps | NFE | " + " | ".join(f"`{c}`" for c in cols)
-             + (" | ratio dpm2-logsnr | ratio dpm3-logsnr | best ours / ratio |" if has_peer else " |"),
-             "| ---: | ---: |" + " ---: |" * len(cols) + (" ---: | ---: | --- |" if has_peer else "")]
+             + ("".join(f" | ratio `{c}`" for c in ratios) + " | best ours: ratio |"
+                if has_peer else " |"),
+             "| ---: | ---: |" + " ---: |" * len(cols)
+             + (" ---: |" * len(ratios) + " --- |" if has_peer else "")]
     for eps, nfe, peer, mine in results:
         nfes = {r.nfe for r in list(peer.values()) + list(mine.values())}
         assert nfes == {nfe}, (nfe, nfes)
@@ -418,11 +451,26 @@ def dpm_table(name: str, results: list[tuple]) -> list[str]:
         if has_peer:
             base = peer["2m-karras"].err
             best = min(ours, key=lambda c: mine[c].err)
-            line += (f" {mine['dpm2-logsnr'].err / base:.2f} | {mine['dpm3-logsnr'].err / base:.2f} |"
-                     f" `{best}` {mine[best].err / base:.2f} |")
+            line += "".join(f" {mine[c].err / base:.2f} |" for c in ratios)
+            line += f" `{best}`: {mine[best].err / base:.2f} |"
         lines.append(line)
     return lines
 
+
+SECTION1 = """\
+VP, start T = 1 (sigma_max = sigma_T/alpha_T), end eps (sigma_min = sigma_eps/alpha_eps), every
+method finishing with one Tweedie denoise at eps. `2m-*`/`lms-*`: k-diffusion `sample_dpmpp_2m` /
+`sample_lms` on karras (rho 7) or log-SNR-uniform sigmas. `dpm{order}-{spacing}`:
+`sample(..., "dpm", steps=NFE-1, eps=eps, spacing=..., order=...)`; `dpm2-logsnr` is the package
+default. `noLOF`: `lower_order_final=False` (differs only below 15 steps). On one grid `dpm2` and
+k-diffusion's 2M are the same update (compare `2m-logsnr` with `dpm2-logsnr`, `2m-karras` with
+`dpm2-karras`; they differ only at 10 NFE, through our `lower_order_final`)."""
+
+SECTION3 = """\
+Package defaults for grid and end time (`eps` = 1e-3 VP/sub-VP, 1e-5 VE; spacing `uniform` except
+`dpm` logsnr and `heun` karras); NFE budgets map to `steps = ceil((NFE - 1) / calls per step)`
+(heun and pc make 2 calls per step), plus the final denoise. Stochastic solvers have no ODE error.
+`overhead` = (CPU time of the call - CPU time inside model calls) / CPU time of the call."""
 
 WIRING = """\
 ### How the peers are wired
@@ -462,10 +510,14 @@ end time (every method here finishes with one denoising evaluation).
   (`sample(..., ts=index_to_time(timesteps))`, `discrete=True` reproducing the scheduler's abar).
   `our logsnr grid, snapped` passes our logsnr grid, rounded to distinct chain steps, as custom
   `timesteps` (start 999, end 0, i.e. T and eps = 1e-3: the same ends as ours).
+- **Timing.** The peers' glue (k-diffusion's sigma -> t conversion and Tweedie wrapper, the
+  diffusers loop's timestep -> t mapping) counts as their overhead, as `sample()`'s own glue counts
+  as ours. `wall` is elapsed time and grows when other processes share the CPU (the load average
+  at start is in the header); `overhead` uses CPU time and is not affected by that.
 """
 
 
-def environment() -> dict[str, str]:
+def environment(peers: dict[str, object]) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -474,19 +526,25 @@ def environment() -> dict[str, str]:
                 break
     except OSError:
         pass
-    versions = {}
-    for name in ("k_diffusion", "diffusers"):
-        try:
-            from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-            versions[name] = version(name.replace("_", "-"))
-        except Exception:  # noqa: BLE001
-            versions[name] = "not installed"
+    versions = []
+    for name, mod in peers.items():
+        try:
+            ver = version(name)
+        except PackageNotFoundError:
+            ver = "not installed"
+        versions.append(f"{name} {ver}" + ("" if mod is not None else " (not used)"))
+    try:
+        load = "load average at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = ""
     return {
-        "device": f"CPU: {cpu} (torch threads: {torch.get_num_threads()})",
+        "device": f"CPU: {cpu}, {os.cpu_count()} cores (torch threads: "
+                  f"{torch.get_num_threads()}); {load}",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "peers": f"k-diffusion {versions['k_diffusion']}, diffusers {versions['diffusers']}",
+        "peers": ", ".join(versions),
         "python": platform.python_version(),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     }
@@ -515,7 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     n = args.samples or (500 if args.quick else 2000)
     if args.quick:
         sweep = {"2d-asym": ["vp"]}
-        det_nfes, sto_nfes, peer_nfes, cmp_nfes, cmp_eps = [10, 20, 50], [50, 200], [20], [20], [1e-3]
+        det_nfes, sto_nfes, peer_nfes = [10, 20, 50], [50, 200], [20]
+        cmp_nfes, cmp_eps = [20], [1e-3]
         cmp_problems = ["2d-asym"]
     else:
         sweep = {"2d-asym": ["vp", "subvp", "ve"], "8d-aniso": ["vp", "subvp", "ve"]}
@@ -532,46 +591,60 @@ def main(argv: list[str] | None = None) -> None:
         notes += [f"{name} not installed: its rows are skipped." for name, mod in
                   (("k-diffusion", kd), ("diffusers", df)) if mod is None]
 
-    env = environment()
+    env = environment({"k-diffusion": kd, "diffusers": df})
     out = ["# Sampler benchmark: quality vs NFE with the exact mixture score", ""]
     out += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
-    out += [f"- **samples per run**: {n} (state and model in float64); SW2 with "
-            f"{SW_PROJECTIONS} projections; reference: dopri5 at tol {REF_TOL:g}"]
+    out += [(f"- **samples per run**: {n} (state and model in float64); SW2 with "
+             f"{SW_PROJECTIONS} projections; reference: dopri5 at tol {REF_TOL:g}")]
     out += [f"- {note}" for note in notes] + [""]
 
     # 1. dpm vs k-diffusion
-    out += ["## 1. `dpm` against k-diffusion DPM++(2M) (same NFE, sigma_max, sigma_min)", ""]
+    out += ["## 1. `dpm` against k-diffusion DPM++(2M) (same NFE, sigma_max, sigma_min)", "",
+            SECTION1, ""]
+    summary = []
     for name in cmp_problems:
         p = Problem(name, PROBLEMS[name](), "vp", n, args.seed)
         print(f"[{time.perf_counter() - t0:6.1f}s] dpm vs k-diffusion: {p.label}", flush=True)
-        out += dpm_table(p.label, dpm_vs_kdiff(p, kd, cmp_nfes, cmp_eps)) + [""]
+        results = dpm_vs_kdiff(p, kd, cmp_nfes, cmp_eps)
+        out += dpm_table(f"**{p.label}**", results) + [""]
+        for eps, nfe, peer, mine in results:
+            if nfe == 20 and eps == cmp_eps[0] and peer:
+                base = peer["2m-karras"].err
+                summary.append(
+                    f"- {p.label}, 20 NFE, eps {eps:g}: k-diff DPM++(2M) karras {base:.2e}; "
+                    f"ours default (order 3, `dpm3-logsnr`) {mine['dpm3-logsnr'].err:.2e} "
+                    f"(ratio {mine['dpm3-logsnr'].err / base:.2f}), order 2 `dpm2-logsnr` "
+                    f"{mine['dpm2-logsnr'].err:.2e} (ratio {mine['dpm2-logsnr'].err / base:.2f}); "
+                    f"k-diff 2M on our logsnr grid {peer['2m-logsnr'].err:.2e}.")
+    if summary:
+        out += ["Summary at 20 NFE (goal: ratio <= 0.5):", ""] + summary + [""]
 
     # 2. peers on VP, next to ours on identical grids
+    overheads: dict[str, list[float]] = {}
     out += ["## 2. Peers on VP, each beside our solver on the identical grid", ""]
     for name in sweep:
         p = Problem(name, PROBLEMS[name](), "vp", n, args.seed)
         print(f"[{time.perf_counter() - t0:6.1f}s] peers: {p.label}", flush=True)
-        out += [f"**{p.label}** (SW2 noise floor {p.floor:.3f})", ""]
-        out += rows_table(peers_vp(p, kd, df, peer_nfes)) + [""]
+        rows = peers_vp(p, kd, df, peer_nfes)
+        for r in rows:
+            if not r.method.startswith("ours"):
+                overheads.setdefault(family(r.method), []).append(r.overhead)
+        out += [p.header, ""] + rows_table(rows) + [""]
     out += [WIRING]
 
     # 3. every solver of ours
-    out += ["## 3. Every solver, every SDE", "",
-            "Package defaults for grid and end time (`eps` = 1e-3 VP/sub-VP, 1e-5 VE; spacing "
-            "`uniform` except `dpm` logsnr and `heun` karras); stochastic solvers have no ODE "
-            "error. `overhead` = (wall - time inside model calls) / wall.", ""]
-    overheads: dict[str, list[float]] = {}
+    out += ["## 3. Every solver, every SDE", "", SECTION3, ""]
     for name, sde_names in sweep.items():
         for sde_name in sde_names:
             p = Problem(name, PROBLEMS[name](), sde_name, n, args.seed)
             print(f"[{time.perf_counter() - t0:6.1f}s] sweep: {p.label}", flush=True)
             rows = sweep_ours(p, det_nfes, sto_nfes)
             for r in rows:
-                overheads.setdefault(r.method.split(" (")[0], []).append(r.overhead)
-            out += [f"**{p.label}** (SW2 noise floor {p.floor:.3f})", ""] + rows_table(rows) + [""]
-    out += ["Median overhead fraction per solver over the sweep: "
-            + ", ".join(f"{k} {100 * sorted(v)[len(v) // 2]:.0f}%" for k, v in overheads.items()),
-            ""]
+                overheads.setdefault(family(r.method), []).append(r.overhead)
+            out += [p.header, ""] + rows_table(rows) + [""]
+    medians = ", ".join(f"{k} {100 * sorted(v)[len(v) // 2]:.0f}%" for k, v in overheads.items())
+    out += [("Median overhead fraction (CPU time outside model calls / CPU time) per method over "
+             f"sections 2 and 3: {medians}"), ""]
     total = time.perf_counter() - t0
     out += [f"Total runtime: {total:.0f} s."]
     text = "\n".join(out) + "\n"

@@ -89,7 +89,13 @@ class GaussianMixture:
         self, sde: SDE, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means ``(B, K, D)``, Cholesky factors ``(B, K, D, D)`` and ``(alpha, sigma)`` at time t."""
-        alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t.to(torch.float64)))
+        t = t.to(torch.float64)
+        if t.numel() > 1 and bool((t == t[0]).all()):  # one time for the batch: factor once
+            means, chol, alpha, sigma = self._components_t(sde, t[:1])
+            b = t.shape[0]
+            return (means.expand(b, *means.shape[1:]), chol.expand(b, *chol.shape[1:]),
+                    alpha.expand(b), sigma.expand(b))
+        alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t))
         eye = torch.eye(self.dim, dtype=torch.float64)
         a2 = (alpha_t**2)[:, None, None, None]
         cov_t = a2 * self.covs[None] + (sigma_t**2)[:, None, None, None] * eye

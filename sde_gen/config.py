@@ -17,6 +17,8 @@ import yaml
 
 from .data.toy2d import TOY2D
 
+IMAGE_DATA = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "folder")
+
 
 class ConfigError(ValueError):
     """An invalid configuration key or value."""
@@ -40,17 +42,28 @@ class SDEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("mlp", "network", choices=("mlp",))
+    name: str = _f("mlp", "network", choices=("mlp", "unet"))
     width: int = _f(256, "MLP hidden width", min=1, max=65536)
     depth: int = _f(3, "MLP residual blocks", min=1, max=64)
     emb_dim: int = _f(128, "time-embedding size (even)", min=2, max=4096)
+    ch: int = _f(128, "U-Net base channels", min=1, max=4096)
+    ch_mult: tuple = _f((1, 2, 2, 2), "U-Net channel multipliers per level")
+    num_res_blocks: int = _f(2, "U-Net residual blocks per level", min=1, max=16)
+    attn_resolutions: tuple = _f((16,), "U-Net feature sizes with self-attention")
+    dropout: float = _f(0.1, "U-Net dropout", min=0.0, max=0.9)
+    num_heads: int = _f(1, "U-Net attention heads", min=1, max=64)
     prediction: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
     sigma_data: float = _f(1.0, "data std for input scaling", min=1e-6)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _f("8gaussians", "dataset", choices=TOY2D)
+    name: str = _f("8gaussians", "dataset", choices=TOY2D + IMAGE_DATA)
+    path: str = _f("", "local .npz file or image folder (npz, folder, or instead of torchvision)")
+    root: str = _f("", "torchvision root (default ~/.cache/sde_gen)")
+    download: bool = _f(False, "let torchvision download the dataset (needs internet)")
+    flip: bool = _f(False, "random horizontal flips (images)")
+    channels: int = _f(3, "channels of a folder dataset (1 or 3)", choices=(1, 3))
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,12 @@ class TrainConfig:
     log_every: int = _f(100, "metrics every K steps", min=1, max=10**9)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     plot_samples: int = _f(2000, "samples in the final plot (0: no plot)", min=0, max=10**6)
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
+                        choices=("auto", "fp32", "bf16"))
+    channels_last: bool = _f(True, "channels_last memory format for images on CUDA")
+    compile: bool = _f(False, "torch.compile the network for training")
+    sample_every: int = _f(0, "write an EMA sample grid every K steps (0: never)", min=0)
+    sample_n: int = _f(64, "images in a sample grid", min=1, max=4096)
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,13 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         value = float(value)
     elif kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    elif kind == "tuple":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"{key}: expected a list of positive integers, got {value!r}")
+        value = tuple(value)
     rules = f.metadata
     if "choices" in rules and value not in rules["choices"]:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, rules['choices']))}")
@@ -139,8 +165,9 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Plain nested dict of a config (YAML- and checkpoint-safe)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of a config (YAML- and checkpoint-safe: tuples become lists)."""
+    return {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
+            for s, sec in dataclasses.asdict(cfg).items()}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

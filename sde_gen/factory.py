@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from torch import nn
 
 from .config import Config, DataConfig, ModelConfig, SDEConfig
-from .data.toy2d import Toy2D
+from .data.images import ImageData, load_images
+from .data.toy2d import TOY2D, Toy2D
+from .nets.mlp import MLP
+from .nets.unet import UNet
 from .parameterization import ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
-from .nets.mlp import MLP
 
 SDES: dict[str, Callable[[SDEConfig], SDE]] = {
     "vp": lambda c: VPSDE(c.beta_min, c.beta_max, c.N, schedule=c.schedule),
@@ -20,6 +23,10 @@ SDES: dict[str, Callable[[SDEConfig], SDE]] = {
 
 NETS: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {
     "mlp": lambda c, shape: MLP(shape[0], width=c.width, depth=c.depth, emb_dim=c.emb_dim),
+    "unet": lambda c, shape: UNet(
+        shape[0], ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
+        attn_resolutions=c.attn_resolutions, resolution=shape[1], dropout=c.dropout,
+        num_heads=c.num_heads),
 }
 
 
@@ -30,18 +37,34 @@ def build_sde(cfg: SDEConfig) -> SDE:
     return SDES[cfg.name](cfg)
 
 
-def build_data(cfg: DataConfig) -> Toy2D:
-    """The dataset named by ``cfg.name``."""
-    return Toy2D(cfg.name)
+def is_image(cfg: DataConfig) -> bool:
+    return cfg.name not in TOY2D
+
+
+@functools.lru_cache(maxsize=4)
+def _images(name: str, split: str, root: str, path: str, download: bool, channels: int) -> ImageData:
+    return load_images(name, split=split, root=root or None, path=path or None, download=download,
+                       channels=channels if name == "folder" else None)
+
+
+def build_data(cfg: DataConfig, split: str = "train") -> Toy2D | ImageData:
+    """The dataset named by ``cfg.name``: a 2-D distribution, or one split of an image set."""
+    if not is_image(cfg):
+        return Toy2D(cfg.name)
+    return _images(cfg.name, split, cfg.root, cfg.path, cfg.download, cfg.channels)
 
 
 def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     """Shape of one example."""
-    return (2,)
+    return (2,) if not is_image(cfg) else build_data(cfg).shape
 
 
 def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
     """The eps-model ``ScoreModel(net, sde)`` for a config."""
     sde = sde if sde is not None else build_sde(cfg.sde)
-    net = NETS[cfg.model.name](cfg.model, data_shape(cfg.data))
+    shape = data_shape(cfg.data)
+    if (len(shape) == 3) != (cfg.model.name == "unet"):
+        raise ValueError(f"model.name={cfg.model.name} does not fit data.name={cfg.data.name} "
+                         f"(use unet for images, mlp for 2-D data)")
+    net = NETS[cfg.model.name](cfg.model, shape)
     return ScoreModel(net, sde, prediction=cfg.model.prediction, sigma_data=cfg.model.sigma_data)

@@ -34,3 +34,20 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistic, float64, 0-d)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
     return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``(n, F)``.
+
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` ([Heusel17] Eq. 6; FID when the
+    features are Inception's).
+    """
+    import numpy as np
+    from scipy import linalg
+
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))

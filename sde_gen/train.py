@@ -26,7 +26,8 @@ from .checkpoint import (
 )
 from .config import Config, save_config, to_dict
 from .ema import EMA
-from .factory import build_data, build_model, build_sde
+from .data.batches import ImageBatches, ToyBatches
+from .factory import build_data, build_model, build_sde, is_image
 from .losses import dsm_loss
 
 METRICS = "metrics.jsonl"
@@ -68,16 +69,38 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _state(step, model, ema, opt, data_gen, noise_gen, cfg) -> dict[str, Any]:
+def _state(step, model, ema, opt, batches, noise_gen, cfg) -> dict[str, Any]:
     return {
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": opt.state_dict(),
-        "data_rng": data_gen.get_state(),
+        "data": batches.state_dict(),
         "noise_rng": noise_gen.get_state(),
         "config": to_dict(cfg),
     }
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """bf16 autocast: ``precision=bf16``, or ``auto`` on CUDA."""
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device) -> None:
+    """EMA sample grid with DDIM (50 NFE), written atomically."""
+    from torchvision.utils import save_image
+
+    from .data.scaling import from_model
+    from .sampling import sample
+
+    g = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    x = sample(model, sde, (cfg.train.sample_n, *shape), "ddim", steps=49, generator=g,
+               device=device).x
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp_" + path.name)
+    save_image(from_model(x.float().cpu()), tmp, nrow=int(math.sqrt(cfg.train.sample_n)),
+               format="png")
+    os.replace(tmp, path)
 
 
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
@@ -92,14 +115,24 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
     tc = cfg.train
     sde = build_sde(cfg.sde)
     data = build_data(cfg.data)
+    images = is_image(cfg.data)
+    channels_last = images and tc.channels_last and device.type == "cuda"
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(tc.seed)
         model = build_model(cfg, sde).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, tc.ema_decay)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **fused)
-    data_gen = torch.Generator().manual_seed(tc.seed)
+    if images:
+        batches = ImageBatches(data, batch_size=tc.batch_size, device=device, seed=tc.seed,
+                               flip=cfg.data.flip, channels_last=channels_last)
+    else:
+        batches = ToyBatches(data, batch_size=tc.batch_size, device=device, seed=tc.seed)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+    forward = torch.compile(model) if tc.compile else model
+    bf16 = use_bf16(cfg, device)
 
     step = 0
     ckpts = list_checkpoints(workdir)
@@ -108,7 +141,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"].cpu())
+        batches.load_state_dict(state["data"])
         noise_gen.set_state(state["noise_rng"].cpu() if device.type == "cpu" else state["noise_rng"])
         step = int(state["step"])
     save_config(cfg, workdir / CONFIG)
@@ -123,11 +156,12 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
         while step < tc.steps:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            x0 = data.sample(tc.batch_size, generator=data_gen).to(device)
-            loss = dsm_loss(
-                model, sde, x0, weighting=tc.weighting, t_eps=tc.t_eps, reduce=tc.reduce,
-                discrete=tc.discrete, generator=noise_gen,
-            ).mean()
+            x0 = batches.next()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = dsm_loss(
+                    forward, sde, x0, weighting=tc.weighting, t_eps=tc.t_eps, reduce=tc.reduce,
+                    discrete=tc.discrete, generator=noise_gen,
+                ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -141,18 +175,25 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
                 now = time.perf_counter()
                 rate = (step - s_last) / max(now - t_last, 1e-9)
                 t_last, s_last = now, step
-                rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate}
+                rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate,
+                       "img_s": rate * tc.batch_size}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
+            if images and tc.sample_every and step % tc.sample_every == 0:
+                _write_grid(ema.module, sde, cfg, data.shape,
+                            workdir / "samples" / f"step_{step:09d}.png", device)
             if step % tc.ckpt_every == 0 or step == tc.steps:
-                state = _state(step, model, ema, opt, data_gen, noise_gen, cfg)
+                state = _state(step, model, ema, opt, batches, noise_gen, cfg)
                 save_checkpoint(state, checkpoint_path(workdir, step))
                 prune_checkpoints(workdir, tc.keep)
     bar.close()
     ckpt = list_checkpoints(workdir)[-1]
     plot = None
-    if tc.plot_samples > 0 and step == tc.steps:
+    if images and step == tc.steps:
+        plot = workdir / "samples.png"
+        _write_grid(ema.module, sde, cfg, data.shape, plot, device)
+    elif tc.plot_samples > 0 and step == tc.steps:
         from .plots import plot_toy_samples
 
         plot = plot_toy_samples(ema.module, sde, data, workdir / "samples.png",

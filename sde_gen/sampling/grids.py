@@ -64,15 +64,14 @@ def grid_coeffs(
     """``(alpha, sigma)`` at every grid time, float64, on ``ts``'s device.
 
     ``discrete=True`` takes the discrete chain's coefficients (DDPM's ``sqrt(abar_i)``) at the
-    nearest step index; a time of exactly 0 maps to clean data (``alpha = 1``, ``sigma = 0``).
+    nearest step index.
     """
     t64 = ts.to(torch.float64)
     if not discrete:
         alpha, sigma = sde.marginal_coeffs(t64)
         return alpha.to(torch.float64), sigma.to(torch.float64)
     alpha, sigma = sde.discrete_coeffs(sde.time_to_index(t64))
-    clean = t64 == 0
-    return torch.where(clean, 1.0, alpha.to(torch.float64)), torch.where(clean, 0.0, sigma)
+    return alpha.to(torch.float64), sigma.to(torch.float64)
 
 
 def snap_to_steps(sde: SDE, ts: torch.Tensor) -> torch.Tensor:

@@ -47,13 +47,15 @@ def odeint_between(
     """Integrate ``func`` from ``t0`` to ``t1`` and return the state at ``t1``.
 
     Adaptive methods are told to land on ``t1`` (``step_t``) rather than step past it and
-    interpolate back, so the model is never evaluated outside ``[eps, T]``. Fixed-step methods
-    walk ``grid`` (``t0`` ... ``t1``).
+    interpolate back, and their first step is capped at 1% of the interval (torchdiffeq's
+    initial-step probe otherwise can land beyond ``t1``, e.g. below t = 0 where VP is undefined),
+    so the model is never evaluated outside ``[t0, t1]``. Fixed-step methods walk ``grid``.
     """
     if method in ADAPTIVE:
         ts = torch.stack([t0, t1])
+        first = 0.01 * (t1 - t0).abs()
         out = odeint(func, state, ts, method=method, rtol=rtol, atol=atol,
-                     options={"step_t": ts[1:]})
+                     options={"step_t": ts[1:], "first_step": first})
     elif method in FIXED:
         ts = grid if grid is not None else torch.stack([t0, t1])
         out = odeint(func, state, ts, method=method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -48,8 +49,10 @@ DISCRETE_DEFAULT = {"ancestral": True, "ddim": False}
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
     try:
+        if any(isinstance(s, float) or isinstance(s, str) for s in shape):
+            raise TypeError
         shape = tuple(int(s) for s in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"shape must be a tuple of ints (B, *D), got {shape!r}") from None
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (B, *D) with positive sizes, got {shape}")
@@ -105,9 +108,19 @@ def sample(
     """
     if solver not in SAMPLERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SAMPLERS)}")
+    takes = [p for p in inspect.signature(SAMPLERS[solver]).parameters
+             if p not in ("model", "sde", "x_T", "ts", "generator", "callback", "kw")]
+    if solver == "sde":
+        takes.append("method")
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise ValueError(f"solver {solver!r} takes no option {', '.join(map(repr, unknown))}; "
+                         f"it takes: {', '.join(takes) or 'none'}")
     if x_T is None:
         shape = _check_shape(shape)
         x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    elif shape is not None and tuple(shape) != tuple(x_T.shape):
+        raise ValueError(f"shape {tuple(shape)} does not match x_T's {tuple(x_T.shape)}; pass None")
     if ts is None:
         n = DEFAULT_STEPS[solver] if steps is None else steps
         n = sde.N - 1 if n is None else n

@@ -74,7 +74,9 @@ def sample_torchsde(
         t0=u[0], t1=u[1], size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,
         levy_area_approximation="space-time" if method in ("srk", "log_ode") else "none",
     )
-    dt = float((ts[0] - ts[-1]) / (len(ts) - 1))
+    # A hair above span/steps (16 ulps of the state dtype): rounding of span/steps would otherwise
+    # leave a tiny last step (an extra NFE, and an endless Brownian-interval split in torchsde).
+    dt = float((ts[0] - ts[-1]) / (len(ts) - 1)) * (1 + 16 * torch.finfo(x_T.dtype).eps)
     ys = torchsde.sdeint(adapter, y0, u, method=method, dt=dt, bm=bm)
     x = ys[-1].reshape(shape)
     return x, x

@@ -1,0 +1,117 @@
+"""``sde-gen eval``: sample quality (FID when available, FD-classifier) and bits/dim in one report.
+
+FD-classifier is the Fréchet distance between features of a small classifier that sde-gen trains
+on the dataset itself (cached under ``~/.cache/sde_gen/classifiers``). It is *not* FID: its
+numbers are comparable only with other FD-classifier numbers on the same dataset and cache.
+FID needs Inception weights, which torchmetrics downloads on first use; offline it is skipped with
+a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.images import ImageData
+from .data.scaling import from_model, uint8_to_model
+from .factory import build_data, data_shape, is_image
+from .generate import generate
+from .likelihood.evaluate import evaluate_likelihood
+from .metrics import frechet_distance
+from .nets.classifier import FeatureClassifier
+from .runs import LoadedRun
+
+CACHE = Path(os.environ.get("SDE_GEN_CACHE", "~/.cache/sde_gen")).expanduser() / "classifiers"
+
+
+def train_classifier(data: ImageData, *, steps: int = 1500, batch_size: int = 128, seed: int = 0,
+                     device: torch.device | str = "cpu") -> tuple[FeatureClassifier, float]:
+    """Train the feature classifier with Adam; return it and its training-batch accuracy."""
+    if data.y is None or data.num_classes is None:
+        raise ValueError(f"dataset {data.name} has no labels: FD-classifier needs a labelled set")
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = FeatureClassifier(data.shape[0], data.num_classes).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    acc = 0.0
+    for step in range(steps):
+        idx = torch.randint(0, len(data), (batch_size,), generator=g)
+        x, y = uint8_to_model(data.x[idx]).to(device), data.y[idx].to(device)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - 50:
+            acc += (logits.argmax(1) == y).float().mean().item() / 50
+    return net.eval().requires_grad_(False), acc
+
+
+def load_or_train_classifier(data: ImageData, *, device: torch.device | str = "cpu",
+                             steps: int = 1500) -> FeatureClassifier:
+    """The cached classifier for this dataset (keyed by name, shape, size and steps)."""
+    key = f"{data.name}_{'x'.join(map(str, data.shape))}_{len(data)}_{steps}.pt"
+    path = CACHE / key
+    if path.exists():
+        state = load_checkpoint(path, map_location=device)
+        net = FeatureClassifier(data.shape[0], state["num_classes"]).to(device)
+        net.load_state_dict(state["model"])
+        return net.eval().requires_grad_(False)
+    net, acc = train_classifier(data, steps=steps, device=device)
+    save_checkpoint({"model": net.state_dict(), "num_classes": data.num_classes, "train_acc": acc},
+                    path)
+    return net
+
+
+@torch.no_grad()
+def _features(net: FeatureClassifier, x: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+    return torch.cat([net.features(x[i:i + batch].to(device).float()).cpu()
+                      for i in range(0, len(x), batch)])
+
+
+def try_fid(samples: torch.Tensor, real_uint8: torch.Tensor) -> tuple[float | None, str]:
+    """FID through torchmetrics when its Inception weights can be had; else ``(None, reason)``."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        fid = FrechetInceptionDistance(feature=2048)
+    except Exception as e:  # not installed, or weights not downloadable offline
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return None, f"FID skipped: Inception weights unavailable ({reason})"
+
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    fid.update(rgb(real_uint8), real=True)
+    fid.update(rgb((from_model(samples) * 255).round().to(torch.uint8)), real=False)
+    return float(fid.compute()), "FID (torchmetrics, Inception-v3 pool3)"
+
+
+def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: int | None = 49,
+                 n_bpd: int = 256, batch_size: int = 256, seed: int = 0,
+                 device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim."""
+    if not is_image(run.cfg.data):
+        raise ValueError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+    gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
+                   seed=seed, device=device, progress=progress, steps=steps)
+    train = build_data(run.cfg.data, "train")
+    real = train.x[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]]
+    report: dict[str, Any] = {"n_samples": n, "solver": solver, "nfe": gen.nfe,
+                              "sample_seconds": gen.seconds}
+    report["fid"], report["fid_note"] = try_fid(gen.x, real)
+    if train.y is not None:
+        net = load_or_train_classifier(train, device=device)
+        report["fd_classifier"] = frechet_distance(_features(net, gen.x, device),
+                                                   _features(net, uint8_to_model(real), device))
+    if n_bpd > 0:
+        ll = evaluate_likelihood(run, n=n_bpd, batch_size=min(batch_size, n_bpd), split="test",
+                                 seed=seed, device=device, progress=progress)
+        report.update(bpd=ll["bpd"], bpd_stderr=ll["bpd_stderr"], bpd_n=ll["n"], bpd_nfe=ll["nfe"])
+    return report

@@ -1,0 +1,159 @@
+"""Likelihood through the probability-flow ODE against closed-form mixture densities."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from sde_gen.cli import app
+from sde_gen.data.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
+from sde_gen.likelihood import bits_per_dim, decode, encode, log_likelihood, slerp
+
+F64 = torch.float64
+
+
+def asymmetric_2d() -> GaussianMixture:
+    means = torch.tensor([[1.0, 0.5], [-1.5, -0.3], [0.2, 1.8]])
+    covs = torch.tensor([[0.1, 0.3], [0.5, 0.05], [0.2, 0.2]])
+    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
+
+
+def anisotropic_8d() -> GaussianMixture:
+    g = torch.Generator().manual_seed(5)
+    means = 1.5 * torch.randn(3, 8, generator=g, dtype=F64)
+    a = torch.randn(3, 8, 8, generator=g, dtype=F64) / 3
+    covs = a @ a.transpose(1, 2) + 0.05 * torch.eye(8, dtype=F64)
+    return GaussianMixture(means, covs, torch.tensor([0.2, 0.5, 0.3]))
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=15.0)}
+
+
+def reference_logp(gm, sde, x, z, eps):
+    """The density the method defines with a perfect score: log q_eps(x) + log p_T(z) - log q_T(z)."""
+    b = x.shape[0]
+    te, tT = torch.full((b,), eps, dtype=F64), torch.full((b,), sde.T, dtype=F64)
+    return gm.log_prob_t(x, te, sde) + sde.prior_logp(z) - gm.log_prob_t(z, tT, sde)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("problem", ["2d", "8d"])
+def test_exact_trace_matches_closed_form(sde_name, problem):
+    gm = asymmetric_2d() if problem == "2d" else anisotropic_8d()
+    sde = SDES[sde_name]()
+    x = gm.sample(128, generator=torch.Generator().manual_seed(1), dtype=F64)
+    eps = 1e-5
+    res = log_likelihood(gm.eps_model(sde), sde, x, trace="exact", rtol=1e-5, atol=1e-5, eps=eps)
+    err = (res.logp - reference_logp(gm, sde, x, res.z, eps)).abs().mean().item()
+    # Required <= 1e-3 nats/example; measured 1.7e-5 .. 2.8e-4 across SDEs and both problems.
+    assert err <= 1e-3, err
+    assert err <= 5e-4, err  # our own, tighter bound
+    # The prior mismatch log p_T(z) - log q_T(z) is what separates this from log q_0 (reported).
+    gap_q0 = (res.logp - gm.log_prob(x)).mean().item()
+    print(f"{sde_name} {problem}: MAE {err:.2e}, mean gap to log q0 {gap_q0:.2e}, nfe {res.nfe}")
+    assert res.nfe > 0 and res.z.shape == x.shape
+
+
+def test_wrong_sign_or_time_fails_the_same_bound():
+    gm, sde = asymmetric_2d(), VPSDE()
+    x = gm.sample(64, generator=torch.Generator().manual_seed(2), dtype=F64)
+    exact = gm.eps_model(sde)
+    shifted = lambda x, t: exact(x, t + 1.0 / sde.N)  # noqa: E731  off-by-one in the time index
+    res = log_likelihood(shifted, sde, x, trace="exact", eps=1e-5)
+    err = (res.logp - reference_logp(gm, sde, x, res.z, 1e-5)).abs().mean().item()
+    assert err > 1e-3, err  # measured ~6e-2: a one-step shift is caught
+
+
+def test_hutchinson_is_unbiased():
+    gm, sde = asymmetric_2d(), VPSDE()
+    x = gm.sample(16, generator=torch.Generator().manual_seed(3), dtype=F64).repeat(32, 1)
+    g = torch.Generator().manual_seed(4)
+    for probe in ("rademacher", "gaussian"):
+        res = log_likelihood(gm.eps_model(sde), sde, x, trace="hutchinson", probe=probe,
+                             n_probes=2, generator=g)
+        d = res.logp - reference_logp(gm, sde, x, res.z, 1e-5)
+        se = d.std().item() / math.sqrt(d.numel())
+        assert abs(d.mean().item()) < 3 * se, (probe, d.mean().item(), se)  # within 3 SE
+        assert d.std().item() > 1e-3  # it is a stochastic estimate, not the exact trace
+
+
+def test_encode_decode_roundtrip_and_no_grad():
+    gm = anisotropic_8d()
+    for sde in (VPSDE(), VESDE(sigma_max=15.0)):
+        x = gm.sample(32, generator=torch.Generator().manual_seed(6), dtype=F64)
+        model = gm.eps_model(sde)
+        with torch.no_grad():
+            z = encode(model, sde, x)
+            x_rec = decode(model, sde, z)
+            res = log_likelihood(model, sde, x[:4], trace="exact")
+        err = (x_rec - x).abs()
+        assert err.mean().item() <= 1e-3  # measured 1e-5 (VP), 1.5e-4 (VE, |z| ~ 15)
+        assert err.max().item() <= 5e-3  # measured 1.2e-3 worst coordinate (VE)
+        assert torch.allclose(res.z, z[:4], rtol=1e-4, atol=1e-3)  # same ODE, other step sizes
+        assert torch.isfinite(res.logp).all()
+
+
+def test_bits_per_dim_of_a_known_discrete_distribution():
+    # P over {0..255}^D with independent pixels; the piecewise-constant density of the dequantized
+    # data in model units is P(x) 256^D / SCALE^D, so the bound is tight: bpd = -log2 P(x) / D.
+    g = torch.Generator().manual_seed(7)
+    probs = torch.softmax(torch.randn(256, generator=g, dtype=F64), 0)
+    x = torch.multinomial(probs, 3 * 4 * 4 * 5, replacement=True, generator=g).reshape(5, 3, 4, 4)
+    log_p = torch.log(probs[x]).sum(dim=(1, 2, 3))
+    d = 3 * 4 * 4
+    logp_model = log_p + d * math.log(256) - d * math.log(SCALE)
+    bpd = bits_per_dim(logp_model, x.shape[1:])
+    torch.testing.assert_close(bpd, -log_p / (d * math.log(2)), rtol=0, atol=1e-12)
+    # The [-1, 1] offset is 7 bits: a model log-density of 0 gives exactly 7 bpd.
+    assert bits_per_dim(torch.zeros(1, dtype=F64), (10,)).item() == pytest.approx(7.0, abs=1e-12)
+
+
+def test_dequantize_and_scaler():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 256)
+    y = dequantize(x, generator=torch.Generator().manual_seed(0))
+    assert (y >= -1).all() and (y < 1).all()
+    assert torch.equal(model_to_uint8(uint8_to_model(x)), x)  # scaler round-trip
+    assert torch.equal(torch.floor(from_model(y) * 256).to(torch.uint8), x)  # same bin
+    with pytest.raises(ValueError, match="uint8"):
+        dequantize(x.float())
+
+
+def test_slerp_endpoints_and_norm():
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    torch.testing.assert_close(slerp(a, b, 0.0), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(slerp(a, b, 1.0), b, atol=1e-5, rtol=0)
+    mid = slerp(a, b, 0.5).flatten(1).norm(dim=1)
+    lin = (0.5 * (a + b)).flatten(1).norm(dim=1)
+    assert (mid > lin).all()  # linear interpolation shrinks the norm, slerp does not
+
+
+@pytest.mark.parametrize("kw, msg", [({"trace": "x"}, "unknown trace"), ({"probe": "x"}, "unknown probe"),
+                                     ({"n_probes": 0}, "n_probes"), ({"eps": 2.0}, "eps")])
+def test_bad_arguments(kw, msg):
+    gm, sde = asymmetric_2d(), VPSDE()
+    with pytest.raises(ValueError, match=msg):
+        log_likelihood(gm.eps_model(sde), sde, torch.zeros(2, 2, dtype=F64), **kw)
+
+
+def test_likelihood_cli_reports_gap(tmp_path):
+    runner = CliRunner()
+    train = ["train", "--workdir", str(tmp_path), "--no-progress", "--set", "model.width=32",
+             "--set", "model.depth=1", "--set", "train.steps=30", "--set", "train.batch_size=64",
+             "--set", "train.plot_samples=0", "--set", "train.device=cpu"]
+    assert runner.invoke(app, train).exit_code == 0
+    out = tmp_path / "ll.json"
+    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "64", "--batch-size", "32",
+                              "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    for key in ("nll_nats", "nll_stderr", "nfe", "true_nll_nats", "kl_gap_nats"):
+        assert math.isfinite(rep[key]), key
+    assert rep["kl_gap_nats"] == pytest.approx(rep["nll_nats"] - rep["true_nll_nats"], abs=1e-9)
+    assert "gap (KL estimate)" in res.output
+    bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--trace", "nope"])
+    assert bad.exit_code == 2 and "unknown trace" in bad.output
