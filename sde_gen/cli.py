@@ -207,6 +207,7 @@ def eval_(
     n_bpd: int = typer.Option(256, "--n-bpd", min=0, help="Test images for bits/dim (0: skip)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Batch size."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed."),
+    classifier_steps: int = typer.Option(1500, "--classifier-steps", min=1, help="Training steps of the FD-classifier network (cached per dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON path (default <run>/eval.json)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -221,7 +222,8 @@ def eval_(
     dev = resolve_device(device)
     run = load_run(ckpt, device=dev)
     rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
-                       seed=seed, device=dev, progress=progress)
+                       seed=seed, classifier_steps=classifier_steps, device=dev,
+                       progress=progress)
     path = write_json(rep, out or run.workdir / "eval.json")
     rows = [("samples", f"{n} with {solver}, {rep['nfe']} NFE, {rep['sample_seconds']:.1f} s"),
             ("FID", f"{rep['fid']:.2f}" if rep["fid"] is not None else rep["fid_note"])]

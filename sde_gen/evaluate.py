@@ -95,7 +95,8 @@ def try_fid(samples: torch.Tensor, real_uint8: torch.Tensor) -> tuple[float | No
 
 def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: int | None = 49,
                  n_bpd: int = 256, batch_size: int = 256, seed: int = 0,
-                 device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+                 classifier_steps: int = 1500, device: torch.device | str = "cpu",
+                 progress: bool = True) -> dict[str, Any]:
     """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim."""
     if not is_image(run.cfg.data):
         raise ValueError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
@@ -107,7 +108,7 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
                               "sample_seconds": gen.seconds}
     report["fid"], report["fid_note"] = try_fid(gen.x, real)
     if train.y is not None:
-        net = load_or_train_classifier(train, device=device)
+        net = load_or_train_classifier(train, device=device, steps=classifier_steps)
         report["fd_classifier"] = frechet_distance(_features(net, gen.x, device),
                                                    _features(net, uint8_to_model(real), device))
     if n_bpd > 0:
