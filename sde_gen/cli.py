@@ -6,7 +6,9 @@ Every expected failure (bad config, missing file, unreadable checkpoint) prints 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -15,6 +17,7 @@ import typer
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
+from .train import NonFiniteLossError
 
 app = typer.Typer(
     name="sde-gen",
@@ -24,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-EXPECTED_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError, PermissionError)
+EXPECTED_ERRORS = (ConfigError, CheckpointError, ValueError, OSError, NonFiniteLossError,
+                   ImportError)
 
 
 def fail(message: str) -> None:
@@ -52,6 +56,19 @@ def one_line_errors(fn: Callable) -> Callable:
 SDE_CHOICES = ("vp", "subvp", "ve")
 
 
+@contextlib.contextmanager
+def process_group(device):
+    """Join torchrun's process group when there is one; ranks share work, rank 0 writes."""
+    from . import distributed
+
+    di = distributed.setup(device)
+    try:
+        yield di
+    finally:
+        if di.enabled:
+            distributed.cleanup()
+
+
 @app.command()
 @one_line_errors
 def train(
@@ -75,7 +92,14 @@ def train(
 
     workdir = workdir or Path("runs") / f"{cfg.data.name}_{cfg.sde.name}"
     result = run_training(cfg, workdir, progress=progress)
-    typer.echo(f"step {result.step}: loss {result.loss:.4f}")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
+    if result.interrupted:
+        typer.echo(f"interrupted at step {result.step}: checkpoint written to {result.checkpoint}; "
+                   "run the same command to resume")
+        return
+    typer.echo(f"step {result.step}: loss {result.loss:.4f}"
+               + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""))
     typer.echo(f"checkpoint: {result.checkpoint}")
     if result.plot is not None:
         typer.echo(f"plot: {result.plot}")
@@ -110,7 +134,7 @@ def sample(
     solver: str = typer.Option("ode", "--solver", "-s", help="ancestral, ddim, sde, pc, ode, dpm or heun."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (solver default if omitted)."),
-    n: int = typer.Option(2000, "--n", min=1, help="Number of samples."),
+    n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples (--num-samples under torchrun, whose parser takes --n for its own)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>.png."),
@@ -142,14 +166,17 @@ def sample(
     from .runs import load_run
     from .train import resolve_device
 
-    dev = resolve_device(device)
-    run = load_run(ckpt, device=dev)
     from .factory import data_shape
 
-    out = out or run.workdir / f"samples_{solver}.png"
-    gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
-                   seed=seed, device=dev, progress=progress, steps=steps, eps=eps,
-                   spacing=spacing, denoise=denoise, **opts)
+    with process_group(resolve_device(device)) as di:
+        run = load_run(ckpt, device=di.device)
+        out = out or run.workdir / f"samples_{solver}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)  # fail before sampling, not after
+        gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver,
+                       batch_size=batch_size, seed=seed, device=di.device, progress=progress,
+                       steps=steps, eps=eps, spacing=spacing, denoise=denoise, **opts)
+        if not di.is_main:
+            return
     png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE")
     typer.echo(f"{n} samples with {solver}: {gen.nfe} NFE per batch, {gen.seconds:.2f} s")
     typer.echo(f"plot: {png}")
@@ -161,7 +188,7 @@ def sample(
 def likelihood(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
     split: str = typer.Option("test", "--split", help="train or test."),
-    n: int = typer.Option(2048, "--n", min=1, help="Number of examples."),
+    n: int = typer.Option(2048, "--n", "--num-samples", min=1, help="Number of examples (--num-samples under torchrun)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Examples per ODE solve."),
     trace: Optional[str] = typer.Option(None, "--trace", help="exact (autograd over every dim; default for 2-D) or hutchinson (default for images)."),
     rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="ODE relative tolerance."),
@@ -180,11 +207,13 @@ def likelihood(
     from .runs import load_run
     from .train import resolve_device
 
-    dev = resolve_device(device)
-    run = load_run(ckpt, device=dev)
-    rep = evaluate_likelihood(run, n=n, batch_size=batch_size, split=split, trace=trace,
-                              rtol=rtol, atol=atol, eps=eps, seed=seed, device=dev,
-                              progress=progress)
+    with process_group(resolve_device(device)) as di:
+        run = load_run(ckpt, device=di.device)
+        rep = evaluate_likelihood(run, n=n, batch_size=batch_size, split=split, trace=trace,
+                                  rtol=rtol, atol=atol, eps=eps, seed=seed, device=di.device,
+                                  progress=progress)
+        if not di.is_main:
+            return
     path = write_json(rep, out or run.workdir / f"likelihood_{split}.json")
     typer.echo(f"NLL {rep['nll_nats']:.4f} +- {rep['nll_stderr']:.4f} nats/example "
                f"({rep['n']} {split} examples, {rep['trace']} trace, {rep['nfe']:.0f} NFE per "
@@ -201,7 +230,7 @@ def likelihood(
 @one_line_errors
 def eval_(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
-    n: int = typer.Option(1000, "--n", min=2, help="Generated images for FID / FD-classifier."),
+    n: int = typer.Option(1000, "--n", "--num-samples", min=2, help="Generated images for FID / FD-classifier (--num-samples under torchrun)."),
     solver: str = typer.Option("ddim", "--solver", help="Sampler for the generated images."),
     steps: Optional[int] = typer.Option(49, "--steps", min=1, help="Sampler grid intervals."),
     n_bpd: int = typer.Option(256, "--n-bpd", min=0, help="Test images for bits/dim (0: skip)."),
@@ -234,6 +263,19 @@ def eval_(
     for k, v in rows:
         typer.echo(f"{k:<24} {v}")
     typer.echo(f"result: {path}")
+
+
+@app.command()
+@one_line_errors
+def export(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
+) -> None:
+    """Write the EMA weights and the config as a safetensors file (safe to share and load)."""
+    from .export import export_safetensors
+
+    path = export_safetensors(ckpt, out)
+    typer.echo(f"exported: {path}")
 
 
 @app.command("show-config")

@@ -91,6 +91,7 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the network for training")
     sample_every: int = _f(0, "write an EMA sample grid every K steps (0: never)", min=0)
     sample_n: int = _f(64, "images in a sample grid", min=1, max=4096)
+    max_nonfinite: int = _f(10, "stop after this many consecutive NaN/Inf steps", min=1)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import gather_batches, rank_world
 from .parameterization import EpsModel
 from .sampling import sample
 from .sde import SDE
@@ -39,19 +40,25 @@ def generate(
     """Draw ``n`` samples of per-example ``shape`` with :func:`~sde_gen.sampling.sample`.
 
     Returns the samples, the NFE of one batch (every batch makes the same calls for fixed-step
-    solvers; for adaptive ones the largest) and the wall time.
+    solvers; for adaptive ones the largest) and the wall time. In a torch.distributed process
+    group, rank r draws the batches ``i = r mod W`` and every rank gets all samples: the result
+    is the same for any number of processes.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
-    out, nfe = [], 0
+    mine: dict[int, torch.Tensor] = {}
+    nfe = 0
     start = time.perf_counter()
+    rank, world = rank_world()
     n_batches = (n + batch_size - 1) // batch_size
-    for i in tqdm(range(n_batches), desc=f"sample ({solver})", disable=not progress, unit="batch"):
+    todo = range(rank, n_batches, world)
+    for i in tqdm(todo, desc=f"sample ({solver})", disable=not progress or rank > 0, unit="batch"):
         b = min(batch_size, n - i * batch_size)
         g = torch.Generator(device=device).manual_seed(seed + i)
         res = sample(model, sde, (b, *shape), solver, generator=g, device=device, **options)
-        out.append(res.x.float().cpu())
+        mine[i] = res.x.float().cpu()
         nfe = max(nfe, res.nfe)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    return Generated(x=torch.cat(out), nfe=nfe, seconds=time.perf_counter() - start)
+    x = torch.cat(gather_batches(mine))
+    return Generated(x=x, nfe=nfe, seconds=time.perf_counter() - start)

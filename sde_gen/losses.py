@@ -78,6 +78,7 @@ def dsm_loss(
     reduce: str = "mean",
     discrete: bool = False,
     generator: torch.Generator | None = None,
+    shard: slice | None = None,
 ) -> torch.Tensor:
     """Denoising score-matching loss per example, unreduced over the batch.
 
@@ -90,9 +91,11 @@ def dsm_loss(
         reduce: ``"mean"`` or ``"sum"`` of the squared error over data dimensions.
         discrete: train on DDPM's N discrete steps instead of ``t ~ U(t_eps, T)``.
         generator: source of the times and noise.
+        shard: evaluate only these rows. Times and noise are drawn for the whole batch first, so
+            a global batch split over data-parallel ranks gives exactly the single-process draws.
 
     Returns:
-        ``(B,)`` loss. Refs: [Song21] Eq. (7); [Ho20] Eq. (14), Alg. 1.
+        ``(B,)`` loss (``(len(shard),)`` with ``shard``). Refs: [Song21] Eq. (7); [Ho20] Alg. 1.
     """
     w = WEIGHTINGS.get(weighting) if isinstance(weighting, str) else weighting
     if w is None:
@@ -104,6 +107,8 @@ def dsm_loss(
         device=x0.device, dtype=x0.dtype,
     )
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if shard is not None:
+        x0, z, t, alpha_t, sigma_t = x0[shard], z[shard], t[shard], alpha_t[shard], sigma_t[shard]
     x_t = append_dims(alpha_t, x0.ndim) * x0 + append_dims(sigma_t, x0.ndim) * z
     err = REDUCTIONS[reduce]((model(x_t, t) - z) ** 2)
     return w(sde, t) * err

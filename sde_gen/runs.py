@@ -29,6 +29,9 @@ class LoadedRun:
 
     @property
     def workdir(self) -> Path:
+        """The run directory (for an exported file: the folder it is in)."""
+        if self.checkpoint.suffix == ".safetensors":
+            return self.checkpoint.parent
         return self.checkpoint.parent.parent
 
 
@@ -52,7 +55,12 @@ def load_run(
     The model gets the EMA weights unless ``ema=False``; it is put in eval mode.
     """
     ckpt = find_checkpoint(latest_run() if path is None else path)
-    state = load_checkpoint(ckpt, map_location=device)
+    if ckpt.suffix == ".safetensors":
+        from .export import load_safetensors
+
+        state = load_safetensors(ckpt)
+    else:
+        state = load_checkpoint(ckpt, map_location=device)
     try:
         cfg = from_dict(state["config"])
     except (ConfigError, KeyError) as e:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    CheckpointError,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
@@ -26,6 +30,7 @@ from .checkpoint import (
 )
 from .config import Config, save_config, to_dict
 from .ema import EMA
+from . import distributed
 from .data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
 from .losses import dsm_loss
@@ -34,15 +39,53 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN/Inf loss or gradient."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced (``interrupted``: stopped by SIGTERM/SIGINT, resumable)."""
 
     workdir: Path
     step: int
     checkpoint: Path
     loss: float
     plot: Path | None
+    interrupted: bool = False
+    skipped_steps: int = 0
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and stops."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _resume_state(workdir: Path, device: torch.device) -> dict[str, Any] | None:
+    """The newest readable checkpoint; unreadable ones are reported and skipped."""
+    for path in reversed(list_checkpoints(workdir)):
+        try:
+            return load_checkpoint(path, map_location=device)
+        except CheckpointError as e:
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+            path.replace(path.with_name(path.name + ".corrupt"))  # never picked or pruned again
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,6 +147,18 @@ def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device
 
 
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
+    """Train the eps-model of ``cfg`` in ``workdir`` (see :func:`_train`); under ``torchrun`` with
+    several processes it joins the process group and trains with DDP (:mod:`.distributed`)."""
+    di = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, workdir, di, progress=progress and di.is_main)
+    finally:
+        if di.enabled:
+            distributed.cleanup()
+
+
+def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
+           progress: bool = True) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir``, resuming from its latest checkpoint.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/ckpt_*.pt`` and, for 2-D data,
@@ -111,8 +166,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    device, main = di.device, di.is_main
     tc = cfg.train
+    shard = di.shard(tc.batch_size) if di.enabled else None
     sde = build_sde(cfg.sde)
     data = build_data(cfg.data)
     images = is_image(cfg.data)
@@ -131,66 +187,101 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
     else:
         batches = ToyBatches(data, batch_size=tc.batch_size, device=device, seed=tc.seed)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
-    forward = torch.compile(model) if tc.compile else model
+    wrapped = model
+    if di.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(
+            model, device_ids=[di.local_rank] if device.type == "cuda" else None)
+    forward = torch.compile(wrapped) if tc.compile else wrapped
     bf16 = use_bf16(cfg, device)
 
-    step = 0
-    ckpts = list_checkpoints(workdir)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], map_location=device)
+    step, skipped, bad_run = 0, 0, 0
+    state = _resume_state(workdir, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["data"])
         noise_gen.set_state(state["noise_rng"].cpu() if device.type == "cpu" else state["noise_rng"])
-        step = int(state["step"])
-    save_config(cfg, workdir / CONFIG)
+        step, skipped = int(state["step"]), int(state.get("skipped", 0))
     metrics_path = workdir / METRICS
-    _truncate_metrics(metrics_path, step)
+    if main:
+        save_config(cfg, workdir / CONFIG)
+        _truncate_metrics(metrics_path, step)
 
     model.train()
     loss_value = math.nan
     bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="train", unit="it")
     t_last, s_last = time.perf_counter(), step
-    with metrics_path.open("a") as metrics:
-        while step < tc.steps:
+    metrics = metrics_path.open("a") if main else None
+    stopping = False
+    with _StopFlag() as stop:
+        while step < tc.steps and not stopping:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             x0 = batches.next()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = dsm_loss(
                     forward, sde, x0, weighting=tc.weighting, t_eps=tc.t_eps, reduce=tc.reduce,
-                    discrete=tc.discrete, generator=noise_gen,
+                    discrete=tc.discrete, generator=noise_gen, shard=shard,
                 ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            ema.update(model)
+            clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            # One host sync per step: a NaN/Inf loss or gradient (on any rank) skips the update.
+            ok = (torch.isfinite(loss) & torch.isfinite(grad_norm)).float()
+            if di.enabled:
+                flags = torch.stack([1 - ok, torch.tensor(float(stop.signal is not None),
+                                                          device=ok.device)])
+                flags = distributed.all_reduce(flags, "max")  # any rank bad / any rank signalled
+                ok, stopping = 1 - flags[0], bool(flags[1])
+            else:
+                stopping = stop.signal is not None
+            if bool(ok):
+                opt.step()
+                ema.update(model)
+                bad_run = 0
+            else:
+                skipped, bad_run = skipped + 1, bad_run + 1
+                if bad_run >= tc.max_nonfinite:
+                    last = list_checkpoints(workdir)
+                    raise NonFiniteLossError(
+                        f"{bad_run} consecutive steps with a non-finite loss or gradient at step "
+                        f"{step + 1}; stopped. Last good checkpoint: "
+                        f"{last[-1] if last else 'none'} (try a lower train.lr)")
             step += 1
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
-                loss_value = loss.item()
+                loss_value = distributed.all_reduce(loss.detach().float(), "mean").item()
                 now = time.perf_counter()
                 rate = (step - s_last) / max(now - t_last, 1e-9)
                 t_last, s_last = now, step
                 rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate,
-                       "img_s": rate * tc.batch_size}
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
+                       "img_s": rate * tc.batch_size, "skipped": skipped}
+                if main:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
-            if images and tc.sample_every and step % tc.sample_every == 0:
+            if main and images and tc.sample_every and step % tc.sample_every == 0:
                 _write_grid(ema.module, sde, cfg, data.shape,
                             workdir / "samples" / f"step_{step:09d}.png", device)
-            if step % tc.ckpt_every == 0 or step == tc.steps:
-                state = _state(step, model, ema, opt, batches, noise_gen, cfg)
-                save_checkpoint(state, checkpoint_path(workdir, step))
-                prune_checkpoints(workdir, tc.keep)
+            if step % tc.ckpt_every == 0 or step == tc.steps or stopping:
+                if main:
+                    state = _state(step, model, ema, opt, batches, noise_gen, cfg)
+                    state["skipped"] = skipped
+                    save_checkpoint(state, checkpoint_path(workdir, step))
+                    prune_checkpoints(workdir, tc.keep)
+                distributed.barrier()
     bar.close()
+    if metrics is not None:
+        metrics.close()
     ckpt = list_checkpoints(workdir)[-1]
     plot = None
-    if images and step == tc.steps:
+    if not main:
+        pass
+    elif images and step == tc.steps:
         plot = workdir / "samples.png"
         _write_grid(ema.module, sde, cfg, data.shape, plot, device)
     elif tc.plot_samples > 0 and step == tc.steps:
@@ -198,4 +289,5 @@ def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> 
 
         plot = plot_toy_samples(ema.module, sde, data, workdir / "samples.png",
                                 n=tc.plot_samples, seed=tc.seed)
-    return TrainResult(workdir=workdir, step=step, checkpoint=ckpt, loss=loss_value, plot=plot)
+    return TrainResult(workdir=workdir, step=step, checkpoint=ckpt, loss=loss_value, plot=plot,
+                       interrupted=stopping, skipped_steps=skipped)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.scaling import dequantize
 from ..data.toy2d import Toy2D
+from ..distributed import gather_batches, rank_world
 from ..factory import build_data, is_image
 from ..runs import LoadedRun
 from .bpd import bits_per_dim
@@ -64,18 +65,22 @@ def evaluate_likelihood(
     else:
         data = build_data(run.cfg.data)
         x_all = data.sample(n, generator=g, dtype=torch.float64)
-    probe_gen = torch.Generator(device=device).manual_seed(seed)
-    logps, nfes = [], []
+    mine: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
     model = run.model.double()
-    for i in tqdm(range(0, n, batch_size), desc="likelihood", disable=not progress, unit="batch"):
-        x = x_all[i:i + batch_size].to(device)
+    rank, world = rank_world()  # under torchrun, batch i goes to rank i mod W
+    starts = list(range(0, n, batch_size))
+    for b in tqdm(range(rank, len(starts), world), desc="likelihood",
+                  disable=not progress or rank > 0, unit="batch"):
+        x = x_all[starts[b]:starts[b] + batch_size].to(device)
+        probe_gen = torch.Generator(device=device).manual_seed(seed + b)
         res = log_likelihood(model, run.sde, x, trace=trace, rtol=rtol, atol=atol, eps=eps,
                              generator=probe_gen)
-        logps.append(res.logp.cpu())
-        nfes.append(res.nfe)
+        mine[b] = torch.cat([res.logp.cpu(), torch.tensor([float(res.nfe)], dtype=res.logp.dtype)])
     seconds = time.perf_counter() - start
-    logp = torch.cat(logps)
+    parts = gather_batches(mine)
+    logp = torch.cat([p[:-1] for p in parts])
+    nfes = [p[-1].item() for p in parts]
     nll, se = _mean_stderr(-logp)
     report: dict[str, Any] = {
         "split": split, "n": n, "trace": trace, "rtol": rtol, "atol": atol, "eps": eps,

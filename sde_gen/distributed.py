@@ -1,0 +1,96 @@
+"""Data-parallel training on torch.distributed, launched by ``torchrun`` (never a home-made launcher).
+
+Global-batch rule: ``train.batch_size`` is the global batch. Each of the W ranks evaluates a
+contiguous 1/W slice of it; all ranks draw the same global batch, times and noise from the same
+seeded generators (cheap next to the network) and keep their slice. DDP averages the gradients,
+so a run's parameters do not depend on the number of processes (up to float reduction order),
+and a checkpoint resumes on any world size.
+
+Refs: PyTorch DistributedDataParallel; torchrun (torch.distributed.run).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world``, on ``device``."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: int) -> slice:
+        """This rank's rows of a global batch (``batch`` must be divisible by ``world``)."""
+        if batch % self.world:
+            raise ValueError(f"train.batch_size={batch} must be divisible by the {self.world} "
+                             "processes (it is the global batch)")
+        per = batch // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def setup(device: torch.device) -> DistInfo:
+    """Join the process group when started by torchrun (``WORLD_SIZE`` > 1); NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(0, 1, 0, device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, device)
+
+
+def all_reduce(t: torch.Tensor, op: str = "mean") -> torch.Tensor:
+    """All-reduce (``mean``, ``max`` or ``min``) across ranks; the identity in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    ops = {"mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    dist.all_reduce(t, op=ops[op])
+    return t / dist.get_world_size() if op == "mean" else t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world)`` of an initialized process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_batches(mine: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    """Collect ``{batch index: CPU tensor}`` from every rank, in batch order, on every rank."""
+    _, world = rank_world()
+    parts = [mine]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, mine)
+    merged = {k: v for part in parts for k, v in part.items()}
+    return [merged[k] for k in sorted(merged)]

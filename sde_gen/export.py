@@ -1,0 +1,49 @@
+"""Share trained models as safetensors: EMA weights plus the resolved config as metadata.
+
+safetensors holds tensors only and cannot run code when loaded, unlike a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from .runs import latest_run
+
+
+def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -> Path:
+    """Write ``ckpt``'s EMA weights and config to ``out`` (``.safetensors``) atomically."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out}")
+    state = load_checkpoint(find_checkpoint(latest_run() if ckpt is None else ckpt))
+    tensors = {k: v.contiguous() for k, v in state["ema"].items()}
+    meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".tmp_" + out.name)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """A checkpoint-like dict (``model``/``ema`` weights, ``config``, ``step``) from an export."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    if meta.get("format") != "sde-gen" or "config" not in meta:
+        raise CheckpointError(f"{path} is not an sde-gen export")
+    return {"model": weights, "ema": weights, "config": json.loads(meta["config"]),
+            "step": int(meta.get("step", 0))}

@@ -1,0 +1,138 @@
+"""Training that survives faults: preemption, torn checkpoints, hostile pickles, NaNs, exports."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sde_gen.train as train_mod
+from sde_gen.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sde_gen.cli import app
+from sde_gen.config import load_config
+from sde_gen.runs import load_run
+from sde_gen.train import NonFiniteLossError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",
+        "train.plot_samples=0", "train.log_every=5", "train.warmup=5", "train.device=cpu"]
+
+
+def _sets(sets):
+    return [a for s in sets for a in ("--set", s)]
+
+
+def test_sigterm_checkpoints_and_resumes_bitwise(tmp_path):
+    sets = FAST + ["train.steps=3000", "train.ckpt_every=100000"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--no-progress", *_sets(sets)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "interrupted at step" in out and "run the same command to resume" in out
+    ckpts = list_checkpoints(tmp_path / "cut")
+    assert len(ckpts) == 1
+    stopped_at = load_checkpoint(ckpts[0])["step"]
+    assert 0 < stopped_at < 3000
+    # Resume to the end, and compare with a run that never stopped.
+    short = _sets([s for s in sets if not s.startswith("train.steps")] + ["train.steps=" + str(stopped_at + 40)])
+    for wd in ("cut", "full"):
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--no-progress", *short,
+                              "--workdir", str(tmp_path / wd)], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    a = load_checkpoint(list_checkpoints(tmp_path / "cut")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])
+    assert a["step"] == b["step"] == stopped_at + 40
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_truncated_latest_checkpoint_falls_back(tmp_path, capsys):
+    cfg = load_config(None, FAST + ["train.steps=20", "train.ckpt_every=10"])
+    train(cfg, tmp_path, progress=False)
+    latest = list_checkpoints(tmp_path)[-1]
+    latest.write_bytes(latest.read_bytes()[:1000])  # a torn write
+    res = train(load_config(None, FAST + ["train.steps=30", "train.ckpt_every=10"]), tmp_path,
+                progress=False)
+    assert "falling back to the previous checkpoint" in capsys.readouterr().err
+    assert res.step == 30
+    assert (tmp_path / "checkpoints" / "ckpt_000000020.pt.corrupt").exists()
+    # Resumed from step 10: the run re-did steps 11..30 and wrote a fresh step-20 checkpoint.
+    assert load_checkpoint(tmp_path / "checkpoints" / "ckpt_000000020.pt")["step"] == 20
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/sde_gen_pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    bad = tmp_path / "ckpt.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": _Evil()}, f)
+    Path("/tmp/sde_gen_pwned").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(bad)
+    assert not Path("/tmp/sde_gen_pwned").exists()
+    res = CliRunner().invoke(app, ["sample", "--ckpt", str(bad)])
+    assert res.exit_code == 2 and "cannot read checkpoint" in res.output
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    real = train_mod.dsm_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (3, 4) else loss
+
+    monkeypatch.setattr(train_mod, "dsm_loss", flaky)
+    res = train(load_config(None, FAST + ["train.steps=10"]), tmp_path / "a", progress=False)
+    assert res.step == 10 and res.skipped_steps == 2
+    params = load_checkpoint(res.checkpoint)["model"]
+    assert all(torch.isfinite(v).all() for v in params.values())  # NaNs never reached the weights
+
+    monkeypatch.setattr(train_mod, "dsm_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
+        train(load_config(None, FAST + ["train.steps=10", "train.max_nonfinite=3"]), tmp_path / "b",
+              progress=False)
+
+
+def test_export_safetensors_and_load(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
+                               *_sets(FAST + ["train.steps=5"])]).exit_code == 0
+    out = tmp_path / "model.safetensors"
+    res = runner.invoke(app, ["export", "--ckpt", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    run_pt, run_st = load_run(tmp_path), load_run(out)
+    x, t = torch.randn(4, 2), torch.rand(4)
+    assert torch.equal(run_pt.model(x, t), run_st.model(x, t))  # the EMA weights, exactly
+    assert run_st.cfg == run_pt.cfg
+    bad = runner.invoke(app, ["export", "--ckpt", str(tmp_path), "--out", str(tmp_path / "m.pt")])
+    assert bad.exit_code == 2 and "safetensors" in bad.output
+
+
+def test_unwritable_output_is_one_line_error(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--workdir", str(tmp_path / "r"), "--no-progress",
+                               *_sets(FAST + ["train.steps=2"])]).exit_code == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "r"), "--n", "4", "--steps", "2",
+                              "--solver", "ddim", "--out", str(blocker / "x.png"), "--no-progress"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    res = runner.invoke(app, ["train", "--workdir", str(blocker), "--no-progress"])
+    assert res.exit_code == 2 and "error:" in res.output
