@@ -293,8 +293,19 @@ def show_config(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors too are one line (``error: ...``, exit code 2)."""
+    # Typer vendors click: its UsageError is the base class of typer.BadParameter.
+    usage_error = typer.BadParameter.__mro__[1]
+    args = sys.argv[1:] or ["--help"]
+    try:
+        code = app(args, standalone_mode=False)
+    except usage_error as e:
+        typer.echo(f"error: {e.format_message().splitlines()[0]}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

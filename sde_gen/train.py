@@ -199,10 +199,15 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     step, skipped, bad_run = 0, 0, 0
     state = _resume_state(workdir, device)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["data"])
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            batches.load_state_dict(state["data"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise CheckpointError(f"the checkpoint in {workdir} does not match this config "
+                                  f"({first}); use a new --workdir or the run's own config") from None
         noise_gen.set_state(state["noise_rng"].cpu() if device.type == "cpu" else state["noise_rng"])
         step, skipped = int(state["step"]), int(state.get("skipped", 0))
     metrics_path = workdir / METRICS

@@ -45,3 +45,13 @@ def test_help_and_root_cli_entry():
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "train" in out and "show-config" in out
+
+
+def test_usage_errors_are_one_line_through_the_console_script(tmp_path):
+    for args, msg in [(["sample", "--steps", "0"], "error: Invalid value for '--steps'"),
+                      (["bogus"], "error: No such command 'bogus'"),
+                      (["train", "--sde"], "error: Option '--sde' requires an argument")]:
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines() == [res.stderr.strip()] and msg in res.stderr

@@ -136,3 +136,19 @@ def test_unwritable_output_is_one_line_error(tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
     res = runner.invoke(app, ["train", "--workdir", str(blocker), "--no-progress"])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_checkpoint_that_does_not_match_the_config(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
+                               *_sets(FAST + ["train.steps=2"])]).exit_code == 0
+    res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
+                              *_sets(FAST + ["train.steps=4", "model.width=48"])])
+    assert res.exit_code == 2 and "does not match this config" in res.output
+    # A checkpoint whose weights disagree with its own stored config.
+    ckpt = list_checkpoints(tmp_path)[-1]
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["model"]["width"] = 48
+    torch.save(state, ckpt)
+    res = runner.invoke(app, ["sample", "--ckpt", str(tmp_path), "--n", "4"])
+    assert res.exit_code == 2 and "does not match its config's model" in res.output
