@@ -195,6 +195,9 @@ def likelihood(
     atol: float = typer.Option(1e-5, "--atol", min=0.0, help="ODE absolute tolerance."),
     eps: float = typer.Option(1e-5, "--eps", min=0.0, help="Start time of the ODE (data end)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for data draws and probes."),
+    method: str = typer.Option("ode", "--method", help="ode (probability-flow ODE), vlb (DDPM's variational bound) or both."),
+    variance: str = typer.Option("beta", "--variance", help="vlb: reverse variance beta or beta_tilde."),
+    n_t: Optional[int] = typer.Option(None, "--n-t", min=1, help="vlb: estimate the sum over steps from this many sampled steps (default: all N)."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON result path (default: <run>/likelihood_<split>.json)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -202,24 +205,39 @@ def likelihood(
     """Negative log-likelihood through the probability-flow ODE; writes a JSON report."""
     if trace not in (None, "exact", "hutchinson"):
         fail(f"unknown trace {trace!r}; choose exact or hutchinson")
-    from .likelihood.evaluate import evaluate_likelihood
+    if method not in ("ode", "vlb", "both"):
+        fail(f"unknown method {method!r}; choose ode, vlb or both")
+    from .likelihood.evaluate import evaluate_likelihood, evaluate_vlb
     from .outputs import write_json
     from .runs import load_run
     from .train import resolve_device
 
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
-        rep = evaluate_likelihood(run, n=n, batch_size=batch_size, split=split, trace=trace,
-                                  rtol=rtol, atol=atol, eps=eps, seed=seed, device=di.device,
-                                  progress=progress)
+        rep: dict = {"method": method}
+        if method in ("ode", "both"):
+            rep.update(evaluate_likelihood(run, n=n, batch_size=batch_size, split=split,
+                                           trace=trace, rtol=rtol, atol=atol, eps=eps, seed=seed,
+                                           device=di.device, progress=progress))
+        if method in ("vlb", "both"):
+            rep.update(evaluate_vlb(run, n=n, batch_size=batch_size, split=split,
+                                    variance=variance, n_t=n_t, seed=seed, device=di.device,
+                                    progress=progress))
         if not di.is_main:
             return
     path = write_json(rep, out or run.workdir / f"likelihood_{split}.json")
-    typer.echo(f"NLL {rep['nll_nats']:.4f} +- {rep['nll_stderr']:.4f} nats/example "
-               f"({rep['n']} {split} examples, {rep['trace']} trace, {rep['nfe']:.0f} NFE per "
-               f"batch, {rep['seconds']:.1f} s)")
+    if "nll_nats" in rep:
+        typer.echo(f"ODE: NLL {rep['nll_nats']:.4f} +- {rep['nll_stderr']:.4f} nats/example "
+                   f"({rep['n']} {split} examples, {rep['trace']} trace, {rep['nfe']:.0f} NFE per "
+                   f"batch, {rep['seconds']:.1f} s)")
     if "bpd" in rep:
-        typer.echo(f"bits/dim {rep['bpd']:.4f} +- {rep['bpd_stderr']:.4f}")
+        typer.echo(f"ODE: bits/dim {rep['bpd']:.4f} +- {rep['bpd_stderr']:.4f}")
+    if "vlb_nats" in rep:
+        typer.echo(f"VLB ({variance}): {rep['vlb_nats']:.4f} +- {rep['vlb_stderr']:.4f} nats/example "
+                   f"(L_T {rep['vlb_prior']:.4f}, sum L_t-1 {rep['vlb_diffusion']:.4f}, "
+                   f"L_0 {rep['vlb_decoder']:.4f}; {rep['vlb_nfe']} NFE, {rep['vlb_seconds']:.1f} s)")
+    if "vlb_bpd" in rep:
+        typer.echo(f"VLB: bits/dim {rep['vlb_bpd']:.4f} +- {rep['vlb_bpd_stderr']:.4f}")
     if "true_nll_nats" in rep:
         typer.echo(f"true NLL {rep['true_nll_nats']:.4f} nats; gap (KL estimate) "
                    f"{rep['kl_gap_nats']:.4f} +- {rep['kl_gap_stderr']:.4f}")

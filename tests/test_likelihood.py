@@ -157,3 +157,22 @@ def test_likelihood_cli_reports_gap(tmp_path):
     assert "gap (KL estimate)" in res.output
     bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--trace", "nope"])
     assert bad.exit_code == 2 and "unknown trace" in bad.output
+
+
+def test_likelihood_cli_ode_and_vlb_together(tmp_path):
+    runner = CliRunner()
+    train = ["train", "--workdir", str(tmp_path), "--no-progress", "--set", "model.width=32",
+             "--set", "model.depth=1", "--set", "train.steps=10", "--set", "train.batch_size=64",
+             "--set", "train.plot_samples=0", "--set", "train.device=cpu", "--set", "sde.N=50"]
+    assert runner.invoke(app, train).exit_code == 0
+    out = tmp_path / "both.json"
+    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "both", "--n", "32",
+                              "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress",
+                              "--device", "cpu", "--variance", "beta_tilde"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["vlb_nfe"] == 50 and rep["vlb_variance"] == "beta_tilde"
+    assert rep["vlb_nats"] == pytest.approx(rep["vlb_prior"] + rep["vlb_diffusion"] + rep["vlb_decoder"])
+    assert "ODE: NLL" in res.output and "VLB (beta_tilde)" in res.output
+    bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "elbo"])
+    assert bad.exit_code == 2 and "unknown method" in bad.output

@@ -2,5 +2,9 @@
 
 from .ode_likelihood import LikelihoodResult, decode, encode, log_likelihood, slerp
 from .bpd import bits_per_dim
+from .vlb import VLBResult, discretized_gaussian_log_likelihood, vlb
 
-__all__ = ["LikelihoodResult", "bits_per_dim", "decode", "encode", "log_likelihood", "slerp"]
+__all__ = [
+    "LikelihoodResult", "VLBResult", "bits_per_dim", "decode", "discretized_gaussian_log_likelihood",
+    "encode", "log_likelihood", "slerp", "vlb",
+]

@@ -1,0 +1,173 @@
+"""DDPM's own likelihood: the discrete variational bound ([Ho20] Eq. 5) of the VP chain.
+
+    L = L_T + sum_{t=2}^{N} L_{t-1} + L_0,
+    L_T     = KL(q(x_N | x_0) || p(x_N))                               closed form
+    L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))    [Ho20] Eq. (5)-(7)
+    L_0     = -E_{q(x_1|x_0)} log p_theta(x_0 | x_1)
+
+``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.sampling.ancestral.posterior_coeffs`
+(mean ``mu~``, variance ``beta~``); ``p_theta`` has the mean from ``eps_theta`` and variance
+``sigma_t^2 = beta_t`` or ``beta~_t``. The decoder ``p_theta(x_0 | x_1)`` is DDPM's discretized
+Gaussian over the 256 pixel bins of ``[-1, 1]`` for 8-bit images ([Ho20] Eq. 13) and a plain
+Gaussian density for continuous data; its variance is ``beta_1`` (with ``beta_tilde``, whose
+``beta~_1 = 0``, it is ``beta~_2``, as DDPM's code clips it). Each ``E_q`` uses one draw of
+``x_t`` per example, as DDPM's evaluation does.
+
+Refs: [Ho20] Eq. (5), (7), (13), Sec. 3.2-3.3; [Nichol21] Sec. 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..data.scaling import uint8_to_model
+from ..sampling.ancestral import posterior_coeffs
+from ..sampling.grids import grid_coeffs
+from ..sampling.result import EpsModel
+from ..sde import SDE, VESDE
+from ..tensor_utils import append_dims, sum_flat
+
+VARIANCES = ("beta", "beta_tilde")
+
+
+@dataclass(frozen=True)
+class VLBResult:
+    """Per-example terms of the bound, in nats (``(B,)`` each).
+
+    Attributes:
+        nats: the bound ``L_T + sum L_{t-1} + L_0``.
+        bpd: ``nats / (D ln 2)`` for 8-bit images (the discrete decoder makes it a bound on
+            ``-log2 P(x)/D`` with no dequantization offset); ``None`` for continuous data.
+        prior: ``L_T``.
+        diffusion: ``sum_{t>=2} L_{t-1}`` (or its unbiased estimate).
+        decoder: ``L_0``.
+        diffusion_stderr: standard error of the estimate with ``n_t``; zeros when summed.
+        nfe: model calls per example.
+        terms: ``(B, N - 1)`` the individual ``L_{t-1}``, DDPM's t = N..2 (when summed).
+    """
+
+    nats: torch.Tensor
+    bpd: torch.Tensor | None
+    prior: torch.Tensor
+    diffusion: torch.Tensor
+    decoder: torch.Tensor
+    diffusion_stderr: torch.Tensor
+    nfe: int
+    terms: torch.Tensor | None = None
+
+
+def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
+    """Elementwise ``KL(N(mean1, var1) || N(mean2, var2))``."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                                        *, bins: int = 256) -> torch.Tensor:
+    """Elementwise ``log P(x)`` of the Gaussian integrated over ``x``'s pixel bin ([Ho20] Eq. 13).
+
+    ``x`` lies on the ``bins`` levels of ``[-1, 1]``; the edge bins extend to ``-inf`` / ``+inf``
+    so the probabilities of all bins sum to 1.
+    """
+    half = 1.0 / (bins - 1)
+    std = torch.sqrt(var)
+    upper = torch.where(x > 1 - half / 2, torch.ones_like(x),
+                        _std_normal_cdf((x + half - mean) / std))
+    lower = torch.where(x < -1 + half / 2, torch.zeros_like(x),
+                        _std_normal_cdf((x - half - mean) / std))
+    return torch.log((upper - lower).clamp(min=1e-12))
+
+
+def vlb(
+    model: EpsModel,
+    sde: SDE,
+    x: torch.Tensor,
+    *,
+    variance: str = "beta",
+    n_t: int | None = None,
+    generator: torch.Generator | None = None,
+) -> VLBResult:
+    """DDPM's variational bound on ``-log p(x)`` per example, with its term breakdown.
+
+    Args:
+        model: eps-model ``model(x, t)``; step ``i`` is evaluated at ``sde.index_to_time(i)``.
+        sde: VP (DDPM's discrete ``abar_i``) or sub-VP (its coefficients at the step times).
+        x: uint8 images ``(B, C, H, W)`` (scaled to [-1, 1], discretized decoder) or float data
+            ``(B, *D)`` in model units (continuous Gaussian decoder).
+        variance: reverse variance ``beta`` or ``beta_tilde``.
+        n_t: sum all ``N - 1`` middle terms (``None``) or estimate their sum from ``n_t`` steps
+            drawn uniformly per example (unbiased, with a standard error).
+        generator: source of the ``x_t`` draws and sampled steps.
+
+    Returns:
+        :class:`VLBResult`.
+    """
+    if isinstance(sde, VESDE):
+        raise ValueError("vlb needs a variance-preserving chain (VP or sub-VP); VE's x_0 is "
+                         "already perturbed by sigma_min")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    if n_t is not None and n_t < 1:
+        raise ValueError(f"n_t must be a positive integer, got {n_t}")
+    discrete = x.dtype == torch.uint8
+    x0 = uint8_to_model(x).double() if discrete else x.double()
+    b, dev, n = x0.shape[0], x0.device, sde.N
+    # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
+    idx = torch.arange(n - 1, -1, -1, device=dev)
+    ts = sde.index_to_time(idx).to(dev)
+    alpha, sigma = grid_coeffs(sde, ts, discrete=True)
+    alpha = torch.cat([alpha, alpha.new_ones(1)])
+    sigma = torch.cat([sigma, sigma.new_zeros(1)])
+    c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)  # interval k: step k -> k+1
+    if (v <= 0).any():
+        raise ValueError("the discrete chain has a non-positive transition variance")
+    var_p = v if variance == "beta" else torch.cat([var_tilde[:-1], var_tilde[-2:-1]])
+    ndim = x0[0].numel()
+
+    def draw_xt(k: torch.Tensor):  # k: (B,) interval index; x_t at grid point k
+        z = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        return append_dims(alpha[k], x0.ndim) * x0 + append_dims(sigma[k], x0.ndim) * z
+
+    def x0_hat(x_t, k):
+        eps = model(x_t, ts[k].to(x_t.dtype))
+        return (x_t - append_dims(sigma[k], x_t.ndim) * eps.double()) / append_dims(alpha[k], x_t.ndim)
+
+    def middle(k: torch.Tensor) -> torch.Tensor:  # L_{t-1} for interval k < N-1, per example
+        x_t = draw_xt(k)
+        diff = append_dims(c_x0[k], x0.ndim) * (x0 - x0_hat(x_t, k))  # mu~ - mu_theta
+        r = var_tilde[k] / var_p[k]
+        return 0.5 * (ndim * (r - 1 - torch.log(r)) + sum_flat(diff**2) / var_p[k])
+
+    # L_T: KL(q(x_N | x_0) || prior).
+    prior_var = torch.tensor(sde.prior_std**2, dtype=torch.float64, device=dev)
+    l_prior = sum_flat(gaussian_kl(alpha[0] * x0, sigma[0] ** 2, torch.zeros_like(x0), prior_var))
+    # Middle terms, intervals 0..N-2 (DDPM's t = N..2).
+    if n_t is None:
+        terms = torch.stack([middle(torch.full((b,), k, device=dev)) for k in range(n - 1)], 1)
+        l_mid, se = terms.sum(1), torch.zeros(b, dtype=torch.float64, device=dev)
+        nfe, kept = n, terms
+    else:
+        ks = torch.randint(0, n - 1, (n_t, b), generator=generator, device=dev)
+        terms = torch.stack([middle(ks[j]) for j in range(n_t)], 1)
+        l_mid = (n - 1) * terms.mean(1)
+        se = (n - 1) * terms.std(1) / math.sqrt(n_t) if n_t > 1 else torch.full_like(l_mid, math.nan)
+        nfe, kept = n_t + 1, None
+    # L_0: the decoder at DDPM's t = 1 (the last interval).
+    k_last = torch.full((b,), n - 1, device=dev)
+    x_1 = draw_xt(k_last)
+    mean = x0_hat(x_1, k_last)  # mu_theta(x_1, 1) = x0_hat since sigma_0 = 0
+    var = var_p[n - 1].expand_as(mean)
+    if discrete:
+        l_dec = -sum_flat(discretized_gaussian_log_likelihood(x0, mean, var))
+    else:
+        l_dec = sum_flat(0.5 * (torch.log(2 * math.pi * var) + (x0 - mean) ** 2 / var))
+    total = l_prior + l_mid + l_dec
+    bpd = total / (ndim * math.log(2)) if discrete else None
+    return VLBResult(nats=total, bpd=bpd, prior=l_prior, diffusion=l_mid, decoder=l_dec,
+                     diffusion_stderr=se, nfe=nfe, terms=kept)
