@@ -92,6 +92,7 @@ class TrainConfig:
     sample_every: int = _f(0, "write an EMA sample grid every K steps (0: never)", min=0)
     sample_n: int = _f(64, "images in a sample grid", min=1, max=4096)
     max_nonfinite: int = _f(10, "stop after this many consecutive NaN/Inf steps", min=1)
+    max_seconds: float = _f(0.0, "wall-clock budget: checkpoint and stop after it (0: none)", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,7 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     loss_value = math.nan
     bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="train", unit="it")
     t_last, s_last = time.perf_counter(), step
+    t_start = t_last
     metrics = metrics_path.open("a") if main else None
     stopping = False
     with _StopFlag() as stop:
@@ -237,13 +238,14 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             # One host sync per step: a NaN/Inf loss or gradient (on any rank) skips the update.
             ok = (torch.isfinite(loss) & torch.isfinite(grad_norm)).float()
+            local_stop = stop.signal is not None or bool(
+                tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds)
             if di.enabled:
-                flags = torch.stack([1 - ok, torch.tensor(float(stop.signal is not None),
-                                                          device=ok.device)])
-                flags = distributed.all_reduce(flags, "max")  # any rank bad / any rank signalled
+                flags = torch.stack([1 - ok, torch.tensor(float(local_stop), device=ok.device)])
+                flags = distributed.all_reduce(flags, "max")  # any rank bad / any rank stopping
                 ok, stopping = 1 - flags[0], bool(flags[1])
             else:
-                stopping = stop.signal is not None
+                stopping = local_stop
             if bool(ok):
                 opt.step()
                 ema.update(model)

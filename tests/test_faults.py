@@ -152,3 +152,10 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path):
     torch.save(state, ckpt)
     res = runner.invoke(app, ["sample", "--ckpt", str(tmp_path), "--n", "4"])
     assert res.exit_code == 2 and "does not match its config's model" in res.output
+
+
+def test_time_budget_checkpoints_and_stops(tmp_path):
+    res = train(load_config(None, FAST + ["train.steps=100000", "train.max_seconds=1.0"]), tmp_path,
+                progress=False)
+    assert res.interrupted and 0 < res.step < 100000
+    assert load_checkpoint(res.checkpoint)["step"] == res.step
