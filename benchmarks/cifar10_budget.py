@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, write_result  # noqa: E402
 
 from sde_gen.config import load_config  # noqa: E402
+from sde_gen.factory import data_shape  # noqa: E402
+from sde_gen.generate import generate  # noqa: E402
+from sde_gen.outputs import write_samples  # noqa: E402
 from sde_gen.likelihood.evaluate import evaluate_likelihood  # noqa: E402
 from sde_gen.runs import load_run  # noqa: E402
 from sde_gen.train import train  # noqa: E402
@@ -57,10 +59,13 @@ def main() -> None:
     recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     img_s = res.step * args.batch / args.seconds
     run = load_run(workdir, device=args.device)
+    grid = Path(__file__).resolve().parent / "results" / "cifar10_budget_samples.png"
+    gen = generate(run.model, run.sde, 64, data_shape(run.cfg.data), "ddim", steps=49,
+                   device=args.device, progress=False)
+    write_samples(gen.x, run.cfg, grid, title="DDIM 50 NFE")
+    grid.with_suffix(".npz").unlink(missing_ok=True)
     ll = evaluate_likelihood(run, n=args.n_bpd, batch_size=min(64, args.n_bpd), split="test",
                              device=args.device, progress=False)
-    grid = Path(__file__).resolve().parent / "results" / "cifar10_budget_samples.png"
-    shutil.copy(res.plot, grid) if res.plot else None
     rows = [{"steps": res.step, "images/s (end to end)": img_s,
              "last logged loss": recs[-1]["loss"] if recs else float("nan"),
              "test bpd": ll["bpd"], "bpd stderr": ll["bpd_stderr"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any
@@ -61,13 +62,14 @@ def evaluate_likelihood(
     if images:
         data = build_data(run.cfg.data, split)
         n = min(n, len(data))
-        x_all = dequantize(data.x[:n], generator=g, dtype=torch.float64)
+        x_all = dequantize(data.x[:n], generator=g, dtype=torch.float32)
     else:
         data = build_data(run.cfg.data)
         x_all = data.sample(n, generator=g, dtype=torch.float64)
     mine: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
-    model = run.model.double()
+    # 2-D data: a float64 solve (cheap); images: the network's float32. Never mutates run.model.
+    model = run.model if images else copy.deepcopy(run.model).double()
     rank, world = rank_world()  # under torchrun, batch i goes to rank i mod W
     starts = list(range(0, n, batch_size))
     for b in tqdm(range(rank, len(starts), world), desc="likelihood",
@@ -126,7 +128,7 @@ def evaluate_vlb(
         x_all = data.x[:n]
     else:
         x_all = build_data(run.cfg.data).sample(n, generator=g, dtype=torch.float64)
-    model = run.model.double()
+    model = copy.deepcopy(run.model).double()  # the bound is accumulated in float64
     parts: dict[str, list[torch.Tensor]] = {"nats": [], "prior": [], "diffusion": [], "decoder": []}
     start, nfe = time.perf_counter(), 0
     for b, i in enumerate(tqdm(range(0, n, batch_size), desc="vlb", disable=not progress)):
