@@ -39,7 +39,8 @@ from sde_gen.nets.unet import UNET_PRESETS  # noqa: E402
 from sde_gen.parameterization import ScoreModel  # noqa: E402
 from sde_gen.sampling import sample  # noqa: E402
 from sde_gen.sde import VPSDE  # noqa: E402
-from train_throughput import build_unet, import_diffusers, peer_unet, resolve_device, sync  # noqa: E402
+from peers import import_diffusers, peer_unet  # noqa: E402
+from train_throughput import build_unet, resolve_device, sync  # noqa: E402
 
 GPU_NOTE = (
     "**On this machine only the CPU was available, so the GPU goals from the issue (sampler "

@@ -31,7 +31,6 @@ import argparse
 import resource
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from common import header, table, write_result  # noqa: E402
+from peers import import_diffusers, peer_unet  # noqa: E402
 from sde_gen.losses import dsm_loss  # noqa: E402
 from sde_gen.nets.unet import UNET_PRESETS, UNet  # noqa: E402
 from sde_gen.parameterization import ScoreModel  # noqa: E402
@@ -55,17 +55,6 @@ GPU_NOTE = (
 )
 
 
-def import_diffusers():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import diffusers
-        return diffusers
-    except Exception as exc:  # noqa: BLE001 - any import failure means "skip the peer"
-        print(f"note: diffusers not available ({type(exc).__name__}: {exc}); skipping the peer")
-        return None
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,22 +65,6 @@ def build_unet(preset: str, resolution: int) -> UNet:
     cfg = dict(UNET_PRESETS[preset])
     cfg["resolution"] = resolution
     return UNet(**cfg)
-
-
-def peer_unet(df, preset: str, resolution: int):
-    """diffusers ``UNet2DModel`` of the size of our ``preset`` (DDPM CIFAR-10 layout)."""
-    cfg = UNET_PRESETS[preset]
-    ch, mult = cfg["ch"], cfg["ch_mult"]
-    levels = [resolution // 2**i in cfg["attn_resolutions"] for i in range(len(mult))]
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in levels)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
-    groups = min(32, ch // 4)
-    return df.UNet2DModel(
-        sample_size=resolution, in_channels=cfg.get("in_channels", 3),
-        out_channels=cfg.get("in_channels", 3), block_out_channels=tuple(ch * m for m in mult),
-        layers_per_block=cfg["num_res_blocks"], down_block_types=down, up_block_types=up,
-        dropout=cfg["dropout"], attention_head_dim=None, norm_num_groups=groups, norm_eps=1e-6,
-    )
 
 
 def n_params(m: torch.nn.Module) -> float:

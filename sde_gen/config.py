@@ -52,8 +52,15 @@ class ModelConfig:
     attn_resolutions: tuple = _f((16,), "U-Net feature sizes with self-attention")
     dropout: float = _f(0.1, "U-Net dropout", min=0.0, max=0.9)
     num_heads: int = _f(1, "U-Net attention heads", min=1, max=64)
-    prediction: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
-    sigma_data: float = _f(1.0, "data std for input scaling", min=1e-6)
+    prediction: str = _f("eps", "what the network predicts (edm: EDM's preconditioned F)",
+                         choices=("eps", "x0", "v", "edm"))
+    sigma_data: float = _f(1.0, "data std for input scaling and EDM's c_skip/c_out", min=1e-6)
+    noise_cond: str = _f("t", "network conditioned on the time t or the log-SNR",
+                         choices=("t", "logsnr"))
+    film: bool = _f(True, "MLP: FiLM (scale and shift) conditioning instead of additive")
+    fourier_features: int = _f(0, "MLP: random Fourier features of the input (0: off)", min=0,
+                               max=4096)
+    fourier_scale: float = _f(1.0, "MLP: std of the Fourier frequencies", gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,15 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "gradient-norm clip (0 disables)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay of the weights", min=0.0, max=1.0)
     seed: int = _f(0, "random seed", min=0, max=2**63 - 1)
-    weighting: str = _f("simple", "DSM weighting", choices=("simple", "likelihood"))
+    weighting: str = _f("simple", "DSM weighting", choices=("simple", "likelihood", "min_snr", "edm"))
+    min_snr_gamma: float = _f(5.0, "gamma of the min-SNR weighting", gt=0.0)
+    time_sampling: str = _f("uniform", "training-time distribution",
+                            choices=("uniform", "importance", "lognormal"))
+    p_mean: float = _f(-1.2, "lognormal time sampling: mean of ln(sigma/alpha)")
+    p_std: float = _f(1.2, "lognormal time sampling: std of ln(sigma/alpha)", gt=0.0)
+    lr_schedule: str = _f("constant", "LR after warmup", choices=("constant", "cosine"))
+    ema_mode: str = _f("fixed", "EMA decay rule", choices=("fixed", "warmup", "power"))
+    ema_sigma_rel: float = _f(0.1, "power EMA: relative width sigma_rel", gt=0.0, max=0.27)
     t_eps: float = _f(1e-5, "smallest training time", min=0.0, max=0.5)
     reduce: str = _f("mean", "reduce the squared error over dims", choices=("mean", "sum"))
     discrete: bool = _f(False, "train on DDPM's N discrete steps")
@@ -136,6 +151,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     rules = f.metadata
     if "choices" in rules and value not in rules["choices"]:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, rules['choices']))}")
+    if "gt" in rules and not value > rules["gt"]:
+        raise ConfigError(f"{key}: {value!r} must be greater than {rules['gt']}")
     if "min" in rules and value < rules["min"]:
         raise ConfigError(f"{key}: {value!r} is below the minimum {rules['min']}")
     if "max" in rules and value > rules["max"]:
@@ -163,7 +180,16 @@ def from_dict(d: Mapping[str, Any]) -> Config:
             raise ConfigError(f"unknown section '{section}'; allowed: {', '.join(_SECTION_CLASSES)}")
         if values is not None and not isinstance(values, Mapping):
             raise ConfigError(f"section '{section}' must be a mapping, got {values!r}")
-    return Config(**{s: _build_section(s, d.get(s) or {}) for s in _SECTION_CLASSES})
+    cfg = Config(**{s: _build_section(s, d.get(s) or {}) for s in _SECTION_CLASSES})
+    _check_combination(cfg)
+    return cfg
+
+
+def _check_combination(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    if cfg.train.discrete and cfg.train.time_sampling != "uniform":
+        raise ConfigError(f"train.time_sampling={cfg.train.time_sampling} needs continuous time; "
+                          "train.discrete=true draws DDPM's steps uniformly")
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

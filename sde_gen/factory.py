@@ -21,12 +21,19 @@ SDES: dict[str, Callable[[SDEConfig], SDE]] = {
     "ve": lambda c: VESDE(c.sigma_min, c.sigma_max, c.N),
 }
 
+# Scale of c_noise before the networks' sinusoidal features: t in [0, 1] onto DDPM's 1000
+# indices; the log-SNR (about -10..10) as it is.
+TIME_SCALES = {"t": 1000.0, "logsnr": 1.0}
+
 NETS: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {
-    "mlp": lambda c, shape: MLP(shape[0], width=c.width, depth=c.depth, emb_dim=c.emb_dim),
+    "mlp": lambda c, shape: MLP(
+        shape[0], width=c.width, depth=c.depth, emb_dim=c.emb_dim,
+        time_scale=TIME_SCALES[c.noise_cond], film=c.film, fourier_features=c.fourier_features,
+        fourier_scale=c.fourier_scale),
     "unet": lambda c, shape: UNet(
         shape[0], ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
         attn_resolutions=c.attn_resolutions, resolution=shape[1], dropout=c.dropout,
-        num_heads=c.num_heads),
+        num_heads=c.num_heads, time_scale=TIME_SCALES[c.noise_cond]),
 }
 
 
@@ -67,4 +74,5 @@ def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
         raise ValueError(f"model.name={cfg.model.name} does not fit data.name={cfg.data.name} "
                          f"(use unet for images, mlp for 2-D data)")
     net = NETS[cfg.model.name](cfg.model, shape)
-    return ScoreModel(net, sde, prediction=cfg.model.prediction, sigma_data=cfg.model.sigma_data)
+    return ScoreModel(net, sde, prediction=cfg.model.prediction, sigma_data=cfg.model.sigma_data,
+                      noise_cond=cfg.model.noise_cond)

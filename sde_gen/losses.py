@@ -5,12 +5,27 @@ With ``x_t = alpha_t x0 + sigma_t z`` the score target is ``-z / sigma_t``, so
     lambda(t) || s_theta(x_t, t) + z / sigma_t ||^2 = lambda(t) / sigma_t^2 || eps_theta(x_t, t) - z ||^2.
 
 A weighting is a function ``w(sde, t) -> (B,)`` returning ``lambda(t) / sigma_t^2``, the factor on
-the eps-MSE: ``simple`` (``lambda = sigma^2``, DDPM's L_simple, [Ho20] Eq. 14) gives 1 and
-``likelihood`` (``lambda = g^2``, [Song21mle] Thm. 1) gives ``g(t)^2 / sigma_t^2``.
+the eps-MSE, whatever the network predicts (the prediction target is a parameterization,
+:class:`~sde_gen.parameterization.ScoreModel`; the weighting alone sets the objective). With
+``SNR = alpha_t^2 / sigma_t^2`` and ``sigma = sigma_t / alpha_t``:
+
+| name         | factor on the eps-MSE          | source                                      |
+| ------------ | ------------------------------ | ------------------------------------------- |
+| ``simple``     | 1                              | DDPM's L_simple, [Ho20] Eq. (14)            |
+| ``likelihood`` | ``g(t)^2 / sigma_t^2``         | [Song21mle] Thm. 1 (bound on the KL)        |
+| ``min_snr``    | ``min(SNR, gamma) / SNR``      | [Hang23] Eq. (9) for eps-prediction         |
+| ``edm``        | ``(sigma^2 + s_d^2) / s_d^2``  | [Karras22] Eq. (8) and Table 1's lambda     |
+
+EDM's ``lambda(sigma) ||D - x0||^2`` is the eps-MSE times ``lambda sigma^2``, which is the row
+above; it puts unit weight on the MSE of the preconditioned network output ``F``.
+
+Times come from a :class:`~sde_gen.time_sampling.TimeSampler` (uniform, importance-sampled or
+EDM's log-normal) whose factor ``r(t)`` multiplies the loss.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -18,6 +33,7 @@ import torch
 from .parameterization import EpsModel
 from .sde import SDE
 from .tensor_utils import append_dims, mean_flat, sum_flat
+from .time_sampling import TimeSampler
 
 Weighting = Callable[[SDE, torch.Tensor], torch.Tensor]
 
@@ -34,8 +50,41 @@ def weight_likelihood(sde: SDE, t: torch.Tensor) -> torch.Tensor:
     return (g / sigma_t) ** 2
 
 
-WEIGHTINGS: dict[str, Weighting] = {"simple": weight_simple, "likelihood": weight_likelihood}
+def weight_min_snr(sde: SDE, t: torch.Tensor, *, gamma: float = 5.0) -> torch.Tensor:
+    """``min(SNR, gamma) / SNR`` on the eps-MSE. [Hang23] Eq. (9)."""
+    alpha_t, sigma_t = sde.marginal_coeffs(t)
+    snr = (alpha_t / sigma_t) ** 2
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def weight_edm(sde: SDE, t: torch.Tensor, *, sigma_data: float = 1.0) -> torch.Tensor:
+    """``(sigma^2 + s_d^2) / s_d^2`` on the eps-MSE, ``sigma = sigma_t / alpha_t``. [Karras22] Eq. (8)."""
+    alpha_t, sigma_t = sde.marginal_coeffs(t)
+    return 1.0 + (sigma_t / (alpha_t * sigma_data)) ** 2
+
+
+WEIGHTINGS: dict[str, Callable[..., torch.Tensor]] = {
+    "simple": weight_simple,
+    "likelihood": weight_likelihood,
+    "min_snr": weight_min_snr,
+    "edm": weight_edm,
+}
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": mean_flat, "sum": sum_flat}
+
+
+def make_weighting(name: str, *, gamma: float = 5.0, sigma_data: float = 1.0) -> Weighting:
+    """The weighting ``name`` with its parameter bound (``gamma`` for min-SNR, ``s_d`` for EDM)."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if name == "min_snr":
+        if not gamma > 0:
+            raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
+        return functools.partial(weight_min_snr, gamma=gamma)
+    if name == "edm":
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        return functools.partial(weight_edm, sigma_data=sigma_data)
+    return WEIGHTINGS[name]
 
 
 def sample_time(
@@ -44,28 +93,34 @@ def sample_time(
     *,
     t_eps: float = 1e-5,
     discrete: bool = False,
+    time_sampling: str | TimeSampler = "uniform",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw training times and their kernel coefficients.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw training times, their kernel coefficients and importance factors.
 
-    Continuous: ``t ~ U(t_eps, T)`` and ``(alpha_t, sigma_t) = sde.marginal_coeffs(t)``. Discrete
-    (DDPM's training, [Ho20] Alg. 1): ``i ~ U{0..N-1}``, ``t = sde.index_to_time(i)`` and the
-    discrete chain's own coefficients (``sqrt(abar_i)``, ``sqrt(1 - abar_i)`` for VP).
+    Continuous: ``t`` from ``time_sampling`` (:class:`~sde_gen.time_sampling.TimeSampler`) and
+    ``(alpha_t, sigma_t) = sde.marginal_coeffs(t)``. Discrete (DDPM's training, [Ho20] Alg. 1):
+    ``i ~ U{0..N-1}``, ``t = sde.index_to_time(i)`` and the discrete chain's own coefficients
+    (``sqrt(abar_i)``, ``sqrt(1 - abar_i)`` for VP); only uniform sampling applies there.
 
     Returns:
-        ``(t, alpha_t, sigma_t)``, each ``(B,)``.
+        ``(t, alpha_t, sigma_t, r)``, each ``(B,)``.
     """
+    sampler = TimeSampler(time_sampling) if isinstance(time_sampling, str) else time_sampling
     if discrete:
+        if sampler.name != "uniform":
+            raise ValueError("discrete training draws DDPM's steps uniformly; "
+                             f"time_sampling={sampler.name!r} needs continuous time")
         i = torch.randint(0, sde.N, (batch,), generator=generator, device=device)
         alpha_t, sigma_t = sde.discrete_coeffs(i)
         t = sde.index_to_time(i)
-        return t.to(dtype), alpha_t.to(dtype), sigma_t.to(dtype)
-    u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
-    t = t_eps + (sde.T - t_eps) * u
-    alpha_t, sigma_t = sde.marginal_coeffs(t)
-    return t, alpha_t, sigma_t
+        return t.to(dtype), alpha_t.to(dtype), sigma_t.to(dtype), torch.ones_like(t, dtype=dtype)
+    t, r = sampler.sample(sde, batch, t_eps=t_eps, generator=generator, device=device,
+                          dtype=torch.float64)
+    alpha_t, sigma_t = sde.marginal_coeffs(t)  # float64, then cast: exact at tiny t
+    return t.to(dtype), alpha_t.to(dtype), sigma_t.to(dtype), r.to(dtype)
 
 
 def dsm_loss(
@@ -74,6 +129,7 @@ def dsm_loss(
     x0: torch.Tensor,
     *,
     weighting: str | Weighting = "simple",
+    time_sampling: str | TimeSampler = "uniform",
     t_eps: float = 1e-5,
     reduce: str = "mean",
     discrete: bool = False,
@@ -86,10 +142,12 @@ def dsm_loss(
         model: eps-model ``model(x_t, t)``.
         sde: forward SDE.
         x0: clean data. Shapes: ``(B, *D)``.
-        weighting: ``"simple"``, ``"likelihood"`` or a function ``w(sde, t) -> (B,)``.
+        weighting: a name of :data:`WEIGHTINGS` (default parameters; see :func:`make_weighting`)
+            or a function ``w(sde, t) -> (B,)``.
+        time_sampling: ``"uniform"``, ``"importance"``, ``"lognormal"`` or a ``TimeSampler``.
         t_eps: smallest training time (continuous variant).
         reduce: ``"mean"`` or ``"sum"`` of the squared error over data dimensions.
-        discrete: train on DDPM's N discrete steps instead of ``t ~ U(t_eps, T)``.
+        discrete: train on DDPM's N discrete steps instead of continuous time.
         generator: source of the times and noise.
         shard: evaluate only these rows. Times and noise are drawn for the whole batch first, so
             a global batch split over data-parallel ranks gives exactly the single-process draws.
@@ -97,18 +155,16 @@ def dsm_loss(
     Returns:
         ``(B,)`` loss (``(len(shard),)`` with ``shard``). Refs: [Song21] Eq. (7); [Ho20] Alg. 1.
     """
-    w = WEIGHTINGS.get(weighting) if isinstance(weighting, str) else weighting
-    if w is None:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    w = make_weighting(weighting) if isinstance(weighting, str) else weighting
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; choose one of {sorted(REDUCTIONS)}")
-    t, alpha_t, sigma_t = sample_time(
-        sde, x0.shape[0], t_eps=t_eps, discrete=discrete, generator=generator,
-        device=x0.device, dtype=x0.dtype,
+    t, alpha_t, sigma_t, r = sample_time(
+        sde, x0.shape[0], t_eps=t_eps, discrete=discrete, time_sampling=time_sampling,
+        generator=generator, device=x0.device, dtype=x0.dtype,
     )
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if shard is not None:
-        x0, z, t, alpha_t, sigma_t = x0[shard], z[shard], t[shard], alpha_t[shard], sigma_t[shard]
+        x0, z, t, alpha_t, sigma_t, r = (v[shard] for v in (x0, z, t, alpha_t, sigma_t, r))
     x_t = append_dims(alpha_t, x0.ndim) * x0 + append_dims(sigma_t, x0.ndim) * z
     err = REDUCTIONS[reduce]((model(x_t, t) - z) ** 2)
-    return w(sde, t) * err
+    return w(sde, t) * r * err

@@ -21,7 +21,8 @@ from .sde import SDE
 from .tensor_utils import append_dims
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "edm")
+NOISE_CONDS = ("t", "logsnr")
 
 
 def eps_to_score(eps: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
@@ -79,44 +80,66 @@ def denoise_fn(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch.Tenso
 
 
 class ScoreModel(nn.Module):
-    """An eps-model built from a network ``net(x_in, t)`` that knows nothing about SDEs.
+    """An eps-model built from a network ``net(x_in, c_noise)`` that knows nothing about SDEs.
 
     The network sees the input scaled to unit variance, ``x_in = x_t / sqrt(alpha_t^2 s_d^2 +
     sigma_t^2)`` ([Karras22] ``c_in``; the identity for VP with unit-variance data, essential for
-    VE where ``sigma_t`` reaches 50), and the continuous time ``t`` itself; how it embeds ``t`` is
-    the network's business. Its raw output is read as eps, x0 or v (``prediction``) and converted
-    to eps here. ``forward`` returns eps; ``score`` and ``denoise`` give the other two views.
-    The module never changes train/eval mode.
+    VE where ``sigma_t`` reaches 50), and a noise level ``c_noise``: the time ``t`` itself
+    (``noise_cond="t"``, score_sde's and DDPM's convention) or the half log-SNR
+    ``lambda_t = log(alpha_t / sigma_t)`` (``"logsnr"``; EDM's ``c_noise = ln(sigma)/4`` up to
+    scale, [Karras22] Table 1), which is smooth where ``t`` is not (``lambda`` changes like
+    ``log t`` near 0) and the same variable for every SDE. Its raw output is read as eps, x0, v or
+    EDM's ``F`` (``prediction``) and converted to eps here. ``forward`` returns eps; ``score`` and
+    ``denoise`` give the other two views. The module never changes train/eval mode.
+
+    ``prediction="edm"``: with ``sigma = sigma_t / alpha_t`` and ``rho = sqrt(sigma^2 + s_d^2)``,
+    EDM's denoiser ``D = c_skip x/alpha + c_out F`` (``c_skip = s_d^2 / rho^2``,
+    ``c_out = sigma s_d / rho``, [Karras22] Table 1) gives ``eps = (sigma/rho) x_in - (s_d/rho) F``,
+    written in that form because it does not cancel at small ``sigma``. ``c_skip`` is the exact
+    denoiser of ``N(0, s_d^2 I)`` data: the network learns the correction to a Gaussian.
 
     Args:
-        net: ``net(x_in, t) -> output`` of the shape of ``x``.
+        net: ``net(x_in, c_noise) -> output`` of the shape of ``x``.
         sde: the forward SDE whose ``marginal_coeffs`` define the conversions.
-        prediction: what the network predicts: ``"eps"`` (default), ``"x0"`` or ``"v"``.
-        sigma_data: data standard deviation used in the input scaling.
+        prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"edm"``.
+        sigma_data: data standard deviation used in the input scaling and EDM's coefficients.
+        noise_cond: ``"t"`` or ``"logsnr"``: what the network is conditioned on.
     """
 
     def __init__(
-        self, net: nn.Module, sde: SDE, *, prediction: str = "eps", sigma_data: float = 1.0
+        self, net: nn.Module, sde: SDE, *, prediction: str = "eps", sigma_data: float = 1.0,
+        noise_cond: str = "t",
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+        if noise_cond not in NOISE_CONDS:
+            raise ValueError(f"unknown noise_cond {noise_cond!r}; choose one of {NOISE_CONDS}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.sde, self.prediction, self.sigma_data = net, sde, prediction, sigma_data
+        self.noise_cond = noise_cond
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps_hat(x, t). Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         alpha_t, sigma_t = self.sde.marginal_coeffs(t)
-        c_in = torch.rsqrt(alpha_t**2 * self.sigma_data**2 + sigma_t**2)
-        out = self.net(x * append_dims(c_in, x.ndim).to(x.dtype), t)
+        s_d = self.sigma_data
+        c_in = torch.rsqrt(alpha_t**2 * s_d**2 + sigma_t**2)
+        x_in = x * append_dims(c_in, x.ndim).to(x.dtype)
+        c_noise = t if self.noise_cond == "t" else torch.log(alpha_t) - torch.log(sigma_t)
+        out = self.net(x_in, c_noise)
         if self.prediction == "eps":
             return out
         if self.prediction == "x0":
             return x0_to_eps(x, out, alpha_t, sigma_t)
-        return v_to_eps(x, out, alpha_t, sigma_t)
+        if self.prediction == "v":
+            return v_to_eps(x, out, alpha_t, sigma_t)
+        sigma = sigma_t / alpha_t
+        rho = torch.sqrt(sigma**2 + s_d**2)
+        n = x.ndim
+        return append_dims(sigma / rho, n).to(x.dtype) * x_in - append_dims(s_d / rho, n).to(x.dtype) * out
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ``-eps_hat / sigma_t``."""

@@ -51,6 +51,16 @@ class SDE(ABC):
         """End time of the SDE."""
         return self._T
 
+    def _table(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The CPU table ``self.<name>`` on ``device``, copied once per (device, dtype) and cached:
+        a ``.to(device)`` inside a training step or sampler loop is a blocking copy every call."""
+        cache = self.__dict__.setdefault("_device_tables", {})
+        key = (name, torch.device(device), dtype)
+        if key not in cache:
+            table = getattr(self, name)
+            cache[key] = table.to(device=device, dtype=dtype or table.dtype)
+        return cache[key]
+
     # -- the SDE itself ---------------------------------------------------------------------------
     @abstractmethod
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +197,7 @@ class VPSDE(SDE):
         return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
 
     def discrete_coeffs(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        abar = self._alphas_cumprod64.to(i.device)[i]
+        abar = self._table("_alphas_cumprod64", i.device)[i]
         return torch.sqrt(abar), torch.sqrt(1.0 - abar)
 
     def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
@@ -199,7 +209,7 @@ class VPSDE(SDE):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DDPM's chain ``x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z``. [Ho20] Eq. (2)."""
         _check_time(x, t)
-        beta = self._betas64.to(x.device, x.dtype)[self.time_to_index(t).to(x.device)]
+        beta = self._table("_betas64", x.device, x.dtype)[self.time_to_index(t).to(x.device)]
         f = append_dims(torch.sqrt(1.0 - beta), x.ndim) * x - x
         return f, torch.sqrt(beta)
 
@@ -293,7 +303,7 @@ class VESDE(SDE):
         """SMLD's chain ``x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z``. [Song21] Eq. (45)."""
         _check_time(x, t)
         i = self.time_to_index(t).to(x.device)
-        sigmas = self._sigmas64.to(x.device, x.dtype)
+        sigmas = self._table("_sigmas64", x.device, x.dtype)
         prev = torch.where(i == 0, torch.zeros_like(sigmas[i]), sigmas[(i - 1).clamp(min=0)])
         return torch.zeros_like(x), torch.sqrt(sigmas[i] ** 2 - prev**2)
 

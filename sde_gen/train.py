@@ -33,7 +33,8 @@ from .ema import EMA
 from . import distributed
 from .data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
-from .losses import dsm_loss
+from .losses import dsm_loss, make_weighting
+from .time_sampling import TimeSampler
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -77,11 +78,15 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _resume_state(workdir: Path, device: torch.device) -> dict[str, Any] | None:
-    """The newest readable checkpoint; unreadable ones are reported and skipped."""
+def _resume_state(workdir: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint, loaded onto the CPU; unreadable ones are reported and skipped.
+
+    Loaded onto the CPU because ``torch.Generator.set_state`` takes a CPU ByteTensor, also for a
+    CUDA generator; ``load_state_dict`` moves weights and optimizer state to their device.
+    """
     for path in reversed(list_checkpoints(workdir)):
         try:
-            return load_checkpoint(path, map_location=device)
+            return load_checkpoint(path, map_location="cpu")
         except CheckpointError as e:
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
             path.replace(path.with_name(path.name + ".corrupt"))  # never picked or pruned again
@@ -99,9 +104,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup to ``train.lr`` over ``train.warmup`` steps, constant after ([Ho20] App. B)."""
-    w = cfg.train.warmup
-    return cfg.train.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+    """Linear warmup to ``train.lr`` over ``train.warmup`` steps ([Ho20] App. B), then constant or
+    a cosine decay to zero at ``train.steps`` ([Loshchilov17] Eq. 5, no restarts)."""
+    tc = cfg.train
+    if tc.warmup > 0 and step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
+    return tc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -117,6 +128,7 @@ def _state(step, model, ema, opt, batches, noise_gen, cfg) -> dict[str, Any]:
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
+        "ema_updates": ema.num_updates,
         "optimizer": opt.state_dict(),
         "data": batches.state_dict(),
         "noise_rng": noise_gen.get_state(),
@@ -178,7 +190,9 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
         model = build_model(cfg, sde).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, tc.ema_decay)
+    ema = EMA(model, tc.ema_decay, mode=tc.ema_mode, sigma_rel=tc.ema_sigma_rel)
+    weighting = make_weighting(tc.weighting, gamma=tc.min_snr_gamma, sigma_data=cfg.model.sigma_data)
+    time_sampling = TimeSampler(tc.time_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **fused)
     if images:
@@ -197,18 +211,19 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     bf16 = use_bf16(cfg, device)
 
     step, skipped, bad_run = 0, 0, 0
-    state = _resume_state(workdir, device)
+    state = _resume_state(workdir)
     if state is not None:
         try:
             model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            ema.load_state_dict(state["ema"], num_updates=int(
+                state.get("ema_updates", int(state["step"]) - int(state.get("skipped", 0)))))
             opt.load_state_dict(state["optimizer"])
             batches.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0][:200]
             raise CheckpointError(f"the checkpoint in {workdir} does not match this config "
                                   f"({first}); use a new --workdir or the run's own config") from None
-        noise_gen.set_state(state["noise_rng"].cpu() if device.type == "cpu" else state["noise_rng"])
+        noise_gen.set_state(state["noise_rng"])
         step, skipped = int(state["step"]), int(state.get("skipped", 0))
     metrics_path = workdir / METRICS
     if main:
@@ -229,8 +244,9 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
             x0 = batches.next()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = dsm_loss(
-                    forward, sde, x0, weighting=tc.weighting, t_eps=tc.t_eps, reduce=tc.reduce,
-                    discrete=tc.discrete, generator=noise_gen, shard=shard,
+                    forward, sde, x0, weighting=weighting, time_sampling=time_sampling,
+                    t_eps=tc.t_eps, reduce=tc.reduce, discrete=tc.discrete, generator=noise_gen,
+                    shard=shard,
                 ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

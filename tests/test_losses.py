@@ -196,7 +196,8 @@ def test_zero_model_loss_is_noise_energy_on_images(dtype: torch.dtype) -> None:
 
 def test_sample_time_continuous_and_discrete() -> None:
     sde = VPSDE()
-    t, alpha, sigma = sample_time(sde, 4_000, t_eps=1e-3, generator=seeded(9), dtype=F64)
+    t, alpha, sigma, r = sample_time(sde, 4_000, t_eps=1e-3, generator=seeded(9), dtype=F64)
+    assert (r == 1).all()  # uniform: no importance factor
     assert t.shape == alpha.shape == sigma.shape == (4_000,)
     assert (t >= 1e-3).all() and (t <= sde.T).all()
     a_ref, s_ref = vp_coeffs(t)
@@ -205,7 +206,7 @@ def test_sample_time_continuous_and_discrete() -> None:
     # Uniform on [t_eps, T]: mean within 4 SE of (T + t_eps) / 2, SE = (T - t_eps) / sqrt(12 n).
     assert abs(t.mean().item() - 0.5005) < 4 * 0.999 / math.sqrt(12 * 4_000)
 
-    t, alpha, sigma = sample_time(sde, 4_000, discrete=True, generator=seeded(10), dtype=F64)
+    t, alpha, sigma, _ = sample_time(sde, 4_000, discrete=True, generator=seeded(10), dtype=F64)
     i = sde.time_to_index(t)
     torch.testing.assert_close(t, (i + 1).double() / 1000, rtol=0, atol=1e-12)  # on the grid
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=F64), 0)[i]
@@ -220,7 +221,7 @@ def test_bad_weighting_or_reduce_raise() -> None:
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x
 
-    with pytest.raises(ValueError, match=r"unknown weighting 'elbo'.*likelihood.*simple"):
+    with pytest.raises(ValueError, match=r"unknown weighting 'elbo'.*simple.*likelihood.*min_snr.*edm"):
         dsm_loss(model, sde, x0, weighting="elbo")
     with pytest.raises(ValueError, match=r"unknown reduce 'max'.*mean.*sum"):
         dsm_loss(model, sde, x0, reduce="max")

@@ -450,7 +450,7 @@ class DeviceBatches:
             raise ValueError(f"state is for batch_size {state['batch_size']} and "
                              f"{len(state['perm'])} images, not {self.batch_size} and "
                              f"{len(self.x)}")
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # set_state takes a CPU ByteTensor
         self._perm = state["perm"].to(self.device)
         self._pos = int(state["position"])
         self.epoch = int(state["epoch"])

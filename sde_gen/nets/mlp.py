@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -9,49 +11,96 @@ from .embeddings import SinusoidalEmbedding
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, width: int, emb_dim: int) -> None:
+    """``h + W2 act(W1 act(norm(h) (1 + s) + b))`` with FiLM ``(s, b)`` from the noise embedding.
+
+    Without FiLM the embedding is added after ``W1`` (DDPM's residual block). ``W2`` starts at
+    zero, so every block starts as the identity.
+
+    Refs: [Perez18] FiLM; [Dhariwal21] Sec. 3 (adaptive group normalization).
+    """
+
+    def __init__(self, width: int, emb_dim: int, *, film: bool) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width)
+        self.film = film
+        self.norm = nn.LayerNorm(width, elementwise_affine=not film)
         self.fc1 = nn.Linear(width, width)
-        self.emb = nn.Linear(emb_dim, width)
+        self.emb = nn.Linear(emb_dim, 2 * width if film else width)
         self.fc2 = nn.Linear(width, width)
         self.act = nn.SiLU()
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        r = self.fc1(self.act(self.norm(h))) + self.emb(emb)
+        e = self.emb(emb)
+        if self.film:
+            scale, shift = e.chunk(2, dim=1)
+            r = self.fc1(self.act(self.norm(h) * (1 + scale) + shift))
+        else:
+            r = self.fc1(self.act(self.norm(h))) + e
         return h + self.fc2(self.act(r))
 
 
+class FourierFeatures(nn.Module):
+    """Random Fourier features ``[x, sin(2 pi x B), cos(2 pi x B)]``, ``B ~ N(0, scale^2)`` fixed.
+
+    Low-dimensional inputs mapped this way let an MLP fit fine detail ([Tancik20] Sec. 5). ``B``
+    is a persistent buffer, so it travels with checkpoints.
+    """
+
+    def __init__(self, dim: int, n: int, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("B", scale * torch.randn(dim, n))
+        self.out_dim = dim + 2 * n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = 2 * math.pi * x @ self.B.to(x.dtype)
+        return torch.cat([x, torch.sin(p), torch.cos(p)], dim=1)
+
+
 class MLP(nn.Module):
-    """``net(x, t)``: residual MLP with a sinusoidal time embedding (of ``1000 t``), SiLU, LayerNorm.
+    """``net(x, c_noise)``: residual MLP with a sinusoidal embedding of the noise level.
+
+    The embedding is of ``time_scale * c_noise``: 1000 for the time ``t`` in ``[0, 1]`` (DDPM's
+    index range), about 1 for the log-SNR (:class:`~sde_gen.parameterization.ScoreModel`'s
+    ``noise_cond``). The output layer starts at zero.
 
     Args:
         dim: data dimension D.
         width: hidden width.
         depth: number of residual blocks.
-        emb_dim: size of the time embedding.
+        emb_dim: size of the noise embedding.
+        time_scale: multiplier of ``c_noise`` before the sinusoidal features.
+        film: FiLM conditioning (scale and shift) instead of an additive embedding.
+        fourier_features: random Fourier features of the input (0: the raw input only).
+        fourier_scale: standard deviation of their frequencies.
 
-    Shapes: ``x (B, D)``, ``t (B,)`` -> ``(B, D)``.
+    Shapes: ``x (B, D)``, ``c_noise (B,)`` -> ``(B, D)``.
     """
 
-    def __init__(self, dim: int = 2, *, width: int = 256, depth: int = 3, emb_dim: int = 128) -> None:
+    def __init__(self, dim: int = 2, *, width: int = 256, depth: int = 3, emb_dim: int = 128,
+                 time_scale: float = 1000.0, film: bool = True, fourier_features: int = 0,
+                 fourier_scale: float = 1.0) -> None:
         super().__init__()
-        if min(dim, width, depth, emb_dim) < 1:
+        if min(dim, width, depth, emb_dim) < 1 or fourier_features < 0:
             raise ValueError("MLP sizes must be positive")
         self.dim = dim
         self.time_embed = nn.Sequential(
-            SinusoidalEmbedding(emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
+            SinusoidalEmbedding(emb_dim, scale=time_scale), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(),
         )
-        self.inp = nn.Linear(dim, width)
-        self.blocks = nn.ModuleList(_ResidualBlock(width, emb_dim) for _ in range(depth))
+        self.features = FourierFeatures(dim, fourier_features, fourier_scale) \
+            if fourier_features else None
+        self.inp = nn.Linear(self.features.out_dim if self.features else dim, width)
+        self.blocks = nn.ModuleList(_ResidualBlock(width, emb_dim, film=film) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
-        emb = self.time_embed(t)
-        h = self.inp(x)
+        emb = self.time_embed(c_noise)
+        h = self.inp(self.features(x) if self.features is not None else x)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)
