@@ -43,24 +43,24 @@ class SDEConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _f("mlp", "network", choices=("mlp", "unet"))
-    width: int = _f(256, "MLP hidden width", min=1, max=65536)
+    width: int = _f(128, "MLP hidden width", min=1, max=65536)
     depth: int = _f(3, "MLP residual blocks", min=1, max=64)
-    emb_dim: int = _f(128, "time-embedding size (even)", min=2, max=4096)
+    emb_dim: int = _f(64, "time-embedding size (even)", min=2, max=4096)
     ch: int = _f(128, "U-Net base channels", min=1, max=4096)
     ch_mult: tuple = _f((1, 2, 2, 2), "U-Net channel multipliers per level")
     num_res_blocks: int = _f(2, "U-Net residual blocks per level", min=1, max=16)
     attn_resolutions: tuple = _f((16,), "U-Net feature sizes with self-attention")
     dropout: float = _f(0.1, "U-Net dropout", min=0.0, max=0.9)
     num_heads: int = _f(1, "U-Net attention heads", min=1, max=64)
-    prediction: str = _f("eps", "what the network predicts (edm: EDM's preconditioned F)",
+    prediction: str = _f("edm", "what the network predicts (edm: EDM's preconditioned F)",
                          choices=("eps", "x0", "v", "edm"))
     sigma_data: float = _f(1.0, "data std for input scaling and EDM's c_skip/c_out", min=1e-6)
-    noise_cond: str = _f("t", "network conditioned on the time t or the log-SNR",
+    noise_cond: str = _f("logsnr", "network conditioned on the time t or the log-SNR",
                          choices=("t", "logsnr"))
     film: bool = _f(True, "MLP: FiLM (scale and shift) conditioning instead of additive")
-    fourier_features: int = _f(0, "MLP: random Fourier features of the input (0: off)", min=0,
+    fourier_features: int = _f(32, "MLP: random Fourier features of the input (0: off)", min=0,
                                max=4096)
-    fourier_scale: float = _f(1.0, "MLP: std of the Fourier frequencies", gt=0.0)
+    fourier_scale: float = _f(0.5, "MLP: std of the Fourier frequencies", gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -76,21 +76,21 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = _f(4000, "optimizer steps", min=1, max=10**9)
-    batch_size: int = _f(512, "examples per step", min=1, max=10**6)
-    lr: float = _f(2e-3, "AdamW peak learning rate", min=0.0, max=1.0)
+    batch_size: int = _f(1024, "examples per step", min=1, max=10**6)
+    lr: float = _f(5e-3, "AdamW peak learning rate", min=0.0, max=1.0)
     warmup: int = _f(200, "linear LR warmup steps", min=0, max=10**9)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0, max=1.0)
     grad_clip: float = _f(1.0, "gradient-norm clip (0 disables)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay of the weights", min=0.0, max=1.0)
     seed: int = _f(0, "random seed", min=0, max=2**63 - 1)
-    weighting: str = _f("simple", "DSM weighting", choices=("simple", "likelihood", "min_snr", "edm"))
+    weighting: str = _f("edm", "DSM weighting", choices=("simple", "likelihood", "min_snr", "edm"))
     min_snr_gamma: float = _f(5.0, "gamma of the min-SNR weighting", gt=0.0)
-    time_sampling: str = _f("uniform", "training-time distribution",
+    time_sampling: str = _f("lognormal", "training-time distribution",
                             choices=("uniform", "importance", "lognormal"))
-    p_mean: float = _f(-1.2, "lognormal time sampling: mean of ln(sigma/alpha)")
-    p_std: float = _f(1.2, "lognormal time sampling: std of ln(sigma/alpha)", gt=0.0)
-    lr_schedule: str = _f("constant", "LR after warmup", choices=("constant", "cosine"))
-    ema_mode: str = _f("fixed", "EMA decay rule", choices=("fixed", "warmup", "power"))
+    p_mean: float = _f(-1.0, "lognormal time sampling: mean of ln(sigma/alpha)")
+    p_std: float = _f(1.6, "lognormal time sampling: std of ln(sigma/alpha)", gt=0.0)
+    lr_schedule: str = _f("cosine", "LR after warmup", choices=("constant", "cosine"))
+    ema_mode: str = _f("warmup", "EMA decay rule", choices=("fixed", "warmup", "power"))
     ema_sigma_rel: float = _f(0.1, "power EMA: relative width sigma_rel", gt=0.0, max=0.27)
     t_eps: float = _f(1e-5, "smallest training time", min=0.0, max=0.5)
     reduce: str = _f("mean", "reduce the squared error over dims", choices=("mean", "sum"))
@@ -188,8 +188,8 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 def _check_combination(cfg: Config) -> None:
     """Rules that involve more than one key."""
     if cfg.train.discrete and cfg.train.time_sampling != "uniform":
-        raise ConfigError(f"train.time_sampling={cfg.train.time_sampling} needs continuous time; "
-                          "train.discrete=true draws DDPM's steps uniformly")
+        raise ConfigError(f"train.discrete=true draws DDPM's steps uniformly; also set "
+                          f"train.time_sampling=uniform (it is {cfg.train.time_sampling})")
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

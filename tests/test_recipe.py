@@ -249,5 +249,5 @@ def test_recipe_options_are_validated(override, message):
 
 
 def test_discrete_training_rejects_non_uniform_time_sampling():
-    with pytest.raises(ConfigError, match="needs continuous time"):
+    with pytest.raises(ConfigError, match="also set train.time_sampling=uniform"):
         load_config(None, ["train.discrete=true", "train.time_sampling=importance"])

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sde_gen.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sde_gen.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from sde_gen.config import load_config
 from sde_gen.train import train
 
@@ -30,8 +30,11 @@ def test_resume_is_bitwise_identical(tmp_path, sde):
     common = FAST + [f"sde.name={sde}", "train.ckpt_every=20", "train.keep=10"]
     full = load_config(None, common + ["train.steps=40"])
     train(full, tmp_path / "full", progress=False)
-    # Interrupted run: 20 steps, then the same command with 40 steps resumes from step 20.
-    train(load_config(None, common + ["train.steps=20"]), tmp_path / "cut", progress=False)
+    # Interrupted run: the same command died after its step-20 checkpoint (the step-40 one is
+    # removed), then resumes from step 20. The cosine LR schedule depends on train.steps, so the
+    # interrupted run must be the same command, not a shorter one.
+    train(full, tmp_path / "cut", progress=False)
+    checkpoint_path(tmp_path / "cut", 40).unlink()
     res = train(full, tmp_path / "cut", progress=False)
     assert res.step == 40
     a, b = _params(list_checkpoints(tmp_path / "full")[-1]), _params(res.checkpoint)
@@ -64,7 +67,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_discrete_and_likelihood_weighting_train(tmp_path):
-    for i, extra in enumerate([["train.discrete=true"], ["train.weighting=likelihood", "sde.name=subvp"]]):
+    for i, extra in enumerate([["train.discrete=true", "train.time_sampling=uniform"], ["train.weighting=likelihood", "sde.name=subvp"]]):
         cfg = load_config(None, FAST + ["train.steps=5"] + extra)
         res = train(cfg, tmp_path / str(i), progress=False)
         assert res.step == 5 and res.loss == res.loss  # finite (not NaN)
