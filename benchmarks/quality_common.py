@@ -41,19 +41,24 @@ def data_radius(data: Toy2D, n: int = 10_000) -> float:
     return float(x.norm(dim=1).max())
 
 
-def rate_probe(overrides: list[str], steps: int = 150) -> float:
-    """Training steps per CPU second of a config (a short throwaway run, one thread).
+def rate_probe(overrides: list[str], steps: int = 200) -> float:
+    """Training steps per CPU second of a config, one thread, start-up cost excluded.
 
-    CPU time of a single-threaded process does not depend on what else runs on the machine, so a
-    budget in CPU seconds compares recipes fairly on a shared machine; on an idle core it is the
-    wall-clock budget.
+    Two throwaway runs (``steps // 10`` and ``steps`` steps) are timed and the difference gives
+    the marginal rate. CPU time of a single-threaded process does not depend on what else runs
+    on the machine, so a budget in CPU seconds compares recipes fairly on a shared machine; on an
+    idle core it is the wall-clock budget.
     """
-    with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(None, overrides + [f"train.steps={steps}", "train.plot_samples=0",
-                                             f"train.ckpt_every={steps}", "train.device=cpu"])
-        t0 = time.process_time()
-        train(cfg, d, progress=False)
-        return steps / (time.process_time() - t0)
+    def cpu_seconds(n: int) -> float:
+        with tempfile.TemporaryDirectory() as d:
+            cfg = load_config(None, overrides + [f"train.steps={n}", "train.plot_samples=0",
+                                                 f"train.ckpt_every={n}", "train.device=cpu"])
+            t0 = time.process_time()
+            train(cfg, d, progress=False)
+            return time.process_time() - t0
+
+    short = max(steps // 10, 1)
+    return (steps - short) / max(cpu_seconds(steps) - cpu_seconds(short), 1e-6)
 
 
 def train_2d(overrides: list[str], workdir: Path, *, steps: int | None = None,

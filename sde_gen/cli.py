@@ -142,7 +142,7 @@ def sample(
     spacing: Optional[str] = typer.Option(None, "--spacing", help="Grid: uniform, quadratic, logsnr or karras."),
     denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="DDIM stochasticity in [0, 1]."),
-    variance: Optional[str] = typer.Option(None, "--variance", help="Ancestral reverse variance: beta or beta_tilde."),
+    variance: Optional[str] = typer.Option(None, "--variance", help="Ancestral reverse variance: beta, beta_tilde or learned (a model trained with model.learn_variance=true)."),
     discrete: Optional[bool] = typer.Option(None, "--discrete/--continuous", help="ancestral/ddim: DDPM's discrete abar or continuous coefficients."),
     method: Optional[str] = typer.Option(None, "--method", help="sde: a torchsde method (euler, milstein, srk, ...); ode: a torchdiffeq method (dopri5, rk4, ...)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="ODE relative tolerance (default 1e-5)."),
@@ -196,7 +196,7 @@ def likelihood(
     eps: float = typer.Option(1e-5, "--eps", min=0.0, help="Start time of the ODE (data end)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for data draws and probes."),
     method: str = typer.Option("ode", "--method", help="ode (probability-flow ODE), vlb (DDPM's variational bound) or both."),
-    variance: str = typer.Option("beta", "--variance", help="vlb: reverse variance beta or beta_tilde."),
+    variance: str = typer.Option("beta", "--variance", help="vlb: reverse variance beta, beta_tilde or learned (a model trained with model.learn_variance=true)."),
     n_t: Optional[int] = typer.Option(None, "--n-t", min=1, help="vlb: estimate the sum over steps from this many sampled steps (default: all N)."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON result path (default: <run>/likelihood_<split>.json)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -209,11 +209,14 @@ def likelihood(
         fail(f"unknown method {method!r}; choose ode, vlb or both")
     from .likelihood.evaluate import evaluate_likelihood, evaluate_vlb
     from .outputs import write_json
+    from .parameterization import learned_variance_fn
     from .runs import load_run
     from .train import resolve_device
 
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
+        if method in ("vlb", "both") and variance == "learned":
+            learned_variance_fn(run.model)  # fail before the ODE solves, not after
         rep: dict = {"method": method}
         if method in ("ode", "both"):
             rep.update(evaluate_likelihood(run, n=n, batch_size=batch_size, split=split,

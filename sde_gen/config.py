@@ -61,6 +61,9 @@ class ModelConfig:
     fourier_features: int = _f(32, "MLP: random Fourier features of the input (0: off)", min=0,
                                max=4096)
     fourier_scale: float = _f(0.5, "MLP: std of the Fourier frequencies", gt=0.0)
+    learn_variance: bool = _f(False, "learn the reverse variance: the net also outputs v, "
+                              "Sigma = exp(v log beta + (1 - v) log beta~) ([Nichol21] Eq. 15); "
+                              "trains the hybrid loss")
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,16 @@ class TrainConfig:
     t_eps: float = _f(1e-5, "smallest training time", min=0.0, max=0.5)
     reduce: str = _f("mean", "reduce the squared error over dims", choices=("mean", "sum"))
     discrete: bool = _f(False, "train on DDPM's N discrete steps")
+    vlb_weight: float = _f(0.001, "hybrid loss L_simple + lambda L_vlb: lambda "
+                           "(model.learn_variance; [Nichol21] Eq. 16)", min=0.0)
+    vlb_importance: bool = _f(False, "hybrid loss: draw steps with p_t ~ sqrt(E[L_t^2]) from the "
+                              "last 10 values of each term ([Nichol21] Eq. 18)")
     ckpt_every: int = _f(1000, "checkpoint every K steps", min=1, max=10**9)
     keep: int = _f(3, "checkpoints kept", min=1, max=1000)
     log_every: int = _f(100, "metrics every K steps", min=1, max=10**9)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = _f(0, "CPU intra-op threads (0: 1 for 2-D data, torch's default for images)",
+                      min=0, max=1024)
     plot_samples: int = _f(2000, "samples in the final plot (0: no plot)", min=0, max=10**6)
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
                         choices=("auto", "fp32", "bf16"))
@@ -190,6 +199,19 @@ def _check_combination(cfg: Config) -> None:
     if cfg.train.discrete and cfg.train.time_sampling != "uniform":
         raise ConfigError(f"train.discrete=true draws DDPM's steps uniformly; also set "
                           f"train.time_sampling=uniform (it is {cfg.train.time_sampling})")
+    if cfg.model.learn_variance:
+        if cfg.sde.name == "ve":
+            raise ConfigError("model.learn_variance=true needs a DDPM chain (sde.name=vp or "
+                              "subvp); VE has no beta_t to interpolate")
+        if not cfg.train.discrete:
+            raise ConfigError("model.learn_variance=true trains the hybrid loss on DDPM's "
+                              "discrete steps; set train.discrete=true")
+        if cfg.train.weighting != "simple":
+            raise ConfigError(f"model.learn_variance=true trains L_simple + lambda L_vlb; set "
+                              f"train.weighting=simple (it is {cfg.train.weighting})")
+    elif cfg.train.vlb_importance:
+        raise ConfigError("train.vlb_importance=true samples the steps of the hybrid loss; it "
+                          "needs model.learn_variance=true")
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

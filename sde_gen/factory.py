@@ -25,15 +25,22 @@ SDES: dict[str, Callable[[SDEConfig], SDE]] = {
 # indices; the log-SNR (about -10..10) as it is.
 TIME_SCALES = {"t": 1000.0, "logsnr": 1.0}
 
+
+def _out_channels(c: ModelConfig, shape: tuple[int, ...]) -> int:
+    """The data's channels, twice for a learned variance (eps and v, [Nichol21] Sec. 3.1)."""
+    return shape[0] * (2 if c.learn_variance else 1)
+
+
 NETS: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {
     "mlp": lambda c, shape: MLP(
         shape[0], width=c.width, depth=c.depth, emb_dim=c.emb_dim,
         time_scale=TIME_SCALES[c.noise_cond], film=c.film, fourier_features=c.fourier_features,
-        fourier_scale=c.fourier_scale),
+        fourier_scale=c.fourier_scale, out_dim=_out_channels(c, shape)),
     "unet": lambda c, shape: UNet(
-        shape[0], ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
-        attn_resolutions=c.attn_resolutions, resolution=shape[1], dropout=c.dropout,
-        num_heads=c.num_heads, time_scale=TIME_SCALES[c.noise_cond]),
+        shape[0], _out_channels(c, shape), ch=c.ch, ch_mult=c.ch_mult,
+        num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
+        resolution=shape[1], dropout=c.dropout, num_heads=c.num_heads,
+        time_scale=TIME_SCALES[c.noise_cond]),
 }
 
 
@@ -75,4 +82,4 @@ def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
                          f"(use unet for images, mlp for 2-D data)")
     net = NETS[cfg.model.name](cfg.model, shape)
     return ScoreModel(net, sde, prediction=cfg.model.prediction, sigma_data=cfg.model.sigma_data,
-                      noise_cond=cfg.model.noise_cond)
+                      noise_cond=cfg.model.noise_cond, learn_variance=cfg.model.learn_variance)

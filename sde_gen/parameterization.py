@@ -6,8 +6,9 @@ tensor of continuous SDE time. With ``x_t = alpha_t x0 + sigma_t eps``:
 - score ``s = -eps / sigma_t``                                   [Song21] Eq. (7) with DSM target
 - denoiser ``x0_hat = (x_t - sigma_t eps) / alpha_t``            (Tweedie's formula)
 - velocity ``v = alpha_t eps - sigma_t x0``                       [Salimans22] Eq. (7), generalized
+- learned reverse variance ``Sigma = exp(v log beta + (1 - v) log beta~)``    [Nichol21] Eq. (15)
 
-Refs: [Ho20] Eq. (11); [Karras22] Table 1 (c_in).
+Refs: [Ho20] Eq. (11); [Karras22] Table 1 (c_in); [Nichol21] Eq. (15).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .sde import SDE
+from .sde import SDE, VESDE
 from .tensor_utils import append_dims
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsVarModel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 PREDICTIONS = ("eps", "x0", "v", "edm")
 NOISE_CONDS = ("t", "logsnr")
 
@@ -58,6 +60,54 @@ def v_to_eps(
     n = x.ndim
     a, s = append_dims(alpha_t, n), append_dims(sigma_t, n)
     return (a * v + s * x) / (a**2 + s**2)
+
+
+def log_variance_from_v(
+    v: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor
+) -> torch.Tensor:
+    """``log Sigma = v log beta + (1 - v) log beta~``, the learned reverse variance's log.
+
+    ``v`` is the raw network output, unconstrained as in the paper: ``v = 1`` gives ``beta``,
+    ``v = 0`` gives ``beta~`` (the zero-initialized output layer starts there), values outside
+    ``[0, 1]`` extrapolate in log space. ``beta`` and ``beta~`` are the interval's forward and
+    posterior variances on whatever grid is walked: on a respaced (strided) grid ``s < t`` they
+    are ``1 - abar_t / abar_s`` and ``beta (1 - abar_s) / (1 - abar_t)`` ([Nichol21] Sec. 4),
+    which :func:`~sde_gen.sampling.ancestral.posterior_coeffs` returns. ``beta~`` must be positive
+    (the interval into the clean end uses the next one's, as DDPM's code clips it).
+
+    Shapes: ``v (B, *D)``; ``beta``, ``beta_tilde`` scalars or ``(B,)`` -> ``(B, *D)``.
+    Refs: [Nichol21] Eq. (15).
+    """
+    n = v.ndim
+    log_beta = append_dims(torch.as_tensor(beta).log(), n).to(v.dtype)
+    log_beta_tilde = append_dims(torch.as_tensor(beta_tilde).log(), n).to(v.dtype)
+    return v * log_beta + (1 - v) * log_beta_tilde  # Eq. (15) [Nichol21]
+
+
+def v_from_log_variance(
+    log_var: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor
+) -> torch.Tensor:
+    """Inverse of :func:`log_variance_from_v`: the ``v`` that gives ``log Sigma = log_var``."""
+    n = log_var.ndim
+    log_beta = append_dims(torch.as_tensor(beta).log(), n).to(log_var.dtype)
+    log_beta_tilde = append_dims(torch.as_tensor(beta_tilde).log(), n).to(log_var.dtype)
+    return (log_var - log_beta_tilde) / (log_beta - log_beta_tilde)
+
+
+def learned_variance_fn(model: object) -> EpsVarModel:
+    """``model.eps_and_variance``, checked: the model must learn its reverse variance.
+
+    A model qualifies when ``model.learn_variance`` is true and it has ``eps_and_variance(x, t)
+    -> (eps, v)`` (:class:`ScoreModel` built with ``learn_variance=True``).
+
+    Raises:
+        ValueError: for a model with a fixed variance.
+    """
+    if not getattr(model, "learn_variance", False) or not hasattr(model, "eps_and_variance"):
+        raise ValueError("variance='learned' needs a model that learns its reverse variance "
+                         "(config model.learn_variance=true, ScoreModel(..., learn_variance=True));"
+                         " this one has a fixed variance: use beta or beta_tilde")
+    return model.eps_and_variance
 
 
 def score_fn(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -98,17 +148,24 @@ class ScoreModel(nn.Module):
     written in that form because it does not cancel at small ``sigma``. ``c_skip`` is the exact
     denoiser of ``N(0, s_d^2 I)`` data: the network learns the correction to a Gaussian.
 
+    ``learn_variance=True`` ([Nichol21] Sec. 3.1): the network has twice the channels (dim 1);
+    the first half is the prediction above, the second the raw ``v`` of the reverse variance
+    ``Sigma = exp(v log beta + (1 - v) log beta~)`` (:func:`log_variance_from_v`). ``forward``
+    still returns eps only, so every sampler and likelihood works unchanged;
+    :meth:`eps_and_variance` returns both. It needs a DDPM chain (VP or sub-VP), not VE.
+
     Args:
         net: ``net(x_in, c_noise) -> output`` of the shape of ``x``.
         sde: the forward SDE whose ``marginal_coeffs`` define the conversions.
         prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"edm"``.
         sigma_data: data standard deviation used in the input scaling and EDM's coefficients.
         noise_cond: ``"t"`` or ``"logsnr"``: what the network is conditioned on.
+        learn_variance: the network also outputs ``v`` (twice the data's channels).
     """
 
     def __init__(
         self, net: nn.Module, sde: SDE, *, prediction: str = "eps", sigma_data: float = 1.0,
-        noise_cond: str = "t",
+        noise_cond: str = "t", learn_variance: bool = False,
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -118,10 +175,16 @@ class ScoreModel(nn.Module):
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.sde, self.prediction, self.sigma_data = net, sde, prediction, sigma_data
-        self.noise_cond = noise_cond
+        if learn_variance and isinstance(sde, VESDE):
+            raise ValueError("learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t")
+        self.noise_cond, self.learn_variance = noise_cond, bool(learn_variance)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """eps_hat(x, t). Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, *, with_variance: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """eps_hat(x, t); with ``with_variance=True`` the pair ``(eps_hat, v)`` (``v`` None
+        without a learned variance). The keyword exists so that wrappers of ``forward`` (DDP,
+        ``torch.compile``) see the call. Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         alpha_t, sigma_t = self.sde.marginal_coeffs(t)
@@ -130,16 +193,34 @@ class ScoreModel(nn.Module):
         x_in = x * append_dims(c_in, x.ndim).to(x.dtype)
         c_noise = t if self.noise_cond == "t" else torch.log(alpha_t) - torch.log(sigma_t)
         out = self.net(x_in, c_noise)
+        v = None
+        if self.learn_variance:
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"learn_variance: the network must output {2 * x.shape[1]} "
+                                 f"channels (eps and v), got {out.shape[1]}")
+            out, v = out.chunk(2, dim=1)
+        eps = self._to_eps(x, x_in, out, alpha_t, sigma_t)
+        return (eps, v) if with_variance else eps
+
+    def _to_eps(self, x, x_in, out, alpha_t, sigma_t) -> torch.Tensor:
         if self.prediction == "eps":
             return out
         if self.prediction == "x0":
             return x0_to_eps(x, out, alpha_t, sigma_t)
         if self.prediction == "v":
             return v_to_eps(x, out, alpha_t, sigma_t)
+        s_d = self.sigma_data
         sigma = sigma_t / alpha_t
         rho = torch.sqrt(sigma**2 + s_d**2)
         n = x.ndim
         return append_dims(sigma / rho, n).to(x.dtype) * x_in - append_dims(s_d / rho, n).to(x.dtype) * out
+
+    def eps_and_variance(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(eps_hat, v)``: ``v`` the raw variance output of [Nichol21] Eq. (15), or None when the
+        variance is not learned. Shapes: ``(B, *D)`` each."""
+        return self(x, t, with_variance=True)
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ``-eps_hat / sigma_t``."""

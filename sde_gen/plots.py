@@ -11,22 +11,29 @@ from .sampling import sample
 from .sde import SDE
 
 
-def scatter_compare(samples: torch.Tensor, data: torch.Tensor, path: Path, title: str) -> Path:
-    """Save a two-panel scatter: data (left) and model samples (right)."""
+def scatter_compare(samples: torch.Tensor | dict[str, torch.Tensor], data: torch.Tensor,
+                    path: Path, title: str = "samples") -> Path:
+    """Save data (left) beside one panel per sample set (``{title: samples}``, or one tensor).
+
+    The axes are those of the data; samples outside them are counted in the panel's title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    for ax, pts, name in zip(axes, (data, samples), ("data", title)):
-        pts = pts.detach().cpu().numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-        ax.set_title(name)
-        ax.set_aspect("equal")
+    panels = {"data": data, **(samples if isinstance(samples, dict) else {title: samples})}
     lim = 1.1 * float(data.abs().max())
-    axes[0].set_xlim(-lim, lim)
-    axes[0].set_ylim(-lim, lim)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, (name, pts) in zip(axes[0], panels.items()):
+        pts = pts.detach().cpu().double()
+        outside = int((pts.abs() > lim).any(dim=1).sum())
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=2, alpha=0.5)
+        ax.set_title(name + (f"\n{outside} outside the axes" if outside else ""))
+        ax.set_aspect("equal")
+    axes[0][0].set_xlim(-lim, lim)
+    axes[0][0].set_ylim(-lim, lim)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
@@ -37,9 +44,13 @@ def scatter_compare(samples: torch.Tensor, data: torch.Tensor, path: Path, title
 def plot_toy_samples(
     model: torch.nn.Module, sde: SDE, data: Toy2D, path: Path, *, n: int = 2000, seed: int = 0
 ) -> Path:
-    """Sample the reverse SDE with ``model`` and save a scatter beside fresh data."""
+    """Sample the reverse SDE and the probability-flow ODE with ``model``; save both beside data."""
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = sample(model, sde, (n, 2), "sde", steps=500, generator=g, device=device)
+    panels = {}
+    for solver, kw in (("sde", {"steps": 500}), ("ode", {})):
+        g = torch.Generator(device=device).manual_seed(seed)
+        out = sample(model, sde, (n, 2), solver, generator=g, device=device, **kw)
+        name = "reverse SDE" if solver == "sde" else "probability-flow ODE (dopri5)"
+        panels[f"{name}, {out.nfe} NFE"] = out.x
     ref = data.sample(n, generator=torch.Generator().manual_seed(seed))
-    return scatter_compare(out.x, ref, path, f"samples (reverse SDE, {out.nfe} NFE)")
+    return scatter_compare(panels, ref, path)

@@ -1,5 +1,9 @@
 """Training loop: DSM with AdamW, warmup, clipping, EMA, atomic checkpoints and exact resume.
 
+A model with a learned variance (``model.learn_variance``) trains Improved DDPM's hybrid loss
+(:mod:`.hybrid_loss`) instead of :func:`~sde_gen.losses.dsm_loss`; its importance sampler's history
+(``train.vlb_importance``) is part of the checkpoint.
+
 Resuming restores the model, EMA, optimizer, step and every RNG the loop draws from, so a run that
 is stopped and restarted ends with the same parameters, bit for bit, as one that never stopped.
 """
@@ -33,6 +37,8 @@ from .ema import EMA
 from . import distributed
 from .data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
+from .hybrid_loss import VLBStepSampler, hybrid_loss
+from .likelihood.vlb import discrete_chain
 from .losses import dsm_loss, make_weighting
 from .time_sampling import TimeSampler
 
@@ -136,6 +142,16 @@ def _state(step, model, ema, opt, batches, noise_gen, cfg) -> dict[str, Any]:
     }
 
 
+def _global_rows(values: torch.Tensor, shard: slice | None, batch: int,
+                 world: int) -> torch.Tensor:
+    """The whole batch's per-example values from each rank's ``shard`` rows (identical on all)."""
+    if shard is None:
+        return values.detach()
+    full = values.new_zeros(batch)
+    full[shard] = values.detach()
+    return distributed.all_reduce(full, "mean") * world  # one rank is non-zero per row
+
+
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     """bf16 autocast: ``precision=bf16``, or ``auto`` on CUDA."""
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
@@ -184,6 +200,10 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     sde = build_sde(cfg.sde)
     data = build_data(cfg.data)
     images = is_image(cfg.data)
+    if device.type == "cpu":
+        # The 2-D MLP's ops are small: on a 2-core machine torch's default intra-op threading
+        # made the default run 5x slower in wall time (550 s vs ~100 s) than one thread.
+        torch.set_num_threads(tc.threads or (torch.get_num_threads() if images else 1))
     channels_last = images and tc.channels_last and device.type == "cuda"
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(tc.seed)
@@ -209,6 +229,9 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
             model, device_ids=[di.local_rank] if device.type == "cuda" else None)
     forward = torch.compile(wrapped) if tc.compile else wrapped
     bf16 = use_bf16(cfg, device)
+    hybrid = cfg.model.learn_variance  # L_simple + lambda L_vlb on DDPM's steps ([Nichol21])
+    chain = discrete_chain(sde, device=device) if hybrid else None
+    vlb_sampler = VLBStepSampler(sde.N, device=device) if hybrid and tc.vlb_importance else None
 
     step, skipped, bad_run = 0, 0, 0
     state = _resume_state(workdir)
@@ -219,6 +242,8 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 state.get("ema_updates", int(state["step"]) - int(state.get("skipped", 0)))))
             opt.load_state_dict(state["optimizer"])
             batches.load_state_dict(state["data"])
+            if vlb_sampler is not None:
+                vlb_sampler.load_state_dict(state["vlb_sampler"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0][:200]
             raise CheckpointError(f"the checkpoint in {workdir} does not match this config "
@@ -243,11 +268,18 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 group["lr"] = lr_at(step, cfg)
             x0 = batches.next()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = dsm_loss(
-                    forward, sde, x0, weighting=weighting, time_sampling=time_sampling,
-                    t_eps=tc.t_eps, reduce=tc.reduce, discrete=tc.discrete, generator=noise_gen,
-                    shard=shard,
-                ).mean()
+                if hybrid:
+                    terms = hybrid_loss(
+                        forward, sde, x0, vlb_weight=tc.vlb_weight, reduce=tc.reduce,
+                        discrete_data=images, sampler=vlb_sampler, chain=chain,
+                        generator=noise_gen, shard=shard)
+                    loss = terms.loss.mean()
+                else:
+                    loss = dsm_loss(
+                        forward, sde, x0, weighting=weighting, time_sampling=time_sampling,
+                        t_eps=tc.t_eps, reduce=tc.reduce, discrete=tc.discrete,
+                        generator=noise_gen, shard=shard,
+                    ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
@@ -266,6 +298,9 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 opt.step()
                 ema.update(model)
                 bad_run = 0
+                if vlb_sampler is not None:
+                    vlb_sampler.update(terms.steps, _global_rows(terms.vlb, shard, tc.batch_size,
+                                                                 di.world))
             else:
                 skipped, bad_run = skipped + 1, bad_run + 1
                 if bad_run >= tc.max_nonfinite:
@@ -283,6 +318,9 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 t_last, s_last = now, step
                 rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate,
                        "img_s": rate * tc.batch_size, "skipped": skipped}
+                if hybrid:  # the mean L_t of the batch (nats, reduced like the MSE)
+                    rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
+                                                        "mean").item()
                 if main:
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
@@ -294,6 +332,8 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 if main:
                     state = _state(step, model, ema, opt, batches, noise_gen, cfg)
                     state["skipped"] = skipped
+                    if vlb_sampler is not None:
+                        state["vlb_sampler"] = vlb_sampler.state_dict()
                     save_checkpoint(state, checkpoint_path(workdir, step))
                     prune_checkpoints(workdir, tc.keep)
                 distributed.barrier()

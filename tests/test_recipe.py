@@ -228,7 +228,8 @@ def test_cosine_lr_schedule():
     assert lr_at(10, cfg) == pytest.approx(1e-3)
     assert lr_at(60, cfg) == pytest.approx(5e-4)  # halfway through the cosine
     assert lr_at(110, cfg) == pytest.approx(0.0, abs=1e-12)
-    const = load_config(None, ["train.lr=1e-3", "train.warmup=10", "train.steps=110"])
+    const = load_config(None, ["train.lr=1e-3", "train.warmup=10", "train.steps=110",
+                               "train.lr_schedule=constant"])
     assert lr_at(100, const) == 1e-3
 
 

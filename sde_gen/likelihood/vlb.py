@@ -7,13 +7,18 @@
 
 ``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.sampling.ancestral.posterior_coeffs`
 (mean ``mu~``, variance ``beta~``); ``p_theta`` has the mean from ``eps_theta`` and variance
-``sigma_t^2 = beta_t`` or ``beta~_t``. The decoder ``p_theta(x_0 | x_1)`` is DDPM's discretized
-Gaussian over the 256 pixel bins of ``[-1, 1]`` for 8-bit images ([Ho20] Eq. 13) and a plain
-Gaussian density for continuous data; its variance is ``beta_1`` (with ``beta_tilde``, whose
-``beta~_1 = 0``, it is ``beta~_2``, as DDPM's code clips it). Each ``E_q`` uses one draw of
-``x_t`` per example, as DDPM's evaluation does.
+``sigma_t^2 = beta_t``, ``beta~_t`` or the model's learned ``Sigma_theta`` ([Nichol21] Eq. 15, per
+dimension, between the step's ``beta_t`` and ``beta~_t``). The decoder ``p_theta(x_0 | x_1)`` is
+DDPM's discretized Gaussian over the 256 pixel bins of ``[-1, 1]`` for 8-bit images ([Ho20]
+Eq. 13) and a plain Gaussian density for continuous data; its variance is ``beta_1`` (with ``beta_tilde``, whose
+``beta~_1 = 0``, it is ``beta~_2``, as DDPM's code clips it; a learned variance interpolates
+between these two). Each ``E_q`` uses one draw of ``x_t`` per example, as DDPM's evaluation does.
 
-Refs: [Ho20] Eq. (5), (7), (13), Sec. 3.2-3.3; [Nichol21] Sec. 2.
+:func:`discrete_chain` tabulates the chain's per-step coefficients; the hybrid training loss
+(:mod:`sde_gen.hybrid_loss`) shares it and the two closed forms :func:`gaussian_kl` and
+:func:`discretized_gaussian_log_likelihood`.
+
+Refs: [Ho20] Eq. (5), (7), (13), Sec. 3.2-3.3; [Nichol21] Sec. 2, Eq. (15).
 """
 
 from __future__ import annotations
@@ -24,13 +29,63 @@ from dataclasses import dataclass
 import torch
 
 from ..data.scaling import uint8_to_model
+from ..parameterization import learned_variance_fn, log_variance_from_v
 from ..sampling.ancestral import posterior_coeffs
 from ..sampling.grids import grid_coeffs
 from ..sampling.result import EpsModel
 from ..sde import SDE, VESDE
 from ..tensor_utils import append_dims, sum_flat
 
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = ("beta", "beta_tilde", "learned")
+
+
+@dataclass(frozen=True)
+class DiscreteChain:
+    """DDPM's chain per 0-based step ``i`` (DDPM's ``t = i + 1``), float64, each ``(N,)``.
+
+    Attributes:
+        t: continuous time of step ``i`` (``sde.index_to_time``).
+        alpha, sigma: ``sqrt(abar_i)``, ``sqrt(1 - abar_i)`` (the chain's own coefficients).
+        c_x, c_x0: posterior mean ``c_x x_i + c_x0 x0`` of ``q(x_{i-1} | x_i, x0)``; step 0 goes
+            to the clean end (``c_x = 0``, ``c_x0 = 1``).
+        beta: forward variance of the step, ``1 - abar_i / abar_{i-1}`` (``beta_1`` at ``i = 0``).
+        beta_tilde: posterior variance ([Ho20] Eq. 7); 0 at ``i = 0``.
+        beta_tilde_clipped: ``beta_tilde`` with step 0 set to step 1's, as DDPM's code clips it
+            (the lower end of a learned variance, [Nichol21] Eq. 15).
+    """
+
+    t: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    c_x: torch.Tensor
+    c_x0: torch.Tensor
+    beta: torch.Tensor
+    beta_tilde: torch.Tensor
+    beta_tilde_clipped: torch.Tensor
+
+
+def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> DiscreteChain:
+    """The per-step coefficients of the VP (or sub-VP) discrete chain; see :class:`DiscreteChain`.
+
+    Raises:
+        ValueError: for VE (no DDPM chain) or a chain with a non-positive transition variance.
+    """
+    if isinstance(sde, VESDE):
+        raise ValueError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); VE's x_0 "
+                         "is already perturbed by sigma_min")
+    n = sde.N
+    # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
+    ts = sde.index_to_time(torch.arange(n - 1, -1, -1, device=device)).to(device)
+    alpha, sigma = grid_coeffs(sde, ts, discrete=True)
+    alpha = torch.cat([alpha, alpha.new_ones(1)])
+    sigma = torch.cat([sigma, sigma.new_zeros(1)])
+    c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)  # interval k: step N-1-k -> N-2-k
+    if (v <= 0).any():
+        raise ValueError("the discrete chain has a non-positive transition variance")
+    clipped = torch.cat([var_tilde[:-1], var_tilde[-2:-1]])
+    return DiscreteChain(t=ts.flip(0), alpha=alpha[:-1].flip(0), sigma=sigma[:-1].flip(0),
+                         c_x=c_x.flip(0), c_x0=c_x0.flip(0), beta=v.flip(0),
+                         beta_tilde=var_tilde.flip(0), beta_tilde_clipped=clipped.flip(0))
 
 
 @dataclass(frozen=True)
@@ -97,16 +152,21 @@ def vlb(
 
     Args:
         model: eps-model ``model(x, t)``; step ``i`` is evaluated at ``sde.index_to_time(i)``.
+            With ``variance="learned"`` a model with ``eps_and_variance(x, t) -> (eps, v)``
+            (:class:`~sde_gen.parameterization.ScoreModel` with ``learn_variance=True``).
         sde: VP (DDPM's discrete ``abar_i``) or sub-VP (its coefficients at the step times).
         x: uint8 images ``(B, C, H, W)`` (scaled to [-1, 1], discretized decoder) or float data
             ``(B, *D)`` in model units (continuous Gaussian decoder).
-        variance: reverse variance ``beta`` or ``beta_tilde``.
+        variance: reverse variance ``beta``, ``beta_tilde`` or ``learned`` ([Nichol21] Eq. 15).
         n_t: sum all ``N - 1`` middle terms (``None``) or estimate their sum from ``n_t`` steps
             drawn uniformly per example (unbiased, with a standard error).
         generator: source of the ``x_t`` draws and sampled steps.
 
     Returns:
         :class:`VLBResult`.
+
+    Raises:
+        ValueError: VE, an unknown variance, or ``learned`` for a model with a fixed variance.
     """
     if isinstance(sde, VESDE):
         raise ValueError("vlb needs a variance-preserving chain (VP or sub-VP); VE's x_0 is "
@@ -115,54 +175,60 @@ def vlb(
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     if n_t is not None and n_t < 1:
         raise ValueError(f"n_t must be a positive integer, got {n_t}")
+    eps_and_v = learned_variance_fn(model) if variance == "learned" else None
     discrete = x.dtype == torch.uint8
     x0 = uint8_to_model(x).double() if discrete else x.double()
     b, dev, n = x0.shape[0], x0.device, sde.N
-    # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
-    idx = torch.arange(n - 1, -1, -1, device=dev)
-    ts = sde.index_to_time(idx).to(dev)
-    alpha, sigma = grid_coeffs(sde, ts, discrete=True)
-    alpha = torch.cat([alpha, alpha.new_ones(1)])
-    sigma = torch.cat([sigma, sigma.new_zeros(1)])
-    c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)  # interval k: step k -> k+1
-    if (v <= 0).any():
-        raise ValueError("the discrete chain has a non-positive transition variance")
-    var_p = v if variance == "beta" else torch.cat([var_tilde[:-1], var_tilde[-2:-1]])
+    ch = discrete_chain(sde, device=dev)
+    var_fixed = ch.beta if variance == "beta" else ch.beta_tilde_clipped
     ndim = x0[0].numel()
 
-    def draw_xt(k: torch.Tensor):  # k: (B,) interval index; x_t at grid point k
+    def draw_xt(i: torch.Tensor):  # i: (B,) 0-based step; x_t at step i
         z = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        return append_dims(alpha[k], x0.ndim) * x0 + append_dims(sigma[k], x0.ndim) * z
+        return append_dims(ch.alpha[i], x0.ndim) * x0 + append_dims(ch.sigma[i], x0.ndim) * z
 
-    def x0_hat(x_t, k):
-        eps = model(x_t, ts[k].to(x_t.dtype))
-        return (x_t - append_dims(sigma[k], x_t.ndim) * eps.double()) / append_dims(alpha[k], x_t.ndim)
+    def predict(x_t, i):  # (x0_hat, Sigma_theta per dim or None for a fixed variance)
+        t = ch.t[i].to(x_t.dtype)
+        if eps_and_v is None:
+            eps, var = model(x_t, t), None
+        else:
+            eps, v = eps_and_v(x_t, t)
+            var = torch.exp(log_variance_from_v(v.double(), ch.beta[i], ch.beta_tilde_clipped[i]))
+        n_dims = x_t.ndim
+        sigma_t, alpha_t = append_dims(ch.sigma[i], n_dims), append_dims(ch.alpha[i], n_dims)
+        x0_hat = (x_t - sigma_t * eps.double()) / alpha_t
+        return x0_hat, var
 
-    def middle(k: torch.Tensor) -> torch.Tensor:  # L_{t-1} for interval k < N-1, per example
-        x_t = draw_xt(k)
-        diff = append_dims(c_x0[k], x0.ndim) * (x0 - x0_hat(x_t, k))  # mu~ - mu_theta
-        r = var_tilde[k] / var_p[k]
-        return 0.5 * (ndim * (r - 1 - torch.log(r)) + sum_flat(diff**2) / var_p[k])
+    def middle(i: torch.Tensor) -> torch.Tensor:  # L_{t-1} for step i >= 1, per example
+        x_t = draw_xt(i)
+        x0_hat, var = predict(x_t, i)
+        diff = append_dims(ch.c_x0[i], x0.ndim) * (x0 - x0_hat)  # mu~ - mu_theta
+        if var is None:
+            r = ch.beta_tilde[i] / var_fixed[i]
+            return 0.5 * (ndim * (r - 1 - torch.log(r)) + sum_flat(diff**2) / var_fixed[i])
+        return sum_flat(gaussian_kl(diff, append_dims(ch.beta_tilde[i], x0.ndim), 0.0, var))
 
     # L_T: KL(q(x_N | x_0) || prior).
     prior_var = torch.tensor(sde.prior_std**2, dtype=torch.float64, device=dev)
-    l_prior = sum_flat(gaussian_kl(alpha[0] * x0, sigma[0] ** 2, torch.zeros_like(x0), prior_var))
-    # Middle terms, intervals 0..N-2 (DDPM's t = N..2).
+    a_n, s_n = ch.alpha[-1], ch.sigma[-1]
+    l_prior = sum_flat(gaussian_kl(a_n * x0, s_n**2, torch.zeros_like(x0), prior_var))
+    # Middle terms, steps N-1..1 (DDPM's t = N..2).
     if n_t is None:
-        terms = torch.stack([middle(torch.full((b,), k, device=dev)) for k in range(n - 1)], 1)
+        terms = torch.stack([middle(torch.full((b,), i, device=dev))
+                             for i in range(n - 1, 0, -1)], 1)
         l_mid, se = terms.sum(1), torch.zeros(b, dtype=torch.float64, device=dev)
         nfe, kept = n, terms
     else:
-        ks = torch.randint(0, n - 1, (n_t, b), generator=generator, device=dev)
-        terms = torch.stack([middle(ks[j]) for j in range(n_t)], 1)
+        steps = (n - 1) - torch.randint(0, n - 1, (n_t, b), generator=generator, device=dev)
+        terms = torch.stack([middle(steps[j]) for j in range(n_t)], 1)
         l_mid = (n - 1) * terms.mean(1)
         se = (n - 1) * terms.std(1) / math.sqrt(n_t) if n_t > 1 else torch.full_like(l_mid, math.nan)
         nfe, kept = n_t + 1, None
-    # L_0: the decoder at DDPM's t = 1 (the last interval).
-    k_last = torch.full((b,), n - 1, device=dev)
-    x_1 = draw_xt(k_last)
-    mean = x0_hat(x_1, k_last)  # mu_theta(x_1, 1) = x0_hat since sigma_0 = 0
-    var = var_p[n - 1].expand_as(mean)
+    # L_0: the decoder at DDPM's t = 1 (step 0).
+    first = torch.zeros(b, dtype=torch.long, device=dev)
+    x_1 = draw_xt(first)
+    mean, var = predict(x_1, first)  # mu_theta(x_1, 1) = x0_hat since sigma_0 = 0
+    var = var_fixed[0].expand_as(mean) if var is None else var
     if discrete:
         l_dec = -sum_flat(discretized_gaussian_log_likelihood(x0, mean, var))
     else:

@@ -73,15 +73,17 @@ class MLP(nn.Module):
         film: FiLM conditioning (scale and shift) instead of an additive embedding.
         fourier_features: random Fourier features of the input (0: the raw input only).
         fourier_scale: standard deviation of their frequencies.
+        out_dim: output size (default D; 2 D for a learned variance, [Nichol21] Sec. 3.1).
 
-    Shapes: ``x (B, D)``, ``c_noise (B,)`` -> ``(B, D)``.
+    Shapes: ``x (B, D)``, ``c_noise (B,)`` -> ``(B, out_dim)``.
     """
 
     def __init__(self, dim: int = 2, *, width: int = 256, depth: int = 3, emb_dim: int = 128,
                  time_scale: float = 1000.0, film: bool = True, fourier_features: int = 0,
-                 fourier_scale: float = 1.0) -> None:
+                 fourier_scale: float = 1.0, out_dim: int | None = None) -> None:
         super().__init__()
-        if min(dim, width, depth, emb_dim) < 1 or fourier_features < 0:
+        out_dim = dim if out_dim is None else out_dim
+        if min(dim, width, depth, emb_dim, out_dim) < 1 or fourier_features < 0:
             raise ValueError("MLP sizes must be positive")
         self.dim = dim
         self.time_embed = nn.Sequential(
@@ -92,7 +94,7 @@ class MLP(nn.Module):
             if fourier_features else None
         self.inp = nn.Linear(self.features.out_dim if self.features else dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, emb_dim, film=film) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

@@ -10,13 +10,16 @@ variance ``v = sigma_t^2 - a^2 sigma_s^2`` (DDPM's ``beta_t`` on the N-step grid
 | v           | beta_t = 1 - abar_t/abar_s  | variance of ``q(x_t | x_s)``             |
 | mean        | mu~_t(x_t, x0), Eq. (7)     | ``a sigma_s^2/sigma_t^2 x_t + alpha_s v/sigma_t^2 x0`` |
 | var         | beta~_t or beta_t (Sec. 3.2)| ``v sigma_s^2 / sigma_t^2`` or ``v``     |
+| var learned | Sigma_theta, [Nichol21] (15)| ``exp(v_th log v + (1 - v_th) log var~)`` per dim |
 
 With ``x0_hat = (x_t - sigma_t eps)/alpha_t`` the mean equals Alg. 2's
 ``(x_t - beta_t/sqrt(1 - abar_t) eps) / sqrt(alpha_t)``. For VE (``alpha = 1``) it is SMLD's
 ancestral step ([Song21] Eq. (47)). Step indices appear only through :func:`grid_coeffs`
-(``sde.time_to_index``) when ``discrete=True``.
+(``sde.time_to_index``) when ``discrete=True``. On a strided grid (K < N steps) ``v`` and ``var~``
+are those of the respaced chain, ``1 - abar_t/abar_s`` and its posterior ([Nichol21] Sec. 4), which
+is also what a learned variance interpolates between.
 
-Refs: [Ho20] Alg. 2, Eq. (6)-(7); [Song21] Appendix F.
+Refs: [Ho20] Alg. 2, Eq. (6)-(7); [Song21] Appendix F; [Nichol21] Eq. (15), Sec. 4.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Callable
 
 import torch
 
+from ..parameterization import learned_variance_fn, log_variance_from_v
 from ..sde import SDE
 from .grids import grid_coeffs, snap_to_steps
 from .result import EpsModel
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = ("beta", "beta_tilde", "learned")
 
 
 def posterior_coeffs(
@@ -63,7 +67,10 @@ def sample_ancestral(
     """DDPM ancestral sampling from ``ts[0]`` to ``ts[-1]`` (one model call per interval).
 
     Args:
-        variance: reverse variance ``"beta"`` (``sigma_t^2 = beta_t``) or ``"beta_tilde"``.
+        variance: reverse variance ``"beta"`` (``sigma_t^2 = beta_t``), ``"beta_tilde"``, or
+            ``"learned"``: the model's ``Sigma_theta`` ([Nichol21] Eq. 15) between the grid
+            interval's ``beta`` and ``beta~``; needs a model with ``eps_and_variance``
+            (``learn_variance=True``), else ``ValueError``.
         discrete: use the discrete chain's coefficients (DDPM's ``abar_i``), with ``ts`` snapped
             to step times; otherwise the continuous ``marginal_coeffs``.
 
@@ -72,20 +79,28 @@ def sample_ancestral(
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    eps_and_v = learned_variance_fn(model) if variance == "learned" else None
     if discrete:
         ts = snap_to_steps(sde, ts)
     alpha, sigma = grid_coeffs(sde, ts, discrete=discrete)
     c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)
+    if eps_and_v is not None and (var_tilde <= 0).any():
+        raise ValueError("variance='learned' needs beta~ > 0 on every interval; the grid must end "
+                         "at a positive time")
     std = torch.sqrt(var_tilde if variance == "beta_tilde" else v)
     dt = x_T.dtype
     x = x_mean = x_T
     for k in range(len(ts) - 1):
         t = ts[k].to(dt).expand(x.shape[0])
-        eps = model(x, t)
+        if eps_and_v is None:
+            eps, scale = model(x, t), std[k].to(dt)
+        else:
+            eps, v_out = eps_and_v(x, t)
+            scale = torch.exp(0.5 * log_variance_from_v(v_out, v[k], var_tilde[k]))
         x0 = (x - sigma[k].to(dt) * eps) / alpha[k].to(dt)
         x_mean = c_x[k].to(dt) * x + c_x0[k].to(dt) * x0  # Eq. (7) [Ho20]
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
-        x = x_mean + std[k].to(dt) * z
+        x = x_mean + scale * z
         if callback is not None:
             callback(k, x, x_mean)
     return x, x_mean

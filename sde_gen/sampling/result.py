@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from ..parameterization import learned_variance_fn
+
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -38,3 +40,14 @@ class CountingModel:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         return self.model(x, t)
+
+    @property
+    def learn_variance(self) -> bool:
+        """Whether the wrapped model learns its reverse variance ([Nichol21] Eq. 15)."""
+        return bool(getattr(self.model, "learn_variance", False))
+
+    def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
+        """The wrapped model's ``(eps, v)``, counted as one call."""
+        fn = learned_variance_fn(self.model)
+        self.nfe += 1
+        return fn(x, t)
