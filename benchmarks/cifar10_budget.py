@@ -20,13 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, write_result  # noqa: E402
 
-from sde_gen.config import load_config  # noqa: E402
-from sde_gen.factory import data_shape  # noqa: E402
-from sde_gen.generate import generate  # noqa: E402
-from sde_gen.outputs import write_samples  # noqa: E402
-from sde_gen.likelihood.evaluate import evaluate_likelihood  # noqa: E402
-from sde_gen.runs import load_run  # noqa: E402
-from sde_gen.train import train  # noqa: E402
+from sde_gen.app.config import load_config  # noqa: E402
+from sde_gen.app.factory import data_shape  # noqa: E402
+from sde_gen.app.generate import generate  # noqa: E402
+from sde_gen.app.outputs import write_samples  # noqa: E402
+from sde_gen.app.likelihood_report import evaluate_likelihood  # noqa: E402
+from sde_gen.app.runs import load_run  # noqa: E402
+from sde_gen.app.train import train  # noqa: E402
 
 PRESETS = {
     "ddpm_cifar10": ["model.ch=128", "model.ch_mult=[1,2,2,2]", "model.num_res_blocks=2",

@@ -5,10 +5,10 @@ default 600) and scores it the same way:
 
 - ``bpd``: test bits/dim through the probability-flow ODE (Hutchinson trace, dopri5 at 1e-5,
   uniform dequantization) of ``--n-bpd`` test images with its standard error
-  (:func:`sde_gen.likelihood.evaluate.evaluate_likelihood`);
+  (:func:`sde_gen.app.likelihood_report.evaluate_likelihood`);
 - ``VLB``: DDPM's discrete variational bound in bits/dim (discretized decoder, reverse variance
   ``beta_tilde``, the middle terms estimated from ``n_t = 50`` sampled steps per image) on the same
-  images, with its standard error (:func:`~sde_gen.likelihood.evaluate.evaluate_vlb`);
+  images, with its standard error (:func:`~sde_gen.app.likelihood_report.evaluate_vlb`);
 - ``FD-classifier``: Fréchet distance of ``--n-samples`` DDIM samples (49 steps, 50 NFE) to as
   many training images in the features of sde-gen's cached dataset classifier (as ``sde-gen
   eval`` computes it; not FID), next to the same distance for held-out test images;
@@ -75,15 +75,15 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from common import RESULTS, header, table, write_result  # noqa: E402
-from sde_gen.config import Config, ModelConfig, load_config  # noqa: E402
-from sde_gen.data.scaling import from_model, uint8_to_model  # noqa: E402
-from sde_gen.evaluate import _features, load_or_train_classifier  # noqa: E402
-from sde_gen.factory import build_data, build_sde, data_shape  # noqa: E402
-from sde_gen.generate import generate  # noqa: E402
-from sde_gen.likelihood.evaluate import evaluate_likelihood, evaluate_vlb  # noqa: E402
+from sde_gen.app.config import Config, ModelConfig, load_config  # noqa: E402
+from sde_gen.scaling import from_model, uint8_to_model  # noqa: E402
+from sde_gen.app.sample_quality import _features, load_or_train_classifier  # noqa: E402
+from sde_gen.app.factory import build_data, build_sde, data_shape  # noqa: E402
+from sde_gen.app.generate import generate  # noqa: E402
+from sde_gen.app.likelihood_report import evaluate_likelihood, evaluate_vlb  # noqa: E402
 from sde_gen.metrics import frechet_distance  # noqa: E402
-from sde_gen.runs import LoadedRun, load_run  # noqa: E402
-from sde_gen.train import train  # noqa: E402
+from sde_gen.app.runs import LoadedRun, load_run  # noqa: E402
+from sde_gen.app.train import train  # noqa: E402
 
 RUNS = ROOT / "runs" / "images_quality"
 NAME = "images_quality"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, write_result  # noqa: E402
 
 from sde_gen import ScoreModel, VPSDE  # noqa: E402
-from sde_gen.data.scaling import dequantize  # noqa: E402
+from sde_gen.scaling import dequantize  # noqa: E402
 from sde_gen.likelihood import bits_per_dim, log_likelihood  # noqa: E402
 from sde_gen.nets.unet import UNET_PRESETS, UNet  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Train a 2-D run through ``sde_gen.train`` and score it against the exact data density.
+"""Train a 2-D run through ``sde_gen.app.train`` and score it against the exact data density.
 
 Shared by ``training_quality.py`` and the peer comparison. Scores of a run on a Gaussian-mixture
 dataset (``q`` is known in closed form):
@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sde_gen.config import load_config  # noqa: E402
+from sde_gen.app.config import load_config  # noqa: E402
 from sde_gen.data.toy2d import Toy2D  # noqa: E402
-from sde_gen.likelihood.evaluate import evaluate_likelihood  # noqa: E402
+from sde_gen.app.likelihood_report import evaluate_likelihood  # noqa: E402
 from sde_gen.metrics import energy_distance  # noqa: E402
-from sde_gen.runs import load_run  # noqa: E402
+from sde_gen.app.runs import load_run  # noqa: E402
 from sde_gen.sampling import sample  # noqa: E402
-from sde_gen.train import train  # noqa: E402
+from sde_gen.app.train import train  # noqa: E402
 
 
 def data_radius(data: Toy2D, n: int = 10_000) -> float:

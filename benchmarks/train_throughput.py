@@ -4,7 +4,7 @@ Variants, each timed over ``--steps`` optimizer steps after ``--warmup`` steps o
 batch held on the device (data loading is not measured):
 
 - ``ours fp32 eager``: ``UNet`` in a ``ScoreModel``, ``dsm_loss``, plain AdamW (the baseline);
-- ``ours fast``: what ``sde_gen.train`` does on CUDA: bf16 autocast, channels_last, fused AdamW,
+- ``ours fast``: what ``sde_gen.app.train`` does on CUDA: bf16 autocast, channels_last, fused AdamW,
   ``torch.compile`` with ``--compile``; the loss is never read back inside the step (no host
   sync), so the GPU queue stays full. channels_last, fused AdamW and compile apply on CUDA only
   (as in ``train.py``); on CPU the fast path is bf16 autocast alone;

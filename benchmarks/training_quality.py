@@ -1,6 +1,6 @@
 """Which training recipe reaches the exact answer: an ablation measured by the true KL.
 
-Every row trains the 2-D ``8gaussians`` VP model through ``sde_gen.train`` with one component
+Every row trains the 2-D ``8gaussians`` VP model through ``sde_gen.app.train`` with one component
 changed from the default config (``configs/toy2d.yaml``), at a fixed budget of single-thread CPU
 seconds (the step count calibrated per recipe by ``quality_common.rate_probe``, so the cosine LR
 schedule ends with the budget; on an idle core this is the wall-clock budget, and unlike wall
@@ -132,7 +132,7 @@ def part_defaults(args, shard: tuple[int, int], out: Path) -> list[dict]:
         name = f"{data} / {sde} / seed {seed}"
         if i % shard[1] != shard[0] or any(r["recipe"] == name for r in rows):
             continue
-        from sde_gen.config import load_config, to_dict
+        from sde_gen.app.config import load_config, to_dict
 
         base = to_dict(load_config(ROOT / SDE_CONFIGS[sde]))
         ov = [f"{s}.{k}={json.dumps(v)}" for s in ("sde", "train") for k, v in base[s].items()
@@ -169,9 +169,9 @@ def part_peer(args, shard: tuple[int, int], out: Path) -> list[dict]:
 
     from peers import import_diffusers, sample_toy_peer, train_toy_peer
 
-    from sde_gen.config import load_config
+    from sde_gen.app.config import load_config
     from sde_gen.data.toy2d import Toy2D
-    from sde_gen.runs import load_run
+    from sde_gen.app.runs import load_run
     from sde_gen.sampling import sample
 
     data, rows = Toy2D("8gaussians"), []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from sde_gen.cli import app
+from sde_gen.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "model.width=32", "--set", "model.depth=1", "--set", "train.batch_size=64",

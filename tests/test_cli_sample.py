@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sde_gen.cli import app
+from sde_gen.app.cli import app
 
 TRAIN = ["train", "--set", "model.width=32", "--set", "model.depth=1", "--set",
          "train.batch_size=64", "--set", "train.plot_samples=0", "--set", "train.device=cpu",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sde_gen.config import Config, ConfigError, load_config, parse_override, to_dict
+from sde_gen.app.config import Config, ConfigError, load_config, parse_override, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

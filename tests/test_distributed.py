@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sde_gen.checkpoint import list_checkpoints, load_checkpoint
+from sde_gen.app.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",

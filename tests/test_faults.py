@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import sde_gen.train as train_mod
-from sde_gen.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from sde_gen.cli import app
-from sde_gen.config import load_config
-from sde_gen.runs import load_run
-from sde_gen.train import NonFiniteLossError, train
+import sde_gen.app.train as train_mod
+from sde_gen.app.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sde_gen.app.cli import app
+from sde_gen.app.config import load_config
+from sde_gen.app.runs import load_run
+from sde_gen.app.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # These tests resume with a different train.steps than the interrupted run; a cosine LR schedule

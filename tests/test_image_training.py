@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sde_gen.checkpoint import list_checkpoints, load_checkpoint
-from sde_gen.cli import app
-from sde_gen.config import load_config
-from sde_gen.train import train
+from sde_gen.app.checkpoint import list_checkpoints, load_checkpoint
+from sde_gen.app.cli import app
+from sde_gen.app.config import load_config
+from sde_gen.app.train import train
 
 pytest.importorskip("sklearn")
 
@@ -61,7 +61,7 @@ def test_image_run_through_the_cli(tmp_path):
 
 
 def test_eval_reports_fd_classifier_and_bpd(tmp_path, monkeypatch):
-    monkeypatch.setattr("sde_gen.evaluate.CACHE", tmp_path / "cache")
+    monkeypatch.setattr("sde_gen.app.sample_quality.CACHE", tmp_path / "cache")
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
                                *_cli_sets(TINY + ["train.steps=2"])]).exit_code == 0

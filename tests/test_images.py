@@ -23,7 +23,7 @@ from sde_gen.data.images import (
     load_images,
     make_loader,
 )
-from sde_gen.data.scaling import uint8_to_model
+from sde_gen.scaling import uint8_to_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -10,10 +10,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sde_gen import GaussianMixture, ScoreModel, VESDE, VPSDE
-from sde_gen.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
-from sde_gen.cli import app
-from sde_gen.config import ConfigError, load_config
-from sde_gen.factory import build_model
+from sde_gen.app.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from sde_gen.app.cli import app
+from sde_gen.app.config import ConfigError, load_config
+from sde_gen.app.factory import build_model
 from sde_gen.hybrid_loss import VLBStepSampler, hybrid_loss
 from sde_gen.likelihood import vlb
 from sde_gen.likelihood.vlb import discrete_chain
@@ -23,7 +23,7 @@ from sde_gen.parameterization import log_variance_from_v, v_from_log_variance
 from sde_gen.sampling import make_grid, sample, sample_ancestral
 from sde_gen.sampling.ancestral import posterior_coeffs
 from sde_gen.sampling.grids import grid_coeffs, snap_to_steps
-from sde_gen.train import train
+from sde_gen.app.train import train
 
 F64 = torch.float64
 D, S2 = 2, 1e-3  # N(MU, S2 I): narrow enough that neither beta nor beta~ is near optimal

@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
-from sde_gen.cli import app
-from sde_gen.data.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
+from sde_gen.app.cli import app
+from sde_gen.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
 from sde_gen.likelihood import bits_per_dim, decode, encode, log_likelihood, slerp
 
 F64 = torch.float64

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.config import ConfigError, load_config
+from sde_gen.app.config import ConfigError, load_config
 from sde_gen.ema import EMA, power_ema_gamma
 from sde_gen.losses import dsm_loss, make_weighting, weight_likelihood
 from sde_gen.parameterization import ScoreModel
 from sde_gen.sde import SubVPSDE, VESDE, VPSDE
 from sde_gen.time_sampling import TimeSampler
-from sde_gen.train import lr_at
+from sde_gen.app.train import lr_at
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "vp_cosine": lambda: VPSDE(schedule="cosine"), "subvp": SubVPSDE,

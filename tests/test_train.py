@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from sde_gen.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
-from sde_gen.config import load_config
-from sde_gen.train import train
+from sde_gen.app.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
+from sde_gen.app.config import load_config
+from sde_gen.app.train import train
 
 FAST = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",
         "train.plot_samples=0", "train.log_every=10", "train.warmup=5", "train.device=cpu"]

@@ -1,7 +1,7 @@
 """Datasets: built-in 2-D toys (exact densities for the mixtures) and 8-bit image sets."""
 
 from .images import IMAGE_SHAPES, DeviceBatches, ImageData, ImageDataset, load_images, make_loader
-from .scaling import dequantize, from_model, to_model, uint8_to_model
+from ..scaling import dequantize, from_model, to_model, uint8_to_model
 from .toy2d import TOY2D, Toy2D
 
 __all__ = [

@@ -12,7 +12,7 @@
 - ``folder``: PNG/JPEG files under ``path``; class subfolders give labels.
 
 Nothing touches the network unless ``download=True``. Pixels become model inputs only through
-:func:`~sde_gen.data.scaling.uint8_to_model`, in :class:`ImageDataset` (host, ``DataLoader``) or
+:func:`~sde_gen.scaling.uint8_to_model`, in :class:`ImageDataset` (host, ``DataLoader``) or
 in :class:`DeviceBatches` (the whole split resident on the accelerator).
 
 Refs: [Ho20] Sec. 3.3 and [Song21] Appendix D (data in [-1, 1], random horizontal flips).
@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..tensor_utils import append_dims
-from .scaling import uint8_to_model
+from ..scaling import uint8_to_model
 
 IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
     "digits": (1, 8, 8),

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..data.scaling import SCALE
+from ..scaling import SCALE
 
 
 def bits_per_dim(

@@ -100,7 +100,7 @@ def log_likelihood(
         model: eps-model ``model(x, t)``.
         sde: forward SDE; its prior gives ``log p_T``.
         x: data ``(B, *D)`` in model units (for images: dequantized, see
-            :func:`~sde_gen.data.scaling.dequantize`). Its dtype sets the solve's precision.
+            :func:`~sde_gen.scaling.dequantize`). Its dtype sets the solve's precision.
         trace: ``"exact"`` (D VJPs per evaluation) or ``"hutchinson"``.
         probe: ``"rademacher"`` or ``"gaussian"`` Hutchinson probes.
         n_probes: probes averaged per evaluation (drawn once per solve).

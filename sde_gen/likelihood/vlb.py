@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.scaling import uint8_to_model
+from ..scaling import uint8_to_model
 from ..parameterization import learned_variance_fn, log_variance_from_v
 from ..sampling.ancestral import posterior_coeffs
 from ..sampling.grids import grid_coeffs

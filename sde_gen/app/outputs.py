@@ -38,7 +38,7 @@ def write_samples(x: torch.Tensor, cfg: Config, out: str | os.PathLike, *, title
     if x.ndim == 4:
         from torchvision.utils import save_image
 
-        from .data.scaling import from_model, model_to_uint8
+        from ..scaling import from_model, model_to_uint8
 
         pixels = model_to_uint8(x).numpy()
         npz = _atomic(out.with_suffix(".npz"),

@@ -164,7 +164,7 @@ def sample(
     from .generate import generate
     from .outputs import write_samples
     from .runs import load_run
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     from .factory import data_shape
 
@@ -207,11 +207,11 @@ def likelihood(
         fail(f"unknown trace {trace!r}; choose exact or hutchinson")
     if method not in ("ode", "vlb", "both"):
         fail(f"unknown method {method!r}; choose ode, vlb or both")
-    from .likelihood.evaluate import evaluate_likelihood, evaluate_vlb
+    from .likelihood_report import evaluate_likelihood, evaluate_vlb
     from .outputs import write_json
-    from .parameterization import learned_variance_fn
+    from ..parameterization import learned_variance_fn
     from .runs import load_run
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
@@ -264,10 +264,10 @@ def eval_(
 ) -> None:
     """Sample quality (FID if available, FD-classifier) and test bits/dim of an image run."""
     solver_options(solver, {})
-    from .evaluate import evaluate_run
+    from .sample_quality import evaluate_run
     from .outputs import write_json
     from .runs import load_run
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     dev = resolve_device(device)
     run = load_run(ckpt, device=dev)

@@ -33,14 +33,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, save_config, to_dict
-from .ema import EMA
+from ..ema import EMA
 from . import distributed
-from .data.batches import ImageBatches, ToyBatches
+from .distributed import resolve_device
+from ..data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
-from .hybrid_loss import VLBStepSampler, hybrid_loss
-from .likelihood.vlb import discrete_chain
-from .losses import dsm_loss, make_weighting
-from .time_sampling import TimeSampler
+from ..hybrid_loss import VLBStepSampler, hybrid_loss
+from ..likelihood.vlb import discrete_chain
+from ..losses import dsm_loss, make_weighting
+from ..time_sampling import TimeSampler
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -99,16 +100,6 @@ def _resume_state(workdir: Path) -> dict[str, Any] | None:
     return None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but CUDA is not available")
-    return dev
-
-
 def lr_at(step: int, cfg: Config) -> float:
     """Linear warmup to ``train.lr`` over ``train.warmup`` steps ([Ho20] App. B), then constant or
     a cosine decay to zero at ``train.steps`` ([Loshchilov17] Eq. 5, no restarts)."""
@@ -161,8 +152,8 @@ def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device
     """EMA sample grid with DDIM (50 NFE), written atomically."""
     from torchvision.utils import save_image
 
-    from .data.scaling import from_model
-    from .sampling import sample
+    from ..scaling import from_model
+    from ..sampling import sample
 
     g = torch.Generator(device=device).manual_seed(cfg.train.seed)
     x = sample(model, sde, (cfg.train.sample_n, *shape), "ddim", steps=49, generator=g,

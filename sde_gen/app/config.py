@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .data.toy2d import TOY2D
+from ..data.toy2d import TOY2D
 
 IMAGE_DATA = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "folder")
 

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.images import ImageData
-from .data.scaling import from_model, uint8_to_model
+from ..data.images import ImageData
+from ..scaling import from_model, uint8_to_model
 from .factory import build_data, data_shape, is_image
 from .generate import generate
-from .likelihood.evaluate import evaluate_likelihood
-from .metrics import frechet_distance
-from .nets.classifier import FeatureClassifier
+from .likelihood_report import evaluate_likelihood
+from ..metrics import frechet_distance
+from ..nets.classifier import FeatureClassifier
 from .runs import LoadedRun
 
 CACHE = Path(os.environ.get("SDE_GEN_CACHE", "~/.cache/sde_gen")).expanduser() / "classifiers"

@@ -94,3 +94,13 @@ def gather_batches(mine: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         dist.all_gather_object(parts, mine)
     merged = {k: v for part in parts for k, v in part.items()}
     return [merged[k] for k in sorted(merged)]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available")
+    return dev

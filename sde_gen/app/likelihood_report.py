@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.scaling import dequantize
+from ..scaling import dequantize
 from ..data.toy2d import Toy2D
-from ..distributed import gather_batches, rank_world
-from ..factory import build_data, is_image
-from ..runs import LoadedRun
-from .bpd import bits_per_dim
-from .ode_likelihood import log_likelihood
+from .distributed import gather_batches, rank_world
+from .factory import build_data, is_image
+from .runs import LoadedRun
+from ..likelihood.bpd import bits_per_dim
+from ..likelihood.ode_likelihood import log_likelihood
 
 SPLITS = {"train": 0, "test": 1_000_003}  # seed offsets: a fresh draw per split
 
@@ -116,7 +116,7 @@ def evaluate_vlb(
     the mean terms ``vlb_prior``, ``vlb_diffusion``, ``vlb_decoder``, ``vlb_nfe`` and, for images,
     ``vlb_bpd`` / ``vlb_bpd_stderr``.
     """
-    from .vlb import vlb
+    from ..likelihood.vlb import vlb
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -1,4 +1,4 @@
-"""Build SDEs, networks and datasets from a :class:`~sde_gen.config.Config` (literal name maps)."""
+"""Build SDEs, networks and datasets from a :class:`~sde_gen.app.config.Config` (literal name maps)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Callable
 from torch import nn
 
 from .config import Config, DataConfig, ModelConfig, SDEConfig
-from .data.images import ImageData, load_images
-from .data.toy2d import TOY2D, Toy2D
-from .nets.mlp import MLP
-from .nets.unet import UNet
-from .parameterization import ScoreModel
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from ..data.images import ImageData, load_images
+from ..data.toy2d import TOY2D, Toy2D
+from ..nets.mlp import MLP
+from ..nets.unet import UNet
+from ..parameterization import ScoreModel
+from ..sde import SDE, SubVPSDE, VESDE, VPSDE
 
 SDES: dict[str, Callable[[SDEConfig], SDE]] = {
     "vp": lambda c: VPSDE(c.beta_min, c.beta_max, c.N, schedule=c.schedule),

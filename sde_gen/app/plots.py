@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from .data.toy2d import Toy2D
-from .sampling import sample
-from .sde import SDE
+from ..data.toy2d import Toy2D
+from ..sampling import sample
+from ..sde import SDE
 
 
 def scatter_compare(samples: torch.Tensor | dict[str, torch.Tensor], data: torch.Tensor,

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint
+from .checkpoint import CheckpointError, find_checkpoint, latest_run, load_checkpoint
 from .config import Config, ConfigError, from_dict
+from .export import load_safetensors
 from .factory import build_model, build_sde
-from .parameterization import ScoreModel
-from .sde import SDE
-
-DEFAULT_RUNS = Path("runs")
-
+from ..parameterization import ScoreModel
+from ..sde import SDE
 
 @dataclass(frozen=True)
 class LoadedRun:
@@ -35,15 +33,6 @@ class LoadedRun:
         return self.checkpoint.parent.parent
 
 
-def latest_run(root: str | os.PathLike = DEFAULT_RUNS) -> Path:
-    """The run directory under ``root`` whose newest checkpoint is the most recent."""
-    root = Path(root)
-    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)] if root.is_dir() else []
-    if not runs:
-        raise CheckpointError(f"no trained run under {root}/; train one with 'sde-gen train' or pass --ckpt")
-    return max(runs, key=lambda d: list_checkpoints(d)[-1].stat().st_mtime)
-
-
 def load_run(
     path: str | os.PathLike | None = None,
     *,
@@ -56,8 +45,6 @@ def load_run(
     """
     ckpt = find_checkpoint(latest_run() if path is None else path)
     if ckpt.suffix == ".safetensors":
-        from .export import load_safetensors
-
         state = load_safetensors(ckpt)
     else:
         state = load_checkpoint(ckpt, map_location=device)

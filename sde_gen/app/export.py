@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from .runs import latest_run
+from .checkpoint import CheckpointError, find_checkpoint, latest_run, load_checkpoint
 
 
 def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -> Path:

@@ -10,9 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import gather_batches, rank_world
-from .parameterization import EpsModel
-from .sampling import sample
-from .sde import SDE
+from ..parameterization import EpsModel
+from ..sampling import sample
+from ..sde import SDE
 
 
 @dataclass(frozen=True)
