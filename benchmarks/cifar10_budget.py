@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table, write_result  # noqa: E402
-
-from sde_gen.app.config import load_config  # noqa: E402
-from sde_gen.app.factory import data_shape  # noqa: E402
-from sde_gen.app.generate import generate  # noqa: E402
-from sde_gen.app.outputs import write_samples  # noqa: E402
-from sde_gen.app.likelihood_report import evaluate_likelihood  # noqa: E402
-from sde_gen.app.runs import load_run  # noqa: E402
-from sde_gen.app.train import train  # noqa: E402
+from benchmarks.common import RESULTS, header, table, write_result
+from benchmarks.peers import resolve_device
+from sde_gen.app.config import load_config
+from sde_gen.app.factory import data_shape
+from sde_gen.app.generate import generate
+from sde_gen.app.likelihood_report import evaluate_likelihood
+from sde_gen.app.outputs import write_samples
+from sde_gen.app.runs import load_run
+from sde_gen.app.train import train
 
 PRESETS = {
     "ddpm_cifar10": ["model.ch=128", "model.ch_mult=[1,2,2,2]", "model.num_res_blocks=2",
@@ -38,7 +34,7 @@ PRESETS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--seconds", type=float, default=60.0, help="training budget")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--data-path", default="", help="CIFAR-10 .npz (default: offline digits)")
@@ -47,6 +43,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--workdir", default="", help="keep the run here (default: a temp dir)")
     args = p.parse_args()
+    args.device = str(resolve_device(args.device))
     data = (["data.name=cifar10", f"data.path={args.data_path}", "data.flip=true"]
             if args.data_path else ["data.name=digits"])
     sets = data + PRESETS[args.preset] + [
@@ -59,7 +56,7 @@ def main() -> None:
     recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     img_s = res.step * args.batch / args.seconds
     run = load_run(workdir, device=args.device)
-    grid = Path(__file__).resolve().parent / "results" / "cifar10_budget_samples.png"
+    grid = RESULTS / "cifar10_budget_samples.png"
     gen = generate(run.model, run.sde, 64, data_shape(run.cfg.data), "ddim", steps=49,
                    device=args.device, progress=False)
     write_samples(gen.x, run.cfg, grid, title="DDIM 50 NFE")

@@ -58,7 +58,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -69,22 +68,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.common import RESULTS, header, table, write_result
+from benchmarks.peers import import_diffusers, train_image_peer
+from sde_gen.app.config import Config, ModelConfig, load_config
+from sde_gen.app.factory import build_data, build_sde, data_shape
+from sde_gen.app.generate import generate
+from sde_gen.app.likelihood_report import evaluate_likelihood, evaluate_vlb
+from sde_gen.app.runs import LoadedRun, load_run
+from sde_gen.app.sample_quality import _features, load_or_train_classifier
+from sde_gen.app.train import train
+from sde_gen.metrics import frechet_distance
+from sde_gen.scaling import from_model, uint8_to_model
+
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from common import RESULTS, header, table, write_result  # noqa: E402
-from sde_gen.app.config import Config, ModelConfig, load_config  # noqa: E402
-from sde_gen.scaling import from_model, uint8_to_model  # noqa: E402
-from sde_gen.app.sample_quality import _features, load_or_train_classifier  # noqa: E402
-from sde_gen.app.factory import build_data, build_sde, data_shape  # noqa: E402
-from sde_gen.app.generate import generate  # noqa: E402
-from sde_gen.app.likelihood_report import evaluate_likelihood, evaluate_vlb  # noqa: E402
-from sde_gen.metrics import frechet_distance  # noqa: E402
-from sde_gen.app.runs import LoadedRun, load_run  # noqa: E402
-from sde_gen.app.train import train  # noqa: E402
-
 RUNS = ROOT / "runs" / "images_quality"
 NAME = "images_quality"
 CKPT_EVERY = 200
@@ -271,8 +267,6 @@ def peer_unet_kwargs(mc: ModelConfig, shape: tuple[int, int, int]) -> dict:
 
 def train_peer(dataset: str, workdir: Path, args) -> dict:
     """Train the peer (no checkpoints: a stopped peer starts again from scratch)."""
-    from peers import import_diffusers, train_image_peer
-
     if import_diffusers() is None:
         raise SystemExit("the peer needs diffusers")
     cfg = _ours_cfg(dataset, "before", 1)
@@ -299,8 +293,6 @@ def train_peer(dataset: str, workdir: Path, args) -> dict:
 
 def load_peer(dataset: str, workdir: Path, step: int) -> LoadedRun:
     """The trained peer as a :class:`LoadedRun` (our VP SDE, the wrapped EMA network)."""
-    from peers import import_diffusers
-
     df = import_diffusers()
     state = torch.load(workdir / "peer.pt", map_location="cpu", weights_only=False)
     unet = df.UNet2DModel(**state["kwargs"])
@@ -366,7 +358,7 @@ def score(run: LoadedRun, workdir: Path, grid: Path, args) -> dict:
                 "ddim_nfe": gen.nfe, "sample_wall_s": gen.seconds, "grid": grid.name}
 
     out: dict = {"params": sum(p.numel() for p in run.model.parameters())}
-    for name, fn in (("ll", likelihood), ("vlb", bound), ("fd", samples)):
+    for name, fn in (("vlb", bound), ("fd", samples), ("ll", likelihood)):  # cheapest first
         part = _cached(workdir / f"{name}.json", fn)
         out.update(part)
         print(f"  {name}: {json.dumps(part)}", flush=True)
@@ -406,13 +398,36 @@ COLUMNS = ["recipe", "params", "steps", "train CPU s", "train wall s", "test bpd
            "LL NFE", "VLB bpd", "± se ", "FD-classifier", "grid"]
 
 
+def _fmt(r: dict, key: str, spec: str) -> str:
+    """``r[key]`` formatted, or a dash for a score that was not measured (a partial row)."""
+    return format(r[key], spec) if key in r else "—"
+
+
 def _table_row(r: dict) -> dict:
-    return {"recipe": LABELS.get(r["recipe"], r["recipe"]), "params": f"{r['params']:,}",
+    return {"recipe": LABELS.get(r["recipe"], r["recipe"]), "params": _fmt(r, "params", ","),
             "steps": r["steps"], "train CPU s": round(r["train_cpu_s"]),
-            "train wall s": round(r["train_wall_s"]), "test bpd (ODE)": f"{r['bpd']:.3f}",
-            "± se": f"{r['bpd_se']:.3f}", "LL NFE": round(r["ll_nfe"]),
-            "VLB bpd": f"{r['vlb_bpd']:.3f}", "± se ": f"{r['vlb_se']:.3f}",
-            "FD-classifier": f"{r['fd']:.2f}", "grid": f"`{r['grid']}`"}
+            "train wall s": round(r["train_wall_s"]), "test bpd (ODE)": _fmt(r, "bpd", ".3f"),
+            "± se": _fmt(r, "bpd_se", ".3f"), "LL NFE": _fmt(r, "ll_nfe", ".0f"),
+            "VLB bpd": _fmt(r, "vlb_bpd", ".3f"), "± se ": _fmt(r, "vlb_se", ".3f"),
+            "FD-classifier": _fmt(r, "fd", ".2f"), "grid": f"`{r['grid']}`" if "grid" in r else "—"}
+
+
+def _rows(runs: Path, dataset: str) -> list[dict]:
+    """Finished rows, and rows whose scoring stopped part-way (``partial``: the scores done)."""
+    rows = []
+    for d in sorted(p for p in (runs / dataset).glob("*") if p.is_dir()):
+        if (d / "result.json").exists():
+            rows.append(json.loads((d / "result.json").read_text()))
+            continue
+        parts = [json.loads((d / f"{n}.json").read_text()) for n in ("vlb", "fd", "ll")
+                 if (d / f"{n}.json").exists()]
+        if (d / "train.json").exists() and parts:
+            row = {"dataset": dataset, "recipe": d.name, "partial": True,
+                   **json.loads((d / "train.json").read_text())}
+            for part in parts:
+                row.update(part)
+            rows.append(row)
+    return rows
 
 
 def report(runs: Path, *, copy_grids: bool = True) -> str:
@@ -421,13 +436,13 @@ def report(runs: Path, *, copy_grids: bool = True) -> str:
     text = header("Training recipes on images at a fixed CPU budget")
     text += "\n" + "\n\n".join(paragraphs[1:5]) + "\n\n"
     for dataset in DATASETS:
-        rows = [json.loads(f.read_text()) for f in sorted((runs / dataset).glob("*/result.json"))]
+        rows = _rows(runs, dataset)
         if not rows:
             continue
         rows.sort(key=lambda r: order.index(r["recipe"]) if r["recipe"] in order else 99)
         for r in rows:  # the grids live with the runs; results/ gets a copy
-            grid = runs / dataset / r["recipe"] / r["grid"]
-            if copy_grids and grid.exists():
+            grid = runs / dataset / r["recipe"] / r.get("grid", "-")
+            if copy_grids and grid.is_file():
                 RESULTS.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(grid, RESULTS / r["grid"])
         path, extra = DATASETS[dataset]
@@ -444,10 +459,16 @@ def report(runs: Path, *, copy_grids: bool = True) -> str:
         if restarted:
             text += (f"Resumed from a checkpoint after a stop (CPU/wall summed over the pieces): "
                      f"{', '.join(restarted)}.\n\n")
+        partial = [LABELS.get(r["recipe"], r["recipe"]) for r in rows if r.get("partial")]
+        if partial:
+            text += (f"Scored only in part within the session's time (a dash: not measured): "
+                     f"{', '.join(partial)}.\n\n")
     text += "Recipe overrides (on top of the base and `" + " ".join(COMMON) + "`):\n\n"
     text += f"- `before`: `{' '.join(BEFORE)}`\n- `after`: `{' '.join(AFTER)}`\n"
+    ran = {p.name for p in runs.glob("*/*") if p.is_dir()}
     for name, ov in ABLATIONS.items():
-        text += f"- `{name}`: `after` + `{' '.join(ov)}`\n"
+        if name in ran:
+            text += f"- `{name}`: `after` + `{' '.join(ov)}`\n"
     text += ("- `peer`: `benchmarks/peers.py: train_image_peer` (diffusers' example defaults: "
              "lr 1e-4, 500 warmup steps then cosine, AdamW betas (0.95, 0.999), EMA 0.9999 with "
              "warm-up, 1000 linear-beta steps) at the base's batch size, on a `UNet2DModel` with "

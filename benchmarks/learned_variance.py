@@ -18,24 +18,21 @@ below the decoder's bin width and the posterior standard deviations it is compar
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table, write_result  # noqa: E402
-
-from sde_gen.app.config import load_config  # noqa: E402
-from sde_gen.scaling import uint8_to_model  # noqa: E402
-from sde_gen.app.sample_quality import load_or_train_classifier  # noqa: E402
-from sde_gen.app.factory import build_data, data_shape  # noqa: E402
-from sde_gen.app.generate import generate  # noqa: E402
-from sde_gen.likelihood import vlb  # noqa: E402
-from sde_gen.metrics import frechet_distance  # noqa: E402
-from sde_gen.app.runs import load_run  # noqa: E402
-from sde_gen.app.train import train  # noqa: E402
+from benchmarks.common import header, table, write_result
+from sde_gen.app.config import load_config
+from sde_gen.app.factory import build_data, data_shape
+from sde_gen.app.generate import generate
+from sde_gen.app.runs import load_run
+from sde_gen.app.sample_quality import load_or_train_classifier
+from sde_gen.app.train import train
+from sde_gen.likelihood import vlb
+from sde_gen.metrics import frechet_distance
+from sde_gen.scaling import uint8_to_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pinned here (not left to the config's defaults) so that the measured setup stays reproducible:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table, write_result  # noqa: E402
-
-from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE  # noqa: E402
-from sde_gen.likelihood import log_likelihood  # noqa: E402
+from benchmarks.common import header, table, write_result
+from benchmarks.peers import import_kdiffusion, kdiffusion_denoiser, timed, ve_sigma
+from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from sde_gen.likelihood import log_likelihood
 
 F64 = torch.float64
 
@@ -48,22 +44,11 @@ def reference(gm, sde, x, z, eps):
     return gm.log_prob_t(x, te, sde) + sde.prior_logp(z) - gm.log_prob_t(z, tT, sde)
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def kdiffusion_ll(gm, sde, x, eps, tol):
+def kdiffusion_ll(kd, gm, sde, x, eps, tol):
     """k-diffusion's log_likelihood (one Rademacher probe) on the VE SDE, the same oracle."""
-    from k_diffusion.sampling import log_likelihood as kd_ll
-
-    def denoiser(xx, sigma):
-        t = (torch.log(sigma) - math.log(sde.sigma_min)) / math.log(sde.sigma_max / sde.sigma_min)
-        return gm.denoise(xx, t, sde)
-
-    s_min = float(sde.sigma(torch.tensor(eps, dtype=F64)))
-    ll, info = kd_ll(denoiser, x, s_min, sde.sigma_max, atol=tol, rtol=tol)
+    denoiser = kdiffusion_denoiser(sde, lambda x_t, t: gm.denoise(x_t, t, sde), prediction="x0")
+    s_min = ve_sigma(sde, eps)
+    ll, info = kd.log_likelihood(denoiser, x, s_min, sde.sigma_max, atol=tol, rtol=tol)
     return ll, info["fevals"]
 
 
@@ -76,6 +61,7 @@ def main() -> None:
     n = 32 if args.quick else args.n
     tols = [1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6]
     eps = 1e-5
+    kd = import_kdiffusion()
     rows_exact, rows_hutch = [], []
     for pname, gm in problems().items():
         x = gm.sample(n, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -99,13 +85,9 @@ def main() -> None:
                                    "stderr of mean": d.std().item() / math.sqrt(n),
                                    "per-example MAE": d.abs().mean().item(), "NFE": res.nfe,
                                    "ms/example": 1e3 * sec / n})
-            if sname == "ve":
+            if sname == "ve" and kd is not None:
                 for tol in (1e-4, 1e-5):
-                    try:
-                        (ll, nfe), sec = timed(lambda: kdiffusion_ll(gm, sde, x, eps, tol))
-                    except ImportError:
-                        print("k-diffusion not installed: peer skipped (pip install -e '.[bench]')")
-                        break
+                    (ll, nfe), sec = timed(lambda: kdiffusion_ll(kd, gm, sde, x, eps, tol))
                     # k-diffusion returns no latent; re-solve ours exactly for the reference's z.
                     ref_res = log_likelihood(model, sde, x, trace="exact", rtol=1e-8, atol=1e-8, eps=eps)
                     d = ll - ref_res.logp

@@ -12,41 +12,33 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table, write_result  # noqa: E402
-
-from sde_gen import ScoreModel, VPSDE  # noqa: E402
-from sde_gen.scaling import dequantize  # noqa: E402
-from sde_gen.likelihood import bits_per_dim, log_likelihood  # noqa: E402
-from sde_gen.nets.unet import UNET_PRESETS, UNet  # noqa: E402
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
+from benchmarks.common import header, table, write_result
+from benchmarks.peers import (
+    import_kdiffusion,
+    kdiffusion_denoiser,
+    resolve_device,
+    timed,
+    ve_sigma,
+)
+from sde_gen import ScoreModel, VPSDE
+from sde_gen.likelihood import bits_per_dim, log_likelihood
+from sde_gen.nets.unet import UNET_PRESETS, UNet
+from sde_gen.scaling import dequantize
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--size", type=int, default=8)
     p.add_argument("--n", type=int, default=32, help="images")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tol", type=float, default=1e-5)
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
     sde = VPSDE()
@@ -76,34 +68,27 @@ def main() -> None:
         return torch.cat(out), nfe / math.ceil(args.n / args.batch)
 
     (logp, nfe), sec = timed(ours, device)
-    bpd = bits_per_dim(logp, x.shape[1:])
+    bpd = bits_per_dim(logp, x)
     rows.append({"method": "sde_gen log_likelihood", "s/image": sec / args.n, "NFE": nfe,
                  "bpd": bpd.mean().item(), "stderr": bpd.std().item() / math.sqrt(args.n)})
-    try:
-        from k_diffusion.sampling import log_likelihood as kd_ll
-    except ImportError:
-        kd_ll = None
-        print("k-diffusion not installed: peer skipped (pip install -e '.[bench]')")
-    if kd_ll is not None:
-        def denoiser(x_ve, s):  # VE coords: x_ve = x/alpha, s = sigma/alpha
-            t = sde.t_from_log_snr(-torch.log(s.double())).to(x_ve.dtype)
-            a = sde.marginal_coeffs(t)[0][:, None, None, None]
-            return model.denoise(a * x_ve, t)
-
-        a_e, s_e = (float(v) for v in sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64)))
-        a_T, s_T = (float(v) for v in sde.marginal_coeffs(torch.tensor([1.0], dtype=torch.float64)))
+    kd = import_kdiffusion()
+    if kd is not None:
+        denoiser = kdiffusion_denoiser(sde, model.denoise, prediction="x0")
+        a_e = float(sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64))[0])
+        s_min, s_max = ve_sigma(sde, eps), ve_sigma(sde, 1.0)
 
         def peer():
             out, nfe = [], 0
             for i in range(0, args.n, args.batch):
                 xb = x[i:i + args.batch]
-                ll, info = kd_ll(denoiser, xb / a_e, s_e / a_e, s_T / a_T, atol=args.tol, rtol=args.tol)
+                ll, info = kd.log_likelihood(denoiser, xb / a_e, s_min, s_max, atol=args.tol,
+                                              rtol=args.tol)
                 out.append(ll - xb[0].numel() * math.log(a_e))  # back to VP coordinates at eps
                 nfe += info["fevals"]
             return torch.cat(out), nfe / math.ceil(args.n / args.batch)
 
         (logp_k, nfe_k), sec_k = timed(peer, device)
-        bpd_k = bits_per_dim(logp_k, x.shape[1:])
+        bpd_k = bits_per_dim(logp_k, x)
         rows.append({"method": "k-diffusion log_likelihood", "s/image": sec_k / args.n, "NFE": nfe_k,
                      "bpd": bpd_k.mean().item(), "stderr": bpd_k.std().item() / math.sqrt(args.n)})
         rows[0]["speed-up vs k-diffusion"] = sec_k / sec

@@ -1,15 +1,24 @@
-"""The diffusers peer, shared by all benchmarks: networks and the loop of diffusers' example.
+"""The peers of the benchmarks and what every benchmark shares to drive them.
 
-Everything that builds a diffusers peer lives here:
+Everything that touches k-diffusion or diffusers lives here, together with the helpers the
+benchmark scripts share:
 
-- :func:`import_diffusers` (``None`` with a note when diffusers is missing) and :func:`peer_unet`,
-  a ``UNet2DModel`` of the size of one of our ``UNET_PRESETS``;
-- a toy 2-D peer: :class:`PeerMLP` (an eps-network of the size of our ``sde_gen.nets.mlp.MLP``
-  built from diffusers' timestep embedding), :func:`train_toy_peer` and :func:`sample_toy_peer`;
-- an image peer: :func:`train_image_peer` and :func:`sample_image_peer` with ``UNet2DModel``.
+- :func:`import_kdiffusion` and :func:`import_diffusers`: the optional peers (pyproject extra
+  ``bench``), each ``None`` after a one-line note naming that extra when it cannot be imported;
+- :func:`kdiffusion_denoiser` (k-diffusion's ``D(x_ve, sigma)`` from one of our models on any
+  of our SDEs) and :func:`ve_sigma` (its noise level of one of our times);
+- :func:`resolve_device` (a benchmark's ``--device``), :func:`sync` and :func:`timed`;
+- :func:`build_unet` (our U-Net of a preset) and :func:`peer_unet`, a diffusers
+  ``UNet2DModel`` of the same size;
+- a toy 2-D diffusers peer: :class:`PeerMLP` (an eps-network of the size of our
+  ``sde_gen.nets.mlp.MLP`` built from diffusers' timestep embedding), :func:`train_toy_peer` and
+  :func:`sample_toy_peer`;
+- an image diffusers peer: :func:`train_image_peer` and :func:`sample_image_peer` with
+  ``UNet2DModel``.
 
-Both peers train the way diffusers' ``examples/unconditional_image_generation/train_unconditional.py``
-does, with that example's defaults:
+Both diffusers peers train the way diffusers'
+``examples/unconditional_image_generation/train_unconditional.py`` does, with that example's
+defaults:
 
 - ``DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")``,
   integer timesteps ``torch.randint(0, 1000)``, ``scheduler.add_noise``, MSE to the noise;
@@ -58,22 +67,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 import time
 import warnings
-from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from sde_gen.app.distributed import resolve_device as _resolve_device
+from sde_gen.nets.unet import UNET_PRESETS, UNet
+from sde_gen.sde import SDE
+from sde_gen.tensor_utils import append_dims
 
-from sde_gen.nets.unet import UNET_PRESETS  # noqa: E402
+R = TypeVar("R")
+BENCH_EXTRA = "pip install -e '.[bench]'"
+CPU = torch.device("cpu")
 
 # Defaults of diffusers' examples/unconditional_image_generation/train_unconditional.py.
 NUM_TRAIN_TIMESTEPS = 1000
@@ -93,15 +104,31 @@ CALIBRATION_STEPS = 50  # seconds-only runs: steps timed to size the cosine sche
 CALIBRATION_SKIP = 10  # of which the first ones are not timed (allocation, first calls)
 
 
-def import_diffusers():
+# --------------------------------------------------------------------------------------------
+# optional peers
+
+
+def _import_optional(name: str, module: str):
+    """``module`` imported, or ``None`` after a one-line note that names the ``bench`` extra."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import diffusers
-        return diffusers
-    except Exception as exc:  # noqa: BLE001 - any import failure means "skip the peer"
-        print(f"note: diffusers not available ({type(exc).__name__}: {exc}); skipping the peer")
+            return importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "skip this peer"
+        reason = (str(exc).splitlines() or [""])[0]
+        print(f"note: {name} not available ({type(exc).__name__}: {reason}); skipping it "
+              f"(the peers come with the bench extra: {BENCH_EXTRA})")
         return None
+
+
+def import_kdiffusion():
+    """``k_diffusion.sampling``, or ``None`` with a note when k-diffusion cannot be imported."""
+    return _import_optional("k-diffusion", "k_diffusion.sampling")
+
+
+def import_diffusers():
+    """``diffusers``, or ``None`` with a note when it cannot be imported."""
+    return _import_optional("diffusers", "diffusers")
 
 
 def _require_diffusers():
@@ -113,6 +140,94 @@ def _require_diffusers():
         import diffusers.optimization  # noqa: F401
         import diffusers.training_utils  # noqa: F401
     return diffusers
+
+
+# --------------------------------------------------------------------------------------------
+# k-diffusion adapter
+
+
+def ve_sigma(sde: SDE, t: float) -> float:
+    """k-diffusion's noise level of our time ``t``: ``sigma_t / alpha_t`` (float64).
+
+    k-diffusion works on the variance-exploding state ``x_ve = x_t / alpha_t``, whose noise level
+    is ``sigma_t / alpha_t = exp(-lambda_t)``.
+    """
+    alpha_t, sigma_t = sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
+    return float(sigma_t / alpha_t)
+
+
+def kdiffusion_denoiser(sde: SDE, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        *, prediction: str = "eps") -> Callable[..., torch.Tensor]:
+    """k-diffusion's denoiser ``D(x_ve, sigma)`` from our ``model(x_t, t)`` on ``sde``.
+
+    ``sigma`` maps to our time ``t = sde.t_from_log_snr(-log sigma)`` (in float64), the model
+    is called at ``x_t = alpha_t x_ve`` and ``D`` returns its ``x0`` estimate, which is the same
+    in both coordinates.
+
+    Args:
+        sde: any of our SDEs (VE: ``alpha_t = 1``, so ``x_ve = x_t``).
+        model: ``(x_t, t) -> eps`` for ``prediction="eps"`` (``D`` applies Tweedie's formula
+            ``(x_t - sigma_t eps) / alpha_t``), ``(x_t, t) -> x0`` for ``prediction="x0"``.
+        prediction: ``"eps"`` or ``"x0"``.
+
+    Returns:
+        ``D(x_ve, sigma)``. Shapes: ``x_ve: (B, *D)``, ``sigma: (B,)`` -> ``(B, *D)``.
+    """
+    if prediction not in ("eps", "x0"):
+        raise ValueError(f"prediction must be 'eps' or 'x0', got {prediction!r}")
+    tweedie = prediction == "eps"
+
+    def denoise(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = sde.t_from_log_snr(-torch.log(sigma.to(torch.float64)))
+        alpha_t, sigma_t = (append_dims(c.to(x_ve.dtype), x_ve.ndim)
+                            for c in sde.marginal_coeffs(t))
+        x_t = alpha_t * x_ve
+        out = model(x_t, t.to(x_ve.dtype))
+        return (x_t - sigma_t * out) / alpha_t if tweedie else out
+
+    return denoise
+
+
+# --------------------------------------------------------------------------------------------
+# device and timing
+
+
+def resolve_device(name: str) -> torch.device:
+    """A benchmark's ``--device``: ``auto`` picks CUDA when present.
+
+    :func:`sde_gen.app.distributed.resolve_device`; a name it rejects (unknown, or a device this
+    machine lacks) ends the script with its one-line message instead of a traceback.
+    """
+    try:
+        return _resolve_device(name)
+    except ValueError as exc:
+        raise SystemExit(f"--device {name}: {exc}") from None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], R], device: torch.device = CPU) -> tuple[R, float]:
+    """``(fn(), wall seconds)``, with ``device`` synchronized before and after the call."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# image networks of one size
+
+
+def build_unet(preset: str, resolution: int) -> UNet:
+    """Our ``UNet`` of ``UNET_PRESETS[preset]`` at ``resolution`` (:func:`peer_unet`'s size)."""
+    cfg = dict(UNET_PRESETS[preset])
+    cfg["resolution"] = resolution
+    return UNet(**cfg)
 
 
 def peer_unet(df, preset: str, resolution: int):

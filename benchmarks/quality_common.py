@@ -16,24 +16,19 @@ dataset (``q`` is known in closed form):
 from __future__ import annotations
 
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from sde_gen.app.config import load_config  # noqa: E402
-from sde_gen.data.toy2d import Toy2D  # noqa: E402
-from sde_gen.app.likelihood_report import evaluate_likelihood  # noqa: E402
-from sde_gen.metrics import energy_distance  # noqa: E402
-from sde_gen.app.runs import load_run  # noqa: E402
-from sde_gen.sampling import sample  # noqa: E402
-from sde_gen.app.train import train  # noqa: E402
+from sde_gen.app.config import load_config
+from sde_gen.app.likelihood_report import evaluate_likelihood
+from sde_gen.app.runs import load_run
+from sde_gen.app.train import train
+from sde_gen.data.toy2d import Toy2D
+from sde_gen.metrics import energy_distance
+from sde_gen.sampling import sample
 
 
 def data_radius(data: Toy2D, n: int = 10_000) -> float:

@@ -23,24 +23,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from common import header, table, write_result  # noqa: E402
-from sde_gen.nets.unet import UNET_PRESETS  # noqa: E402
-from sde_gen.parameterization import ScoreModel  # noqa: E402
-from sde_gen.sampling import sample  # noqa: E402
-from sde_gen.sde import VPSDE  # noqa: E402
-from peers import import_diffusers, peer_unet  # noqa: E402
-from train_throughput import build_unet, resolve_device, sync  # noqa: E402
+from benchmarks.common import header, table, write_result
+from benchmarks.peers import build_unet, import_diffusers, peer_unet, resolve_device, sync
+from sde_gen.nets.unet import UNET_PRESETS
+from sde_gen.parameterization import ScoreModel
+from sde_gen.sampling import sample
+from sde_gen.sde import VPSDE
 
 GPU_NOTE = (
     "**On this machine only the CPU was available, so the GPU goals from the issue (sampler "

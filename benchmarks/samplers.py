@@ -35,23 +35,21 @@ import platform
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere without installing
-    sys.path.insert(0, str(ROOT))
+from benchmarks.peers import import_diffusers, import_kdiffusion, kdiffusion_denoiser, ve_sigma
+from sde_gen.analytic import GaussianMixture
+from sde_gen.data.toy2d import eight_gaussians
+from sde_gen.metrics import sliced_wasserstein
+from sde_gen.sampling import SOLVERS, make_grid, sample
+from sde_gen.sampling.grids import default_eps
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
-from sde_gen.analytic import GaussianMixture  # noqa: E402
-from sde_gen.data.toy2d import eight_gaussians  # noqa: E402
-from sde_gen.metrics import sliced_wasserstein  # noqa: E402
-from sde_gen.sampling import make_grid, sample  # noqa: E402
-from sde_gen.sampling.grids import default_eps  # noqa: E402
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DTYPE = torch.float64  # solver error, not float32 rounding, is what the tables measure
 REF_TOL = 1e-10
@@ -191,15 +189,29 @@ class Config:
     options: tuple = ()
 
 
-CONFIGS = (
-    Config("ancestral", "ancestral", 1, False),
-    Config("sde (EM)", "sde", 1, False),
-    Config("pc (RD + Langevin)", "pc", 2, False),
-    Config("ddim", "ddim", 1, True),
-    Config("heun", "heun", 2, True),
-    Config("dpm order 2", "dpm", 1, True, (("order", 2),)),
-    Config("dpm order 3", "dpm", 1, True, (("order", 3),)),
-)
+#: Labels and option variants worth a row of their own; every other fixed-step solver of the
+#: registry gets one row with its defaults, so a new solver is benchmarked without an edit here.
+VARIANTS = {
+    "sde": [("sde (EM)", ())],
+    "pc": [("pc (RD + Langevin)", ())],
+    "dpm": [("dpm order 2", (("order", 2),)), ("dpm order 3", (("order", 3),))],
+}
+
+
+def _configs() -> tuple[Config, ...]:
+    """One :class:`Config` per variant of each fixed-step solver in ``SOLVERS``."""
+    out = []
+    for name, spec in SOLVERS.items():
+        for label, options in VARIANTS.get(name, [(name, ())]):
+            full = spec.resolve(name, dict(options))
+            per_step = spec.calls_per_step(full)
+            if per_step is None:  # adaptive (ode): rows by tolerance, see sweep_ours
+                continue
+            out.append(Config(label, name, per_step, not spec.is_stochastic(full), options))
+    return tuple(out)
+
+
+CONFIGS = _configs()
 ODE_TOLS = (1e-3, 1e-5)
 
 
@@ -245,25 +257,9 @@ def sweep_ours(p: Problem, det_nfes: list[int], sto_nfes: list[int]) -> list[Row
 
 
 # -- peers ----------------------------------------------------------------------------------------
-def import_peer(name: str):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if name == "k-diffusion":
-                import k_diffusion.sampling as mod
-            else:
-                import diffusers as mod
-        return mod
-    except Exception as exc:  # noqa: BLE001 - any import failure means "skip this peer"
-        print(f"note: {name} not available ({type(exc).__name__}: {exc}); skipping it")
-        return None
-
-
 def sigma_ends(sde: SDE, eps: float) -> tuple[float, float]:
     """``(sigma_max, sigma_min)`` of the VE-form state ``x / alpha``: ``sigma/alpha`` at T, eps."""
-    alpha, sigma = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=torch.float64))
-    ratio = sigma / alpha
-    return float(ratio[0]), float(ratio[1])
+    return ve_sigma(sde, sde.T), ve_sigma(sde, eps)
 
 
 def kdiff_sigmas(kd, sde: SDE, nfe: int, eps: float, spacing: str) -> torch.Tensor:
@@ -276,27 +272,13 @@ def kdiff_sigmas(kd, sde: SDE, nfe: int, eps: float, spacing: str) -> torch.Tens
     return sigmas.to(DTYPE)
 
 
-def kdiff_denoiser(p: Problem, model: TimedModel) -> Callable[..., torch.Tensor]:
-    """``D(x_ve, sigma)`` from the eps model at ``t(lambda = -log sigma)``, ``x = alpha x_ve``."""
-    sde = p.sde
-
-    def denoise(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        t = sde.t_from_log_snr(-torch.log(sigma.to(torch.float64)))
-        alpha, sigma_t = (c.to(x_ve.dtype)[:, None] for c in sde.marginal_coeffs(t))
-        x = alpha * x_ve
-        eps = model(x, t.to(x_ve.dtype))
-        return (x - sigma_t * eps) / alpha  # Tweedie
-
-    return denoise
-
-
 def run_kdiff(p: Problem, kd, which: str, nfe: int, eps: float, spacing: str) -> Row:
     model = p.model()
     sigmas = kdiff_sigmas(kd, p.sde, nfe, eps, spacing)
     alpha_T = float(p.sde.marginal_coeffs(torch.tensor([p.sde.T], dtype=torch.float64))[0])
     fn = kd.sample_dpmpp_2m if which == "2m" else kd.sample_lms
     with Clock() as clock, torch.no_grad():
-        x = fn(kdiff_denoiser(p, model), p.x_T / alpha_T, sigmas, disable=True)
+        x = fn(kdiffusion_denoiser(p.sde, model), p.x_T / alpha_T, sigmas, disable=True)
     name = "k-diff DPM++(2M)" if which == "2m" else "k-diff LMS(4)"
     return p.row(f"{name} {spacing}", x, model.calls, clock, model, t_end=eps)
 
@@ -581,8 +563,8 @@ def main(argv: list[str] | None = None) -> None:
         det_nfes, sto_nfes = [10, 20, 50, 100, 200], [50, 200, 1000]
         peer_nfes, cmp_nfes, cmp_eps = [10, 20, 50], [10, 20, 50], [1e-3, 1e-4]
         cmp_problems = ["2d-asym", "8gaussians", "8d-aniso"]
-    kd = None if args.no_peers else import_peer("k-diffusion")
-    df = None if args.no_peers else import_peer("diffusers")
+    kd = None if args.no_peers else import_kdiffusion()
+    df = None if args.no_peers else import_diffusers()
     warm_up(kd, df)
     notes = []
     if args.no_peers:

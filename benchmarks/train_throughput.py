@@ -29,24 +29,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from common import header, table, write_result  # noqa: E402
-from peers import import_diffusers, peer_unet  # noqa: E402
-from sde_gen.losses import dsm_loss  # noqa: E402
-from sde_gen.nets.unet import UNET_PRESETS, UNet  # noqa: E402
-from sde_gen.parameterization import ScoreModel  # noqa: E402
-from sde_gen.sde import VPSDE  # noqa: E402
+from benchmarks.common import header, table, write_result
+from benchmarks.peers import build_unet, import_diffusers, peer_unet, resolve_device, sync
+from sde_gen.losses import dsm_loss
+from sde_gen.nets.unet import UNET_PRESETS
+from sde_gen.parameterization import ScoreModel
+from sde_gen.sde import VPSDE
 
 GPU_NOTE = (
     "**On this machine only the CPU was available, so the GPU goals from the issue (fast path "
@@ -55,25 +48,8 @@ GPU_NOTE = (
 )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_unet(preset: str, resolution: int) -> UNet:
-    cfg = dict(UNET_PRESETS[preset])
-    cfg["resolution"] = resolution
-    return UNet(**cfg)
-
-
 def n_params(m: torch.nn.Module) -> float:
     return sum(p.numel() for p in m.parameters()) / 1e6
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory(device: torch.device) -> str:

@@ -34,15 +34,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, header, table, write_result  # noqa: E402
-from quality_common import score_2d, score_samples, train_2d  # noqa: E402
+from benchmarks.common import RESULTS, header, table, write_result
+from benchmarks.peers import import_diffusers, sample_toy_peer, train_toy_peer
+from benchmarks.quality_common import score_2d, score_samples, train_2d
+from sde_gen.app.config import load_config, to_dict
+from sde_gen.app.runs import load_run
+from sde_gen.data.toy2d import Toy2D
+from sde_gen.sampling import sample
 
 OLD_DEFAULT = ["model.prediction=eps", "model.noise_cond=t", "model.film=false",
                "model.fourier_features=0", "model.width=256", "model.emb_dim=128",
@@ -132,8 +136,6 @@ def part_defaults(args, shard: tuple[int, int], out: Path) -> list[dict]:
         name = f"{data} / {sde} / seed {seed}"
         if i % shard[1] != shard[0] or any(r["recipe"] == name for r in rows):
             continue
-        from sde_gen.app.config import load_config, to_dict
-
         base = to_dict(load_config(ROOT / SDE_CONFIGS[sde]))
         ov = [f"{s}.{k}={json.dumps(v)}" for s in ("sde", "train") for k, v in base[s].items()
               if k in ("name", "sigma_max", "sigma_min", "steps")]
@@ -147,10 +149,6 @@ def part_defaults(args, shard: tuple[int, int], out: Path) -> list[dict]:
 
 def _peer_rate(data, *, lr: float | None, batch: int, steps: int = 150) -> float:
     """The peer's training steps per CPU second (two short runs, start-up excluded)."""
-    import time
-
-    from peers import train_toy_peer
-
     def cpu(n: int) -> float:
         t0 = time.process_time()
         train_toy_peer(lambda m, g: data.sample(m, generator=g), width=PEER_WIDTH, depth=3,
@@ -165,15 +163,6 @@ PEER_WIDTH = 128  # with emb_dim 128: 183k parameters; sde-gen's default MLP has
 
 def part_peer(args, shard: tuple[int, int], out: Path) -> list[dict]:
     """Both sides get the same CPU-second budget (steps calibrated per side), batch and data."""
-    import time
-
-    from peers import import_diffusers, sample_toy_peer, train_toy_peer
-
-    from sde_gen.app.config import load_config
-    from sde_gen.data.toy2d import Toy2D
-    from sde_gen.app.runs import load_run
-    from sde_gen.sampling import sample
-
     data, rows = Toy2D("8gaussians"), []
     batch = load_config(None, []).train.batch_size
     for seconds in args.peer_seconds:

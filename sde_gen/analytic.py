@@ -18,6 +18,7 @@ import torch
 
 from .parameterization import eps_to_x0
 from .sde import SDE
+from .errors import UserInputError
 
 
 class GaussianMixture:
@@ -37,7 +38,7 @@ class GaussianMixture:
     ) -> None:
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
-            raise ValueError(f"means must be (K, D), got {tuple(means.shape)}")
+            raise UserInputError(f"means must be (K, D), got {tuple(means.shape)}")
         k, d = means.shape
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if covs.shape == (k,):
@@ -45,11 +46,11 @@ class GaussianMixture:
         elif covs.shape == (k, d):
             covs = torch.diag_embed(covs)
         elif covs.shape != (k, d, d):
-            raise ValueError(f"covs must be (K,), (K, D) or (K, D, D) with K={k}, D={d}")
+            raise UserInputError(f"covs must be (K,), (K, D) or (K, D, D) with K={k}, D={d}")
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else (
             torch.as_tensor(weights, dtype=torch.float64))
         if weights.shape != (k,) or (weights <= 0).any():
-            raise ValueError("weights must be K positive numbers")
+            raise UserInputError("weights must be K positive numbers")
         self.means, self.covs, self.weights = means, covs, weights / weights.sum()
         self.chol0 = torch.linalg.cholesky(covs)
 

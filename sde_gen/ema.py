@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from .errors import UserInputError
+
 EMA_MODES = ("fixed", "warmup", "power")
 
 
@@ -46,11 +48,11 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float, *, mode: str = "fixed",
                  sigma_rel: float = 0.1) -> None:
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+            raise UserInputError(f"EMA decay must be in [0, 1], got {decay}")
         if mode not in EMA_MODES:
-            raise ValueError(f"unknown EMA mode {mode!r}; choose one of {', '.join(EMA_MODES)}")
+            raise UserInputError(f"unknown EMA mode {mode!r}; choose one of {', '.join(EMA_MODES)}")
         if not 0.0 < sigma_rel < 0.28:
-            raise ValueError(f"sigma_rel must be in (0, 0.28), got {sigma_rel}")
+            raise UserInputError(f"sigma_rel must be in (0, 0.28), got {sigma_rel}")
         self.decay, self.mode = decay, mode
         self.gamma = power_ema_gamma(sigma_rel)
         self.num_updates = 0

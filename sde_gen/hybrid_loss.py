@@ -51,6 +51,7 @@ from .losses import REDUCTIONS
 from .parameterization import log_variance_from_v
 from .sde import SDE
 from .tensor_utils import append_dims
+from .errors import UserInputError
 
 # model(x_t, t, with_variance=True) -> (eps, v): a ScoreModel(learn_variance=True) or a wrapper of
 # its forward (DDP, torch.compile).
@@ -77,9 +78,9 @@ class VLBStepSampler:
     def __init__(self, n_steps: int, *, history: int = 10, uniform_mix: float = 0.001,
                  device: torch.device | str | None = None) -> None:
         if n_steps < 1 or history < 1:
-            raise ValueError(f"need n_steps >= 1 and history >= 1, got {n_steps}, {history}")
+            raise UserInputError(f"need n_steps >= 1 and history >= 1, got {n_steps}, {history}")
         if not 0.0 <= uniform_mix < 1.0:
-            raise ValueError(f"uniform_mix must be in [0, 1), got {uniform_mix}")
+            raise UserInputError(f"uniform_mix must be in [0, 1), got {uniform_mix}")
         self.n_steps, self.history_len, self.uniform_mix = n_steps, history, uniform_mix
         self.history = torch.zeros(n_steps, history, dtype=torch.float64, device=device)
         self.counts = torch.zeros(n_steps, dtype=torch.long, device=device)
@@ -129,7 +130,7 @@ class VLBStepSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         h, c = state["history"], state["counts"]
         if h.shape != self.history.shape or c.shape != self.counts.shape:
-            raise ValueError(f"VLB step history of shape {tuple(h.shape)} does not fit "
+            raise UserInputError(f"VLB step history of shape {tuple(h.shape)} does not fit "
                              f"{tuple(self.history.shape)} (sde.N or the history length changed)")
         self.history.copy_(h.to(self.history))
         self.counts.copy_(c.to(self.counts))
@@ -189,9 +190,9 @@ def hybrid_loss(
         :class:`HybridLoss`.
     """
     if not vlb_weight >= 0:
-        raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
+        raise UserInputError(f"vlb_weight must be >= 0, got {vlb_weight}")
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; choose one of {sorted(REDUCTIONS)}")
+        raise UserInputError(f"unknown reduce {reduce!r}; choose one of {sorted(REDUCTIONS)}")
     ch = chain if chain is not None else discrete_chain(sde, device=x0.device)
     b, n, dt = x0.shape[0], sde.N, x0.dtype
     if sampler is None:
@@ -209,7 +210,7 @@ def hybrid_loss(
     x_t = alpha * x0_ + sigma * z
     eps, v = model(x_t, ch.t[i].to(dt), with_variance=True)
     if v is None:
-        raise ValueError("hybrid_loss needs a model with a learned variance (learn_variance=True)")
+        raise UserInputError("hybrid_loss needs a model with a learned variance (learn_variance=True)")
     eps, v = eps.to(dt), v.to(dt)
     red = REDUCTIONS[reduce]
     simple = red((eps - z) ** 2)  # Eq. (14) [Ho20]

@@ -34,6 +34,7 @@ from .parameterization import EpsModel
 from .sde import SDE
 from .tensor_utils import append_dims, mean_flat, sum_flat
 from .time_sampling import TimeSampler
+from .errors import UserInputError
 
 Weighting = Callable[[SDE, torch.Tensor], torch.Tensor]
 
@@ -45,7 +46,7 @@ def weight_simple(sde: SDE, t: torch.Tensor) -> torch.Tensor:
 
 def weight_likelihood(sde: SDE, t: torch.Tensor) -> torch.Tensor:
     """``lambda(t) = g(t)^2``: the bound on the KL / NLL. [Song21mle] Eq. (8)-(9)."""
-    _, g = sde.sde(t.reshape(-1, 1), t)
+    g = sde.diffusion(t)
     sigma_t = sde.marginal_coeffs(t)[1]
     return (g / sigma_t) ** 2
 
@@ -75,14 +76,14 @@ REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": mean_fl
 def make_weighting(name: str, *, gamma: float = 5.0, sigma_data: float = 1.0) -> Weighting:
     """The weighting ``name`` with its parameter bound (``gamma`` for min-SNR, ``s_d`` for EDM)."""
     if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)}")
+        raise UserInputError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)}")
     if name == "min_snr":
         if not gamma > 0:
-            raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
+            raise UserInputError(f"min-SNR gamma must be positive, got {gamma}")
         return functools.partial(weight_min_snr, gamma=gamma)
     if name == "edm":
         if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+            raise UserInputError(f"sigma_data must be positive, got {sigma_data}")
         return functools.partial(weight_edm, sigma_data=sigma_data)
     return WEIGHTINGS[name]
 
@@ -111,7 +112,7 @@ def sample_time(
     sampler = TimeSampler(time_sampling) if isinstance(time_sampling, str) else time_sampling
     if discrete:
         if sampler.name != "uniform":
-            raise ValueError("discrete training draws DDPM's steps uniformly; "
+            raise UserInputError("discrete training draws DDPM's steps uniformly; "
                              f"time_sampling={sampler.name!r} needs continuous time")
         i = torch.randint(0, sde.N, (batch,), generator=generator, device=device)
         alpha_t, sigma_t = sde.discrete_coeffs(i)
@@ -157,7 +158,7 @@ def dsm_loss(
     """
     w = make_weighting(weighting) if isinstance(weighting, str) else weighting
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; choose one of {sorted(REDUCTIONS)}")
+        raise UserInputError(f"unknown reduce {reduce!r}; choose one of {sorted(REDUCTIONS)}")
     t, alpha_t, sigma_t, r = sample_time(
         sde, x0.shape[0], t_eps=t_eps, discrete=discrete, time_sampling=time_sampling,
         generator=generator, device=x0.device, dtype=x0.dtype,

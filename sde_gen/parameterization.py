@@ -8,6 +8,10 @@ tensor of continuous SDE time. With ``x_t = alpha_t x0 + sigma_t eps``:
 - velocity ``v = alpha_t eps - sigma_t x0``                       [Salimans22] Eq. (7), generalized
 - learned reverse variance ``Sigma = exp(v log beta + (1 - v) log beta~)``    [Nichol21] Eq. (15)
 
+Every solver, the final denoising step and the VLB convert through
+:func:`eps_to_x0`, :func:`x0_to_eps` and :func:`eps_to_score` (per-example ``(B,)`` or scalar
+coefficients); :data:`EpsModel` is the model type everywhere.
+
 Refs: [Ho20] Eq. (11); [Karras22] Table 1 (c_in); [Nichol21] Eq. (15).
 """
 
@@ -18,7 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .sde import SDE, VESDE
+from .errors import UserInputError
+from .sde import SDE
 from .tensor_utils import append_dims
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,7 +77,7 @@ def log_variance_from_v(
     ``[0, 1]`` extrapolate in log space. ``beta`` and ``beta~`` are the interval's forward and
     posterior variances on whatever grid is walked: on a respaced (strided) grid ``s < t`` they
     are ``1 - abar_t / abar_s`` and ``beta (1 - abar_s) / (1 - abar_t)`` ([Nichol21] Sec. 4),
-    which :func:`~sde_gen.sampling.ancestral.posterior_coeffs` returns. ``beta~`` must be positive
+    which :func:`~sde_gen.sampling.grids.posterior_coeffs` returns. ``beta~`` must be positive
     (the interval into the clean end uses the next one's, as DDPM's code clips it).
 
     Shapes: ``v (B, *D)``; ``beta``, ``beta_tilde`` scalars or ``(B,)`` -> ``(B, *D)``.
@@ -104,7 +109,7 @@ def learned_variance_fn(model: object) -> EpsVarModel:
         ValueError: for a model with a fixed variance.
     """
     if not getattr(model, "learn_variance", False) or not hasattr(model, "eps_and_variance"):
-        raise ValueError("variance='learned' needs a model that learns its reverse variance "
+        raise UserInputError("variance='learned' needs a model that learns its reverse variance "
                          "(config model.learn_variance=true, ScoreModel(..., learn_variance=True));"
                          " this one has a fixed variance: use beta or beta_tilde")
     return model.eps_and_variance
@@ -169,14 +174,14 @@ class ScoreModel(nn.Module):
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+            raise UserInputError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
         if noise_cond not in NOISE_CONDS:
-            raise ValueError(f"unknown noise_cond {noise_cond!r}; choose one of {NOISE_CONDS}")
+            raise UserInputError(f"unknown noise_cond {noise_cond!r}; choose one of {NOISE_CONDS}")
         if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+            raise UserInputError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.sde, self.prediction, self.sigma_data = net, sde, prediction, sigma_data
-        if learn_variance and isinstance(sde, VESDE):
-            raise ValueError("learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t")
+        if learn_variance and not sde.has_ddpm_chain:
+            raise UserInputError("learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t")
         self.noise_cond, self.learn_variance = noise_cond, bool(learn_variance)
 
     def forward(
@@ -186,7 +191,7 @@ class ScoreModel(nn.Module):
         without a learned variance). The keyword exists so that wrappers of ``forward`` (DDP,
         ``torch.compile``) see the call. Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise UserInputError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         alpha_t, sigma_t = self.sde.marginal_coeffs(t)
         s_d = self.sigma_data
         c_in = torch.rsqrt(alpha_t**2 * s_d**2 + sigma_t**2)
@@ -196,7 +201,7 @@ class ScoreModel(nn.Module):
         v = None
         if self.learn_variance:
             if out.shape[1] != 2 * x.shape[1]:
-                raise ValueError(f"learn_variance: the network must output {2 * x.shape[1]} "
+                raise UserInputError(f"learn_variance: the network must output {2 * x.shape[1]} "
                                  f"channels (eps and v), got {out.shape[1]}")
             out, v = out.chunk(2, dim=1)
         eps = self._to_eps(x, x_in, out, alpha_t, sigma_t)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserInputError
+
 LOW, HIGH = -1.0, 1.0
 SCALE = HIGH - LOW  # dz/dy of the affine map [0, 1] -> [LOW, HIGH]
 
@@ -41,6 +43,6 @@ def dequantize(
 ) -> torch.Tensor:
     """Uniformly dequantize 8-bit data into the model range: ``to_model((x + u) / 256)``."""
     if x_uint8.dtype != torch.uint8:
-        raise ValueError(f"dequantize expects uint8 pixels, got {x_uint8.dtype}")
+        raise UserInputError(f"dequantize expects uint8 pixels, got {x_uint8.dtype}")
     u = torch.rand(x_uint8.shape, generator=generator, device=x_uint8.device, dtype=dtype)
     return to_model((x_uint8.to(dtype) + u) / 256.0)

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from .errors import UserInputError
+
 
 class BetaSchedule(Protocol):
     """A continuous-time ``beta(t)`` with its integral and the inverse of that integral."""
@@ -32,7 +34,7 @@ class LinearBeta:
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         if not 0 < beta_min < beta_max:
-            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+            raise UserInputError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
@@ -94,14 +96,14 @@ def time_grid(
         ``(steps + 1,)`` tensor with ``ts[0] = T`` and ``ts[-1] = eps``.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserInputError(f"steps must be >= 1, got {steps}")
     if not 0 <= eps < T:
-        raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
+        raise UserInputError(f"need 0 <= eps < T, got eps={eps}, T={T}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     if spacing == "uniform":
         ts = eps + (T - eps) * u
     elif spacing == "quadratic":
         ts = eps + (T - eps) * u**2
     else:
-        raise ValueError(f"unknown time spacing {spacing!r}; choose 'uniform' or 'quadratic'")
+        raise UserInputError(f"unknown time spacing {spacing!r}; choose 'uniform' or 'quadratic'")
     return ts.to(dtype=dtype, device=device)

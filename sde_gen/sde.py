@@ -19,6 +19,7 @@ import torch
 
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
 from .tensor_utils import append_dims, sum_flat
+from .errors import UserInputError
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,7 +27,7 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _check_time(x: torch.Tensor, t: torch.Tensor) -> None:
     if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim != 1 or t.shape[0] != x.shape[0]:
         shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
-        raise ValueError(f"t must be a float tensor of shape ({x.shape[0]},), got {shape}")
+        raise UserInputError(f"t must be a float tensor of shape ({x.shape[0]},), got {shape}")
 
 
 class SDE(ABC):
@@ -38,12 +39,18 @@ class SDE(ABC):
     """
 
     prior_std: float = 1.0
+    #: Default end time of samplers and likelihoods ([Song21] App. C: 1e-3 for VP and sub-VP,
+    #: 1e-5 for VE, whose ``sigma_min`` already perturbs the data).
+    default_eps: float = 1e-3
+    #: The discrete chain this SDE discretizes: ``"ddpm"`` (VP, sub-VP: a variance-preserving
+    #: chain with DDPM's bound and learned variances) or ``"smld"`` (VE's noise ladder).
+    chain: str = "ddpm"
 
     def __init__(self, N: int, T: float = 1.0) -> None:
         if int(N) < 1:
-            raise ValueError(f"N must be a positive integer, got {N}")
+            raise UserInputError(f"N must be a positive integer, got {N}")
         if not T > 0:
-            raise ValueError(f"T must be positive, got {T}")
+            raise UserInputError(f"T must be positive, got {T}")
         self.N, self._T = int(N), float(T)
 
     @property
@@ -61,10 +68,24 @@ class SDE(ABC):
             cache[key] = table.to(device=device, dtype=dtype or table.dtype)
         return cache[key]
 
+    @property
+    def has_ddpm_chain(self) -> bool:
+        """Whether DDPM's discrete chain (its bound, learned variances, ancestral steps) exists."""
+        return self.chain == "ddpm"
+
     # -- the SDE itself ---------------------------------------------------------------------------
     @abstractmethod
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """``f(t)`` of the linear drift ``f(x, t) = f(t) x``, ``(B,)``."""
+
+    @abstractmethod
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
+        """Diffusion coefficient ``g(t)``, ``(B,)``. [Song21] Eq. (5)."""
+
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift ``f(x, t)`` (shape of ``x``) and diffusion ``g(t)`` ``(B,)``. [Song21] Eq. (5)."""
+        _check_time(x, t)
+        return append_dims(self.drift_coeff(t), x.ndim) * x, self.diffusion(t)
 
     @abstractmethod
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +103,10 @@ class SDE(ABC):
         """Half log signal-to-noise ratio ``lambda_t = log(alpha_t / sigma_t)``. [Lu22] Sec. 3.1."""
         alpha_t, sigma_t = self.marginal_coeffs(t)
         return torch.log(alpha_t) - torch.log(sigma_t)
+
+    @abstractmethod
+    def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr` (exact for every SDE here)."""
 
     # -- prior ------------------------------------------------------------------------------------
     def prior_sampling(
@@ -165,7 +190,7 @@ class VPSDE(SDE):
             "cosine": lambda: CosineBeta(),
         }
         if schedule not in schedules:
-            raise ValueError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
+            raise UserInputError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
         super().__init__(N, T if T is not None else (1.0 if schedule == "linear" else 0.9946))
         self.beta_min, self.beta_max, self.schedule_name = float(beta_min), float(beta_max), schedule
         self.schedule = schedules[schedule]()
@@ -187,10 +212,11 @@ class VPSDE(SDE):
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.schedule.beta(t)
 
-    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_time(x, t)
-        beta_t = self.schedule.beta(t)
-        return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)  # Eq. (11) [Song21]
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self.schedule.beta(t)  # Eq. (11) [Song21]
+
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.schedule.beta(t))
 
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.schedule.integral(t)  # Eq. (29) [Song21]
@@ -231,12 +257,12 @@ class SubVPSDE(SDE):
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.schedule.beta(t)
 
-    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_time(x, t)
-        beta_t = self.schedule.beta(t)
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self.schedule.beta(t)  # Eq. (17) [Song21]
+
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         discount = -torch.expm1(-2 * self.schedule.integral(t))
-        drift = -0.5 * append_dims(beta_t, x.ndim) * x
-        return drift, torch.sqrt(beta_t * discount)  # Eq. (17) [Song21]
+        return torch.sqrt(self.schedule.beta(t) * discount)
 
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.schedule.integral(t)  # Eq. (29) [Song21]
@@ -260,11 +286,14 @@ class VESDE(SDE):
     Refs: [Song21] Eq. (9), (30); [Song19] Sec. 4.2.
     """
 
+    default_eps = 1e-5
+    chain = "smld"
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+            raise UserInputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if int(N) < 2:
-            raise ValueError(f"VESDE needs N >= 2, got {N}")
+            raise UserInputError(f"VESDE needs N >= 2, got {N}")
         super().__init__(N, 1.0)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.prior_std = self.sigma_max
@@ -277,10 +306,11 @@ class VESDE(SDE):
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma_min * torch.exp(t * self._log_ratio)
 
-    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_time(x, t)
-        diffusion = self.sigma(t) * math.sqrt(2 * self._log_ratio)  # Eq. (30) [Song21]
-        return torch.zeros_like(x), diffusion
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(t)
+
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio)  # Eq. (30) [Song21]
 
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ones_like(t), self.sigma(t)
@@ -342,3 +372,7 @@ class ReverseSDE:
         g2 = append_dims(g**2, x.ndim)
         drift = f - weight * g2 * self.score_fn(x, t)
         return drift, torch.zeros_like(g) if self.probability_flow else g
+
+
+#: The SDEs by config name (``sde.name``).
+SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserInputError
+
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dims to ``v`` so that it broadcasts against a tensor of ``ndim``.
@@ -14,7 +16,7 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
         ndim: number of dims of the target tensor, e.g. 4 for ``(B, C, H, W)``.
     """
     if v.ndim > ndim:
-        raise ValueError(f"cannot broadcast a {v.ndim}-d tensor to {ndim} dims")
+        raise UserInputError(f"cannot broadcast a {v.ndim}-d tensor to {ndim} dims")
     return v.reshape(*v.shape, *([1] * (ndim - v.ndim)))
 
 
@@ -34,5 +36,5 @@ def batch_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if t.ndim == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        raise UserInputError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
     return t

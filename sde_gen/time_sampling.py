@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .sde import SDE
+from .errors import UserInputError
 
 TIME_SAMPLINGS = ("uniform", "importance", "lognormal")
 
@@ -60,10 +61,10 @@ class TimeSampler:
 
     def __post_init__(self) -> None:
         if self.name not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time sampling {self.name!r}; choose one of "
+            raise UserInputError(f"unknown time sampling {self.name!r}; choose one of "
                              f"{', '.join(TIME_SAMPLINGS)}")
         if not self.p_std > 0:
-            raise ValueError(f"p_std must be positive, got {self.p_std}")
+            raise UserInputError(f"p_std must be positive, got {self.p_std}")
 
     def sample(
         self,
@@ -77,7 +78,7 @@ class TimeSampler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(t, r)``, each ``(B,)``: times and the factor ``r`` on the per-example loss."""
         if not 0 <= t_eps < sde.T:
-            raise ValueError(f"need 0 <= t_eps < T, got t_eps={t_eps}, T={sde.T}")
+            raise UserInputError(f"need 0 <= t_eps < T, got t_eps={t_eps}, T={sde.T}")
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
         if self.name == "uniform":
             t = t_eps + (sde.T - t_eps) * u
@@ -119,6 +120,6 @@ class TimeSampler:
 
 def _dlambda_dt(sde: SDE, t: torch.Tensor) -> torch.Tensor:
     """``d lambda / dt = -g^2 / (2 sigma_t^2)`` (module docstring). Shapes: ``(B,)``."""
-    _, g = sde.sde(t.reshape(-1, 1), t)
+    g = sde.diffusion(t)
     sigma_t = sde.marginal_coeffs(t)[1]
     return -0.5 * (g / sigma_t) ** 2

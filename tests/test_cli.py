@@ -45,6 +45,10 @@ def test_help_and_root_cli_entry():
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "train" in out and "show-config" in out
+    # The module entry point (the console script sde-gen is sde_gen.app.cli:main).
+    out = subprocess.run([sys.executable, "-m", "sde_gen.app.cli", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "sample" in out and "show-config" in out
 
 
 def test_usage_errors_are_one_line_through_the_console_script(tmp_path):

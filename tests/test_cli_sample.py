@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
+import torch
+import typer
 from typer.testing import CliRunner
 
 from sde_gen.app.cli import app
+from sde_gen.sampling import SOLVERS
+from sde_gen.sampling.solvers import solver_flags
 
 TRAIN = ["train", "--set", "model.width=32", "--set", "model.depth=1", "--set",
          "train.batch_size=64", "--set", "train.plot_samples=0", "--set", "train.device=cpu",
@@ -17,18 +21,24 @@ def run_dir(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize(
-    "solver, extra, nfe",
-    [
-        ("dpm", ["--steps", "9"], 10),  # 9 intervals + 1 denoise
-        ("ddim", ["--steps", "10", "--eta", "0.5"], 11),
-        ("heun", ["--steps", "5"], 11),  # 2 per interval + 1 denoise
-        ("ode", ["--method", "rk4", "--steps", "4"], 17),  # 4 stages per step + 1
-        ("pc", ["--steps", "5", "--snr", "0.1"], 11),  # (1 predictor + 1 corrector) x 5 + 1
-        ("ancestral", ["--steps", "5", "--variance", "beta_tilde"], 6),
-        ("sde", ["--steps", "5", "--no-denoise"], 5),
-    ],
-)
+# Every registered solver at least once (test_sample_cases_cover_every_registered_solver).
+SAMPLE_CASES = [
+    ("dpm", ["--steps", "9"], 10),  # 9 intervals + 1 denoise
+    ("ddim", ["--steps", "10", "--eta", "0.5"], 11),
+    ("heun", ["--steps", "5"], 11),  # 2 per interval + 1 denoise
+    ("ode", ["--method", "rk4", "--steps", "4"], 17),  # 4 stages per step + 1
+    ("pc", ["--steps", "5", "--snr", "0.1"], 11),  # (1 predictor + 1 corrector) x 5 + 1
+    ("ancestral", ["--steps", "5", "--variance", "beta_tilde"], 6),
+    ("sde", ["--steps", "5", "--no-denoise"], 5),
+    ("sde", ["--steps", "5", "--method", "euler", "--spacing", "quadratic"], 6),  # torchsde
+    ("dpm", ["--steps", "5", "--no-lower-order-final"], 6),  # a flag from the registry
+    # Regression: "999 intervals do not fit on the 1000-step discrete chain": the default
+    # is now the chain's 991 steps from t = 0.01 (990 intervals + 1 denoise).
+    ("ancestral", ["--eps", "0.01"], 991),
+]
+
+
+@pytest.mark.parametrize("solver, extra, nfe", SAMPLE_CASES)
 def test_sample_writes_png_and_npz(run_dir, tmp_path, solver, extra, nfe):
     out = tmp_path / f"{solver}.png"
     res = CliRunner().invoke(app, ["sample", "--solver", solver, "--ckpt", str(run_dir), "--n", "30",
@@ -61,7 +71,18 @@ def test_sample_is_reproducible(run_dir, tmp_path):
         (["--solver", "ode", "--method", "nope"], "unknown ODE method 'nope'"),
         (["--solver", "pc", "--predictor", "x"], "unknown predictor 'x'"),
         (["--solver", "ancestral", "--steps", "5000"], "do not fit on the 1000-step discrete chain"),
+        (["--solver", "ancestral", "--steps", "5000"], "use at most 999 steps"),
+        (["--solver", "ancestral", "--eps", "0.01", "--steps", "999"], "use at most 990 steps"),
         (["--solver", "ddim", "--out", "x.jpg"], "--out must be a .png path"),
+        # Regression: dpm --eps 2 gave samples of std 4e5, --eps 1 / 0 all-NaN samples; ode
+        # --eps 0 / --rtol 0 torchdiffeq's "AssertionError: underflow in dt 0.0".
+        (["--solver", "dpm", "--eps", "2"], "must be in (0, T) = (0, 1), got 2.0"),
+        (["--solver", "dpm", "--eps", "1"], "must be in (0, T)"),
+        (["--solver", "heun", "--eps", "0"], "must be in (0, T)"),
+        (["--solver", "ode", "--eps", "0"], "must be in (0, T)"),
+        (["--solver", "ode", "--rtol", "0"], "need rtol > 0, got 0.0"),
+        (["--solver", "ode", "--atol", "0"], "need atol > 0, got 0.0"),
+        (["--solver", "pc", "--snr", "0"], "need snr > 0"),
     ],
 )
 def test_sample_bad_input_is_one_line_error(run_dir, tmp_path, args, message):
@@ -69,6 +90,52 @@ def test_sample_bad_input_is_one_line_error(run_dir, tmp_path, args, message):
                                    "--device", "cpu", *args])
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_sample_cases_cover_every_registered_solver():
+    assert {solver for solver, _, _ in SAMPLE_CASES} == set(SOLVERS)
+
+
+def test_sample_flags_and_their_help_come_from_the_registry():
+    """One flag per solver option of SOLVERS, with the registry's help and range."""
+    command = typer.main.get_command(app).commands["sample"]
+    params = {p.name: p for p in command.params}
+    for flag in solver_flags():
+        param = params[flag.name]
+        assert param.help == flag.help + "."
+        assert flag.decls.split("/")[0] in param.opts
+        for solver in flag.solvers:
+            assert solver in param.help
+        if flag.min is not None:
+            assert param.min == flag.min
+    options = {o.name for spec in SOLVERS.values() for o in spec.options}
+    assert options <= set(params)
+
+
+def test_sample_refuses_non_finite_samples(run_dir, tmp_path, monkeypatch):
+    """Regression: a model with NaN weights sampled 100% NaN, wrote the files and exited 0."""
+    from sde_gen.app import runs
+
+    load_run = runs.load_run
+
+    def nan_weights(*args, **kwargs):
+        run = load_run(*args, **kwargs)
+        with torch.no_grad():
+            for p in run.model.parameters():
+                p.fill_(float("nan"))
+        return run
+
+    monkeypatch.setattr(runs, "load_run", nan_weights)
+    out = tmp_path / "nan.png"
+    res = CliRunner().invoke(app, ["sample", "--solver", "ddim", "--steps", "5", "--ckpt",
+                                   str(run_dir), "--n", "8", "--out", str(out), "--no-progress",
+                                   "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "8 of 8 samples are NaN or infinite" in res.output
+    assert "nothing was written" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".npz").exists()
 
 
 def test_sample_missing_checkpoint(tmp_path):

@@ -70,3 +70,74 @@ def test_config_is_frozen_and_yaml_roundtrips(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text(text)
     assert load_config(f) == cfg
+
+
+@pytest.mark.parametrize("override", [
+    "model.dropout=nan", "train.lr=nan", "train.grad_clip=nan", "train.t_eps=nan",
+    "train.lr=.nan", "train.ema_decay=NaN", "train.p_mean=nan", "sde.beta_max=inf",
+    "train.max_seconds=.inf", "train.grad_clip=-.inf", "model.fourier_scale=infinity",
+])
+def test_non_finite_floats_are_rejected(override):
+    # Regression: NaN passed every `value < min` check, so model.dropout=nan reached the U-Net.
+    with pytest.raises(ConfigError, match="expected a finite number") as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(override.split("=")[0] + ":") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=.nan", "train.steps: expected an integer"),  # was "cannot convert float NaN"
+    ("train.steps=.inf", "train.steps: expected an integer"),  # was an OverflowError
+    ("model.emb_dim=3", "model.emb_dim: 3 must be even"),
+    ("sde.beta_min=30", "sde.beta_min=30.0 must be below sde.beta_max=20.0"),
+    ("sde.sigma_max=0.001", "sde.sigma_min=0.01 must be below sde.sigma_max=0.001"),
+])
+def test_more_bad_values_are_config_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_name_choices_come_from_the_registries():
+    from dataclasses import fields
+
+    from sde_gen.app.config import DataConfig, ModelConfig, SDEConfig
+    from sde_gen.app.factory import NET_ARGS, SDE_ARGS
+    from sde_gen.data.registry import DATASETS, IMAGE_DATASETS
+    from sde_gen.data.toy2d import TOY2D
+    from sde_gen.nets import NETWORKS
+    from sde_gen.sde import SDES
+
+    def choices(cls):
+        return next(f for f in fields(cls) if f.name == "name").metadata["choices"]
+
+    assert choices(SDEConfig) == tuple(SDES) and set(SDE_ARGS) == set(SDES)
+    assert choices(ModelConfig) == tuple(NETWORKS) and set(NET_ARGS) == set(NETWORKS)
+    assert choices(DataConfig) == tuple(DATASETS) == TOY2D + IMAGE_DATASETS
+
+
+def test_config_does_not_import_the_image_loaders():
+    import subprocess
+    import sys
+
+    code = ("import sys, sde_gen.app.config, sde_gen.app.factory, sde_gen.data; "
+            "assert 'sde_gen.data.images' not in sys.modules, 'images imported'; "
+            "assert 'PIL' not in sys.modules, 'PIL imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONFIGS.parent)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.num_heads=3", "model.num_heads=3 does not divide the 32 channels"),
+    ("model.ch=15", "model.ch=15 must be even"),
+    ("model.ch_mult=[]", "model.ch_mult must list at least one level"),
+    ("model.ch_mult=[1,1,1,1,1]", "images of 8x8 pixels do not halve 4 times"),
+])
+def test_unet_that_cannot_be_built_is_a_user_error(override, message):
+    # Each was a ValueError from inside the network's constructor; now named by its config key.
+    from sde_gen.app.factory import build_model
+    from sde_gen.errors import UserInputError
+
+    cfg = load_config(None, ["data.name=digits", "model.name=unet", "model.ch=16",
+                             "model.ch_mult=[1,2]", "model.attn_resolutions=[4]",
+                             "model.num_res_blocks=1", override])
+    with pytest.raises(UserInputError, match=message.replace("[", r"\[")):
+        build_model(cfg)

@@ -23,6 +23,7 @@ from sde_gen.data.images import (
     load_images,
     make_loader,
 )
+from sde_gen.errors import UserInputError
 from sde_gen.scaling import uint8_to_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -118,6 +119,64 @@ def test_jpeg_npz_layout(tmp_path: Path) -> None:
         assert np.array_equal(data.y.numpy(), arrays[f"y_{split}"])
     with pytest.raises(ValueError, match="expected"):  # CIFAR-shaped file given as MNIST
         load_images("mnist", path=tmp_path / "cifar10.npz")
+
+
+def _jpeg_npz(path: Path, n: int = 3) -> dict[str, np.ndarray]:
+    """An npz of ``n`` 8x8 JPEGs as ``train_jpeg`` + ``train_offsets`` (int64); returns its arrays."""
+    blobs = []
+    for im in smooth_rgb(np.random.default_rng(4), n, 8, 8):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG")
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    arrays = {"train_jpeg": np.concatenate(blobs),
+              "train_offsets": np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)}
+    np.savez(path, **arrays)
+    return arrays
+
+
+@pytest.mark.parametrize("field, change, message", [
+    ("train_offsets", lambda a: a.astype(np.float64), "train_offsets must hold integer byte offsets"),
+    ("train_offsets", lambda a: a[::-1].copy(), "train_offsets must increase strictly"),
+    ("train_jpeg", lambda a: a.astype(np.float32), "train_jpeg must be a 1-D uint8 byte buffer"),
+    ("train_jpeg", lambda a: np.zeros_like(a), "image 0 of train_jpeg cannot be decoded"),
+])
+def test_malformed_jpeg_npz_is_one_line_error_naming_file_and_field(
+        tmp_path: Path, field: str, change, message: str) -> None:
+    # Regression: float offsets gave "TypeError: slice indices must be integers" from the slice.
+    arrays = _jpeg_npz(tmp_path / "ok.npz")
+    assert load_images("npz", path=tmp_path / "ok.npz").x.shape == (3, 3, 8, 8)
+    arrays[field] = change(arrays[field])
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(UserInputError) as info:
+        load_images("npz", path=tmp_path / "bad.npz")
+    text = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in text
+    assert message in text and str(tmp_path / "bad.npz") in text
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 torn zip", "cannot read"),
+    (b"not a zip at all", "cannot read"),
+    (None, "single .npy array"),
+])
+def test_unreadable_npz_is_one_line_error(tmp_path: Path, content, message: str) -> None:
+    path = tmp_path / "d.npz"
+    if content is None:
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 4, 4), dtype=np.uint8))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserInputError, match=message) as info:
+        load_images("npz", path=path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupt_image_in_folder_is_one_line_error(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG but torn")
+    with pytest.raises(UserInputError, match="cannot read image") as info:
+        load_images("folder", path=tmp_path)
+    assert str(tmp_path / "b.png") in str(info.value)
 
 
 @pytest.mark.skipif(not (SHARED / "mnist.npz").is_file(), reason="no shared mnist.npz")

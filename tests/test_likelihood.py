@@ -105,10 +105,45 @@ def test_bits_per_dim_of_a_known_discrete_distribution():
     log_p = torch.log(probs[x]).sum(dim=(1, 2, 3))
     d = 3 * 4 * 4
     logp_model = log_p + d * math.log(256) - d * math.log(SCALE)
-    bpd = bits_per_dim(logp_model, x.shape[1:])
+    bpd = bits_per_dim(logp_model, x)  # D from one example of the data itself
     torch.testing.assert_close(bpd, -log_p / (d * math.log(2)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(bits_per_dim(logp_model, shape=(3, 4, 4)), bpd, rtol=0, atol=0)
     # The [-1, 1] offset is 7 bits: a model log-density of 0 gives exactly 7 bpd.
-    assert bits_per_dim(torch.zeros(1, dtype=F64), (10,)).item() == pytest.approx(7.0, abs=1e-12)
+    seven = bits_per_dim(torch.zeros(1, dtype=F64), shape=(10,)).item()
+    assert seven == pytest.approx(7.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("args, kw, msg", [
+    # Regression: bits_per_dim(logp, x.shape) (the batch shape) silently gave a wrong number.
+    ("batch-shape", {}, "must be the data tensor"),
+    ("example-shape", {}, "must be the data tensor"),  # the old positional shape is ambiguous
+    ("nothing", {}, "exactly one of them"),
+    ("both", {"shape": (3, 4, 4)}, "exactly one of them"),
+    ("one-example", {}, "the batch"),  # x[0] instead of x: its leading 3 is not B = 5
+])
+def test_bits_per_dim_rejects_a_shape_for_the_data(args, kw, msg):
+    x = torch.zeros(5, 3, 4, 4)
+    logp = torch.zeros(5, dtype=F64)
+    positional = {"batch-shape": (x.shape,), "example-shape": (x.shape[1:],), "nothing": (),
+                  "both": (x,), "one-example": (x[0],)}[args]
+    with pytest.raises(ValueError, match=msg):
+        bits_per_dim(logp, *positional, **kw)
+
+
+@pytest.mark.parametrize("fn", ["log_likelihood", "encode", "decode"])
+@pytest.mark.parametrize("kw, msg", [
+    # Regression: these reached torchdiffeq and stopped with "AssertionError: underflow in dt 0.0".
+    ({"eps": 0.0}, r"eps \(the data end of the ODE\) must be in \(0, T\)"),
+    ({"eps": -1e-3}, r"must be in \(0, T\)"),
+    ({"rtol": 0.0}, "need rtol > 0"),
+    ({"atol": 0.0}, "need atol > 0"),
+    ({"rtol": 0.0, "atol": 0.0}, "need rtol > 0"),
+])
+def test_ode_solves_reject_a_zero_end_time_or_tolerance(fn, kw, msg):
+    gm, sde = asymmetric_2d(), VPSDE()
+    f = {"log_likelihood": log_likelihood, "encode": encode, "decode": decode}[fn]
+    with pytest.raises(ValueError, match=msg):
+        f(gm.eps_model(sde), sde, torch.zeros(2, 2, dtype=F64), **kw)
 
 
 def test_dequantize_and_scaler():
@@ -157,6 +192,14 @@ def test_likelihood_cli_reports_gap(tmp_path):
     assert "gap (KL estimate)" in res.output
     bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--trace", "nope"])
     assert bad.exit_code == 2 and "unknown trace" in bad.output
+    # Regression: --eps 0 / --rtol 0 ended in torchdiffeq's AssertionError "underflow in dt 0.0".
+    for flags, message in ((["--eps", "0"], "must be in (0, T)"),
+                           (["--rtol", "0"], "need rtol > 0"), (["--atol", "0"], "need atol > 0")):
+        bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "8",
+                                  "--no-progress", "--device", "cpu", *flags])
+        assert bad.exit_code == 2, bad.output
+        assert message in bad.output and "Traceback" not in bad.output
+        assert len(bad.output.strip().splitlines()) == 1
 
 
 def test_likelihood_cli_ode_and_vlb_together(tmp_path):

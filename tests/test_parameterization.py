@@ -101,6 +101,21 @@ def test_conversion_round_trips(shape) -> None:
     torch.testing.assert_close(back, eps, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(6, 2), (6, 3, 4, 4)])
+def test_conversions_take_one_grid_time_as_a_scalar(shape) -> None:
+    """The solvers pass one grid time's 0-d ``alpha``, ``sigma``: the same numbers, bit for bit,
+    as the per-example ``(B,)`` form and as the formula written out."""
+    _, _, x0, eps = coeffs(shape)
+    a, s = torch.tensor(0.8, dtype=F64), torch.tensor(0.6, dtype=F64)
+    x = a * x0 + s * eps
+    batch_a, batch_s = a.expand(shape[0]), s.expand(shape[0])
+    assert torch.equal(eps_to_x0(x, eps, a, s), (x - s * eps) / a)
+    assert torch.equal(eps_to_x0(x, eps, a, s), eps_to_x0(x, eps, batch_a, batch_s))
+    assert torch.equal(eps_to_score(eps, s), -eps / s)
+    assert torch.equal(eps_to_score(eps, s), eps_to_score(eps, batch_s))
+    assert torch.equal(x0_to_eps(x, x0, a, s), (x - a * x0) / s)
+
+
 @pytest.mark.parametrize("name", list(SDES))
 def test_score_fn_and_denoise_fn_wrap_an_eps_model(name: str) -> None:
     sde = SDES[name]()

@@ -1,23 +1,72 @@
-"""The diffusers peer of the benchmarks (``benchmarks/peers.py``): trains, samples, has our size."""
+"""The peers of the benchmarks (``benchmarks/peers.py``).
+
+The k-diffusion adapter and the shared helpers need neither peer; the diffusers peer (trains,
+samples, has our size) is tested where diffusers is installed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
+from benchmarks import peers
+from sde_gen import SubVPSDE, VESDE, VPSDE, GaussianMixture
+from sde_gen.data.toy2d import Toy2D
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+F64 = torch.float64
+needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None,
+                                     reason="diffusers (the bench extra) is not installed")
 
-import peers  # noqa: E402
 
-from sde_gen.data.toy2d import Toy2D  # noqa: E402
+@pytest.mark.parametrize("make_sde", [VPSDE, SubVPSDE, lambda: VESDE(sigma_max=15.0)],
+                         ids=["vp", "subvp", "ve"])
+def test_kdiffusion_denoiser_is_the_oracle_x0(make_sde):
+    # k-diffusion's state x_ve = x_t / alpha_t at noise level sigma_t / alpha_t must give the
+    # exact x0 of the mixture, from the eps oracle (Tweedie) and from the x0 oracle alike.
+    sde = make_sde()
+    gm = GaussianMixture(torch.tensor([[1.0, -0.5], [-1.0, 0.8]], dtype=F64),
+                         torch.tensor([[0.2, 0.3], [0.4, 0.1]], dtype=F64),
+                         torch.tensor([0.4, 0.6], dtype=F64))
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(0.05, 0.95, 6, dtype=F64)
+    x_t = 2 * torch.randn(6, 2, generator=g, dtype=F64)
+    alpha_t, sigma_t = sde.marginal_coeffs(t)
+    x_ve, sigma = x_t / alpha_t[:, None], sigma_t / alpha_t
+    want = gm.denoise(x_t, t, sde)
+    from_eps = peers.kdiffusion_denoiser(sde, gm.eps_model(sde))(x_ve, sigma)
+    from_x0 = peers.kdiffusion_denoiser(sde, lambda x, tt: gm.denoise(x, tt, sde),
+                                        prediction="x0")(x_ve, sigma)
+    # float64 round trip sigma -> t -> (alpha_t, sigma_t): agreement to 1e-8
+    torch.testing.assert_close(from_eps, want, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(from_x0, want, rtol=1e-8, atol=1e-8)
+    for i in (0, 5):  # ve_sigma is the same noise level
+        assert peers.ve_sigma(sde, float(t[i])) == pytest.approx(float(sigma[i]), rel=1e-12)
+
+
+def test_kdiffusion_denoiser_rejects_unknown_prediction():
+    with pytest.raises(ValueError, match="prediction"):
+        peers.kdiffusion_denoiser(VPSDE(), lambda x, t: x, prediction="v")
+
+
+def test_missing_peer_is_none_with_a_one_line_note(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "k_diffusion", None)  # makes the import fail
+    assert peers.import_kdiffusion() is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "k-diffusion" in out and "[bench]" in out
+
+
+def test_device_and_timing_helpers():
+    assert peers.resolve_device("cpu") == torch.device("cpu")
+    assert peers.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA"):
+            peers.resolve_device("cuda")
+    out, seconds = peers.timed(lambda: 3)
+    assert out == 3 and seconds >= 0
 
 
 def _data():
@@ -25,6 +74,7 @@ def _data():
     return lambda n, g: d.sample(n, generator=g)
 
 
+@needs_diffusers
 def test_toy_peer_trains_and_samples():
     peer = peers.train_toy_peer(_data(), width=32, depth=2, batch_size=64, steps=20)
     assert peer["steps"] == 20 and peer["schedule_steps"] == 20
@@ -36,6 +86,7 @@ def test_toy_peer_trains_and_samples():
     assert torch.isfinite(x).all()
 
 
+@needs_diffusers
 def test_toy_peer_seconds_budget_sizes_the_schedule(monkeypatch):
     # A fake clock (1 ms per reading) makes the budget independent of the machine's load.
     ticks = iter(range(10**9))
@@ -46,6 +97,7 @@ def test_toy_peer_seconds_budget_sizes_the_schedule(monkeypatch):
     assert 0.45 <= peer["seconds"] < 0.51  # the schedule fills the budget, within a few ticks
 
 
+@needs_diffusers
 def test_peer_mlp_size():
     net = peers.PeerMLP(2, width=256, depth=3, emb_dim=128)
     count = sum(p.numel() for p in net.parameters())
@@ -53,6 +105,7 @@ def test_peer_mlp_size():
     assert count == peers.PeerMLP.n_params_formula(2, 256, 3, 128) == 530_178
 
 
+@needs_diffusers
 def test_peer_mlp_is_our_mlp_size():
     from sde_gen.nets.mlp import MLP
 
@@ -64,6 +117,7 @@ def test_peer_mlp_is_our_mlp_size():
     assert abs(peer - ours) <= 0.1 * ours
 
 
+@needs_diffusers
 def test_peer_mlp_takes_integer_timesteps():
     net = peers.PeerMLP(2, width=32, depth=1, emb_dim=16)
     x = torch.randn(5, 2)
@@ -72,6 +126,7 @@ def test_peer_mlp_takes_integer_timesteps():
     assert torch.allclose(net(x, torch.tensor(7)), net(x, torch.full((5,), 7)))
 
 
+@needs_diffusers
 def test_image_peer_trains_and_samples():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     peer = peers.train_image_peer(images, model="tiny", batch_size=4, steps=2, random_flip=True)

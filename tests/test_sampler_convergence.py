@@ -43,7 +43,7 @@ import torch
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
-from sde_gen.sampling import sample
+from sde_gen.sampling import SOLVERS, sample
 from sde_gen.sampling.grids import default_eps
 from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
 
@@ -84,20 +84,33 @@ class Config:
     solver: str
     n: int  # samples
     options: dict = field(default_factory=dict)
-    deterministic: bool = True
+
+    @property
+    def deterministic(self) -> bool:
+        """From the registry (``SolverSpec.stochastic``)."""
+        return not SOLVERS[self.solver].is_stochastic(self.options)
 
 
+# One case per registered solver (test_every_registered_solver_has_a_case enforces it); the
+# measured bounds below are per solver, so a new solver needs its own measurements here.
 CONFIGS = {
     "ode": Config("ode", 4096, dict(rtol=1e-5, atol=1e-5)),  # adaptive dopri5
     "ddim": Config("ddim", 4096, dict(steps=100)),  # eta = 0
     "dpm": Config("dpm", 4096, dict(steps=19)),  # 20 NFE with the final denoise
     "heun": Config("heun", 4096, dict(steps=19)),  # 39 NFE
-    "ancestral": Config("ancestral", 2048, deterministic=False),  # 999 intervals: 1000 NFE
-    "sde": Config("sde", 2048, deterministic=False),  # Euler-Maruyama, 999 intervals
-    "pc": Config("pc", 2048, deterministic=False),  # reverse diffusion + 1 Langevin: 1999 NFE
+    "ancestral": Config("ancestral", 2048),  # 999 intervals: 1000 NFE
+    "sde": Config("sde", 2048),  # Euler-Maruyama, 999 intervals
+    "pc": Config("pc", 2048),  # reverse diffusion + 1 Langevin: 1999 NFE
 }
 DETERMINISTIC = [k for k, c in CONFIGS.items() if c.deterministic]
 STOCHASTIC = [k for k, c in CONFIGS.items() if not c.deterministic]
+
+
+def test_every_registered_solver_has_a_case() -> None:
+    assert {c.solver for c in CONFIGS.values()} == set(SOLVERS)
+    # the split this file's thresholds were measured for
+    assert DETERMINISTIC == ["ode", "ddim", "dpm", "heun"]
+    assert STOCHASTIC == ["ancestral", "sde", "pc"]
 
 
 # -- reference quantities -------------------------------------------------------------------------

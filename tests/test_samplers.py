@@ -1,13 +1,16 @@
 """Samplers against the published update equations and the exact-score oracle."""
 
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
 from sde_gen.metrics import sliced_wasserstein
-from sde_gen.sampling import sample, sample_ancestral, sample_ddim
+from sde_gen.sampling import SOLVERS, sample, sample_ancestral, sample_ddim
+from sde_gen.sampling.solvers import solver_table
 
 F64 = torch.float64
 
@@ -214,15 +217,15 @@ def test_wrong_score_sign_is_rejected_by_the_distribution_test():
 
 # -- the API contract --------------------------------------------------------------------------
 
-SOLVERS = [("ancestral", {"steps": 5}), ("ddim", {"steps": 5, "eta": 0.5}), ("sde", {"steps": 5}),
-           ("sde", {"steps": 5, "method": "milstein"}), ("pc", {"steps": 5}),
-           ("ode", {"method": "rk4", "steps": 5}), ("ode", {"rtol": 1e-3, "atol": 1e-3}),
-           ("dpm", {"steps": 5}), ("heun", {"steps": 5})]
+# Every registered solver at 5 steps, plus option variants.
+API_CASES = [(name, {"steps": 5}) for name in SOLVERS] + [
+    ("ddim", {"steps": 5, "eta": 0.5}), ("sde", {"steps": 5, "method": "milstein"}),
+    ("ode", {"method": "rk4", "steps": 5}), ("ode", {"rtol": 1e-3, "atol": 1e-3})]
 
 
 @pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE, VESDE])
 @pytest.mark.parametrize("shape", [(6, 2), (3, 2, 4, 4)])
-@pytest.mark.parametrize("solver, opts", SOLVERS)
+@pytest.mark.parametrize("solver, opts", API_CASES)
 def test_shapes_determinism_and_counted_nfe(sde_cls, shape, solver, opts):
     sde = sde_cls()
     w = torch.randn(shape[1:], generator=torch.Generator().manual_seed(0))
@@ -275,3 +278,39 @@ def test_bad_input(kw, msg):
     args = {"shape": (4, 2), "solver": "ddim", **kw}
     with pytest.raises(ValueError, match=msg):
         sample(gm.eps_model(sde), sde, args.pop("shape"), args.pop("solver"), **args)
+
+
+# -- the registry is the one list of solvers ----------------------------------------------------
+
+def test_readme_solver_table_is_generated_from_the_registry():
+    """README and ``SOLVERS`` agree: after changing the registry, paste ``solver_table()``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert solver_table() in readme, (
+        "README.md's solver table differs from sde_gen.sampling.SOLVERS; replace it with the "
+        "output of python -c 'from sde_gen.sampling.solvers import solver_table; "
+        "print(solver_table())'")
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_registry_options_are_the_functions_keywords(name):
+    """Each spec's options (names and defaults) are exactly its function's keyword options, so a
+    direct call and ``sample()`` behave alike."""
+    spec = SOLVERS[name]
+    params = inspect.signature(spec.fn).parameters.values()
+    keywords = {p.name: p.default for p in params
+                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback")}
+    assert keywords == {o.name: o.default for o in spec.options}
+    for o in spec.options:
+        assert o.help and o.type in (bool, int, float, str), o
+        o.check(o.default)  # every default passes its own check
+        if o.choices is not None and o.default is not None:
+            assert o.default in o.choices
+
+
+def test_registry_defaults_are_valid_grids():
+    from sde_gen.sampling.grids import SPACINGS
+
+    for name, spec in SOLVERS.items():
+        assert spec.spacing in SPACINGS, name
+        assert spec.steps is None or spec.steps >= 1, name
+        assert isinstance(spec.stochastic, bool) or spec.stochastic in spec.option_names, name

@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 import torch
 
-from sde_gen.sampling import sample
+from sde_gen.sampling import SOLVERS, sample
 from sde_gen.sampling.grids import default_eps
 from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
 from sde_gen.tensor_utils import append_dims
@@ -66,39 +66,63 @@ class Variant:
 
     solver: str
     options: dict = field(default_factory=dict)
-    stochastic: bool = False
     nfe: Callable[[int], int] | None = None
-    trajectory: bool = True  # whether per-step states are reported
 
     @property
     def id(self) -> str:
         opts = "-".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.solver}[{opts}]" if opts else self.solver
 
+    @property
+    def stochastic(self) -> bool:
+        """From the registry; checked against behaviour (x_mean, generator) below."""
+        return SOLVERS[self.solver].is_stochastic(self.options)
 
-VARIANTS = [
-    Variant("ancestral", stochastic=True, nfe=lambda n: n),
-    Variant("ancestral", {"variance": "beta_tilde"}, stochastic=True, nfe=lambda n: n),
-    Variant("ddim", nfe=lambda n: n),
-    Variant("ddim", {"eta": 0.5}, stochastic=True, nfe=lambda n: n),
-    Variant("ddim", {"discrete": True}, nfe=lambda n: n),
-    Variant("sde", stochastic=True, nfe=lambda n: n),  # device-side Euler-Maruyama
-    # torchsde: per-step states are not exposed; the exact step count is pinned separately in
-    # test_torchsde_takes_exactly_the_requested_steps (it still varies in float32).
-    Variant("sde", {"method": "euler"}, stochastic=True, trajectory=False),
-    Variant("sde", {"method": "midpoint"}, stochastic=True, trajectory=False),
-    Variant("pc", stochastic=True, nfe=lambda n: 2 * n),  # 1 corrector + 1 predictor per step
-    Variant("pc", {"predictor": "ancestral", "n_corrector": 2}, stochastic=True,
-            nfe=lambda n: 3 * n),
-    Variant("pc", {"predictor": "euler_maruyama", "corrector": "none"}, stochastic=True,
-            nfe=lambda n: n),
-    Variant("ode", trajectory=False),  # adaptive dopri5: NFE set by the tolerances
-    Variant("ode", {"method": "rk4"}, nfe=lambda n: 4 * n, trajectory=False),
-    Variant("dpm", nfe=lambda n: n),
-    Variant("dpm", {"order": 2}, nfe=lambda n: n),
-    Variant("heun", nfe=lambda n: 2 * n),
-]
+
+# Option variants per solver beyond its defaults, each with its closed-form NFE written here
+# independently of the registry's ``calls_per_step`` (None: the method decides). Every solver of
+# SOLVERS is tested at its defaults even without an entry (NFE from the registry).
+CASES: dict[str, list[tuple[dict, Callable[[int], int] | None]]] = {
+    "ancestral": [({}, lambda n: n), ({"variance": "beta_tilde"}, lambda n: n)],
+    "ddim": [({}, lambda n: n), ({"eta": 0.5}, lambda n: n), ({"discrete": True}, lambda n: n)],
+    "sde": [({}, lambda n: n),  # device-side Euler-Maruyama
+            # torchsde, one step per interval: its shape-check call is not a model call
+            ({"method": "euler"}, lambda n: n), ({"method": "midpoint"}, lambda n: 2 * n)],
+    "pc": [({}, lambda n: 2 * n),  # 1 corrector + 1 predictor per step
+           ({"predictor": "ancestral", "n_corrector": 2}, lambda n: 3 * n),
+           ({"predictor": "euler_maruyama", "corrector": "none"}, lambda n: n),
+           ({"predictor": "none"}, lambda n: n)],  # corrector only
+    "ode": [({}, None),  # adaptive dopri5: NFE set by the tolerances
+            ({"method": "rk4"}, lambda n: 4 * n)],
+    "dpm": [({}, lambda n: n), ({"order": 2}, lambda n: n)],
+    "heun": [({}, lambda n: 2 * n)],
+}
+
+
+def _registry_nfe(solver: str, options: dict) -> Callable[[int], int] | None:
+    per_step = SOLVERS[solver].nfe(1, options, denoise=False)
+    return None if per_step is None else (lambda n: per_step * n)
+
+
+VARIANTS = [Variant(s, o, nfe) for s in SOLVERS
+            for o, nfe in CASES.get(s, [({}, _registry_nfe(s, {}))])]
 GRID = pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
+
+
+def test_variants_cover_every_registered_solver() -> None:
+    """The parametrization follows the registry; stray entries (a removed solver) fail here."""
+    assert {v.solver for v in VARIANTS} == set(SOLVERS)
+    assert set(CASES) <= set(SOLVERS)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.nfe is not None],
+                         ids=[v.id for v in VARIANTS if v.nfe is not None])
+def test_registry_calls_per_step_match_the_closed_forms(variant: Variant) -> None:
+    """``SolverSpec.nfe`` (used by the README table and the benchmarks) agrees with the test's
+    own closed form, where the registry claims one."""
+    per_step = SOLVERS[variant.solver].nfe(1, variant.options, denoise=False)
+    if per_step is not None:
+        assert per_step * STEPS == variant.nfe(STEPS)
 SDE_P = pytest.mark.parametrize("sde_name", list(SDES))
 SHAPE_P = pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 DTYPE_P = pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
@@ -149,12 +173,11 @@ def test_output_contract(variant: Variant, sde_name: str, shape, dtype) -> None:
     assert model.t_min >= ts[-1].to(dtype).item(), (model.t_min, ts[-1].item())
     assert model.t_max <= ts[0].to(dtype).item(), (model.t_max, ts[0].item())
 
-    if variant.trajectory:
-        traj = res.trajectory
-        assert traj is not None and traj.shape == (STEPS + 1, *shape) and traj.dtype == dtype
-        assert torch.equal(traj[-1], res.x)  # last state = output (no denoise here)
-    else:  # solvers without per-step states report none rather than a wrong-length stack
-        assert res.trajectory is None
+    # Every solver reports its state at every grid time (regression: ode and torchsde gave None).
+    traj = res.trajectory
+    assert traj is not None and traj.shape == (STEPS + 1, *shape) and traj.dtype == dtype
+    assert torch.equal(traj[-1], res.x)  # last state = output (no denoise here)
+    assert res.n_nonfinite == 0
     if not variant.stochastic:
         assert torch.equal(res.x_mean, res.x)  # documented: x_mean == x when deterministic
 
@@ -179,8 +202,7 @@ def test_generator_determinism_and_x_T(variant: Variant, sde_name: str, shape, d
     x_T = sde.prior_sampling(shape, generator=g, dtype=dtype)
     c = run(variant, sde, model, shape, dtype, generator=g, x_T=x_T, return_trajectory=True)
     assert torch.equal(c.x, a.x)
-    if variant.trajectory:
-        assert torch.equal(c.trajectory[0], x_T)
+    assert torch.equal(c.trajectory[0], x_T)
 
     d = run(variant, sde, model, shape, dtype, generator=seeded(1), x_T=x_T)
     if variant.stochastic:
@@ -314,5 +336,178 @@ def test_torchsde_takes_exactly_the_requested_steps(sde_name: str, steps: int, d
     model = GaussianEps(sde)
     res = _with_alarm(5, lambda: sample(model, sde, (4, 2), "sde", method="euler", steps=steps,
                                          generator=seeded(0), dtype=dtype))
-    # Euler: one drift call per interval, + torchsde's shape check on y0, + the denoising call.
-    assert res.nfe == model.calls == steps + 2
+    # Euler: one drift call per interval and the denoising call; torchsde's shape check on the
+    # start state of each interval reuses the step's own drift (it used to cost a model call).
+    assert res.nfe == model.calls == steps + 1
+
+
+# -- regressions of issue 12 -----------------------------------------------------------------------
+class TimesSeen(GaussianEps):
+    """:class:`GaussianEps` that also keeps every time it is called at (the batch's first)."""
+
+    def __init__(self, sde: SDE) -> None:
+        super().__init__(sde)
+        self.times: list[float] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.times.append(float(t[0]))
+        return super().__call__(x, t)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "karras", "explicit"])
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_torchsde_steps_on_the_requested_grid(spacing: str, method: str) -> None:
+    """Formerly a uniform dt whatever the spacing, while ``res.ts`` reported the requested grid.
+    Euler evaluates the drift at each interval's start, midpoint also at its middle."""
+    sde = VPSDE()
+    model = TimesSeen(sde)
+    grid = dict(ts=torch.tensor([1.0, 0.6, 0.5, 0.05, 1e-3], dtype=F64)) if spacing == "explicit" \
+        else dict(steps=STEPS, spacing=spacing)
+    res = sample(model, sde, (4, 2), "sde", method=method, generator=seeded(0), dtype=F64,
+                 denoise=False, return_trajectory=True, **grid)
+    starts = res.ts[:-1].tolist()
+    if method == "euler":
+        assert model.times == starts  # exactly the grid's times, one call per interval
+    else:
+        assert model.times[::2] == starts
+        mids = ((res.ts[:-1] + res.ts[1:]) / 2).tolist()
+        assert model.times[1::2] == pytest.approx(mids, rel=1e-12, abs=0)
+    assert res.nfe == model.calls == SOLVERS["sde"].nfe(len(starts), {"method": method},
+                                                         denoise=False)
+    assert res.trajectory.shape == (len(res.ts), 4, 2) and torch.equal(res.trajectory[-1], res.x)
+
+
+@pytest.mark.parametrize("sde_fn, eps, lowest", [
+    # Regression: each failed with "999 intervals do not fit on the 1000-step discrete chain;
+    # use at most 999 steps" (and "99 intervals ... 100-step chain" for N = 100).
+    pytest.param(VESDE, 1e-3, 1, id="ve-eps1e-3"),  # levels i/999: level 1 at 1.001e-3
+    pytest.param(VPSDE, 1e-2, 9, id="vp-eps1e-2"),  # steps (i+1)/1000: step 9 at t = 0.01
+    pytest.param(lambda: VPSDE(N=100), None, 0, id="vp-N100"),  # eps 1e-3 nearest step 0 (0.01)
+    pytest.param(lambda: VPSDE(N=7), None, 0, id="vp-N7"),
+    pytest.param(lambda: VESDE(N=100), None, 0, id="ve-N100"),  # eps 1e-5 nearest level 0 (t=0)
+    pytest.param(VPSDE, None, 0, id="vp-default"),  # DDPM's full chain, as before
+])
+def test_default_discrete_grid_is_every_chain_step_from_eps(sde_fn, eps, lowest) -> None:
+    sde = sde_fn()
+    model = GaussianEps(sde)
+    res = sample(model, sde, (3, 2), "ancestral", eps=eps, generator=seeded(0), denoise=False)
+    assert torch.equal(sde.time_to_index(res.ts), torch.arange(sde.N - 1, lowest - 1, -1))
+    assert torch.equal(res.ts, sde.index_to_time(torch.arange(sde.N - 1, lowest - 1, -1)))
+    assert res.nfe == model.calls == sde.N - 1 - lowest
+    if eps is not None:  # the steps lie inside [eps, T] (to float64 rounding of the step times)
+        assert res.ts[-1].item() >= eps * (1 - 1e-12)
+    # The explicit maximum is the default: it fits, and one more does not.
+    n = sde.N - 1 - lowest
+    again = sample(model, sde, (3, 2), "ancestral", eps=eps, steps=n, generator=seeded(0))
+    assert torch.equal(again.ts, res.ts)
+    with pytest.raises(ValueError, match=f"use at most {n} steps"):
+        sample(model, sde, (3, 2), "ancestral", eps=eps, steps=n + 1, generator=seeded(0))
+
+
+def test_default_ddim_grid_on_a_short_discrete_chain_is_every_step() -> None:
+    """ddim's default 49 intervals do not fit on a 20-step chain: the default becomes every step."""
+    sde = VPSDE(N=20)
+    model = GaussianEps(sde)
+    res = sample(model, sde, (3, 2), "ddim", discrete=True, generator=seeded(0))
+    assert torch.equal(sde.time_to_index(res.ts), torch.arange(19, -1, -1))
+    assert res.nfe == model.calls == 19 + 1
+
+
+@pytest.mark.parametrize("sde_fn, eps, steps, limit", [
+    # The limit stated is the real one for that eps (formerly "use at most 999 steps" for each).
+    pytest.param(VESDE, 1e-3, 999, 998, id="ve-eps1e-3"),
+    pytest.param(VPSDE, 1e-2, 999, 990, id="vp-eps1e-2"),
+    pytest.param(lambda: VPSDE(N=100), None, 100, 99, id="vp-N100"),
+])
+def test_too_many_discrete_steps_state_the_limit_for_that_eps(sde_fn, eps, steps, limit) -> None:
+    sde = sde_fn()
+    model = GaussianEps(sde)
+    for solver, opts in (("ancestral", {}), ("ddim", {"discrete": True})):
+        with pytest.raises(ValueError, match=rf"{steps} intervals do not fit on the {sde.N}-step "
+                                             rf"discrete chain .* use at most {limit} steps"):
+            sample(model, sde, (3, 2), solver, eps=eps, steps=steps, generator=seeded(0), **opts)
+        res = sample(model, sde, (3, 2), solver, eps=eps, steps=limit, generator=seeded(0), **opts)
+        assert len(res.ts) == limit + 1
+
+
+BAD_GRIDS = [
+    # Regression: an increasing grid gave NaN in sample_em (sqrt of a negative step); the others
+    # passed silently.
+    pytest.param([1e-3, 0.5, 1.0], "ts must be strictly decreasing", id="increasing"),
+    pytest.param([1.0, 0.5, 0.5, 1e-3], "ts must be strictly decreasing", id="repeated"),
+    pytest.param([1.0], r"at least 2 times \(one interval\)", id="one-point"),
+    pytest.param([[1.0, 0.5]], r"1-D grid", id="two-d"),
+    pytest.param([1.0, float("nan"), 1e-3], r"non-finite time \(NaN or inf\): ts\[1\]", id="nan"),
+    pytest.param([float("inf"), 0.5, 1e-3], r"non-finite time \(NaN or inf\): ts\[0\]", id="inf"),
+    pytest.param([2.0, 0.5, 1e-3], r"ts must lie in \[0, T\]", id="above-T"),
+    pytest.param([1.0, 0.5, -0.1], r"ts must lie in \[0, T\]", id="below-0"),
+    pytest.param([1.0, 0.5, 0.0], r"end time ts\[-1\] must be > 0", id="ends-at-0"),
+]
+
+
+@pytest.mark.parametrize("grid, match", BAD_GRIDS)
+@pytest.mark.parametrize("solver", ["sde", "ddim", "dpm", "ode"])
+def test_explicit_grid_is_validated(grid, match: str, solver: str) -> None:
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=match):
+        sample(GaussianEps(sde), sde, (3, 2), solver, ts=torch.tensor(grid, dtype=F64),
+               generator=seeded(0))
+
+
+def test_explicit_grid_may_end_at_t0_on_the_discrete_chain() -> None:
+    """VE's lowest SMLD level sits at t = 0: a discrete grid may end there."""
+    sde = VESDE()
+    ts = sde.index_to_time(torch.tensor([999, 500, 0]))
+    res = sample(GaussianEps(sde), sde, (3, 2), "ancestral", ts=ts, generator=seeded(0))
+    assert torch.equal(res.ts, ts) and torch.isfinite(res.x).all()
+
+
+def test_ts_excludes_steps_eps_and_spacing() -> None:
+    sde = VPSDE()
+    with pytest.raises(ValueError, match="pass either ts or steps/eps, not both"):
+        sample(GaussianEps(sde), sde, (3, 2), "ddim", ts=torch.tensor([1.0, 0.5]), steps=4, eps=0.1)
+
+
+BAD_END_TIMES = [
+    # Regression: dpm with eps 2 gave samples of std 4e5, eps 1 or 0 all-NaN samples; heun with
+    # eps 1 finite garbage; both took negative eps. ode with eps 0: torchdiffeq's "underflow".
+    pytest.param(s, e, id=f"{s}-eps{e:g}")
+    for s in SOLVERS for e in (0.0, -0.1, 1.0, 2.0, float("nan"))
+]
+
+
+@pytest.mark.parametrize("solver, eps", BAD_END_TIMES)
+def test_end_time_must_lie_inside_0_T(solver: str, eps: float) -> None:
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=r"eps \(the end time\) must be in \(0, T\) = \(0, 1\)"):
+        sample(GaussianEps(sde), sde, (3, 2), solver, eps=eps, generator=seeded(0))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    # Regression: rtol/atol 0 reached torchdiffeq's "AssertionError: underflow in dt 0.0".
+    (dict(rtol=0.0), "need rtol > 0, got 0.0"), (dict(atol=0.0), "need atol > 0, got 0.0"),
+    (dict(rtol=-1e-3), "need rtol > 0"), (dict(rtol=float("nan")), "need rtol > 0"),
+    (dict(n_corrector=-1), "need n_corrector >= 0"), (dict(snr=-1.0), "need snr > 0"),
+    (dict(order=2.0), "order must be of type int"), (dict(eta="0.5"), "eta must be of type float"),
+    (dict(discrete=1), "discrete must be of type bool"),
+])
+def test_option_values_are_checked_against_the_registry(kwargs: dict, match: str) -> None:
+    name = next(iter(kwargs))
+    solver = next(s for s, spec in SOLVERS.items() if name in spec.option_names)
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=match):
+        sample(GaussianEps(sde), sde, (3, 2), solver, generator=seeded(0), **kwargs)
+
+
+def test_a_diverged_run_is_flagged_not_raised() -> None:
+    """A NaN-weight model samples NaN: ``SampleResult.n_nonfinite`` counts the bad samples."""
+    sde = VPSDE()
+
+    def nan_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        out[:2] = float("nan")  # two of the five examples diverge
+        return out
+
+    res = sample(nan_model, sde, (5, 2), "ddim", steps=4, generator=seeded(0))
+    assert res.n_nonfinite == 2
+    assert sample(GaussianEps(sde), sde, (5, 2), "ddim", steps=4).n_nonfinite == 0

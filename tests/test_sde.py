@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sde_gen.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDES, SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 F64 = torch.float64
 NAMES = ("vp", "vp_cosine", "subvp", "ve")
@@ -300,3 +300,25 @@ def test_bad_constructor_arguments_raise() -> None:
         VESDE(N=1)
     with pytest.raises(ValueError, match="T must be positive"):
         VPSDE(T=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_interface_declares_what_its_users_call(name):
+    """diffusion(t), drift_coeff(t), t_from_log_snr, default_eps and the chain kind, per SDE."""
+    sde = SDES[name]()
+    t = torch.linspace(1e-3, 1.0, 9, dtype=torch.float64)
+    x = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    drift, g = sde.sde(x, t)
+    assert torch.equal(g, sde.diffusion(t))
+    assert torch.allclose(drift, sde.drift_coeff(t)[:, None] * x)
+    # g^2 = d sigma^2/dt - 2 f sigma^2 for a linear SDE ([Song21] Eq. 5, moments of x_t)
+    h = 1e-6  # central differences in float64
+    (a_hi, s_hi), (a_lo, s_lo) = sde.marginal_coeffs(t + h), sde.marginal_coeffs(t - h)
+    dlog_alpha = (a_hi.log() - a_lo.log()) / (2 * h)
+    dvar = (s_hi**2 - s_lo**2) / (2 * h)
+    sigma = sde.marginal_coeffs(t)[1]
+    assert torch.allclose(dlog_alpha, sde.drift_coeff(t), rtol=1e-6, atol=1e-8)
+    assert torch.allclose(g**2, dvar - 2 * sde.drift_coeff(t) * sigma**2, rtol=1e-6)
+    assert torch.allclose(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-8, atol=1e-10)
+    assert sde.default_eps == (1e-5 if name == "ve" else 1e-3)
+    assert sde.has_ddpm_chain == (name != "ve")

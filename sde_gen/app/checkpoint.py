@@ -1,26 +1,26 @@
 """Atomic checkpoint files in a run directory, safe loading, and resume discovery.
 
-A checkpoint is written to a temporary file, fsync'ed and renamed, so a crash leaves either the
-old or the new file, never a torn one. Loading uses ``torch.load(weights_only=True)``, which
-refuses pickled code.
+A checkpoint is written to a temporary file, fsync'ed and renamed, so a crash or a full disk
+leaves either the old or the new file, never a torn one. Loading uses
+``torch.load(weights_only=True)``, which refuses pickled code; :func:`check_run_state` then checks
+that a training checkpoint holds every entry that sampling or resuming reads.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from ..errors import CheckpointError
+
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A missing or unreadable checkpoint."""
 
 
 def checkpoint_path(workdir: str | os.PathLike, step: int) -> Path:
@@ -36,20 +36,44 @@ def list_checkpoints(workdir: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    Raises:
+        CheckpointError: the file could not be written (full disk, read-only folder); the temp
+            file is removed and a previous file at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's writer reports a short write as RuntimeError
+        _remove(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(e)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_failure(e: BaseException) -> str:
+    """A one-line reason for a failed write."""
+    if isinstance(e, OSError) and e.errno is not None:  # e.g. ENOSPC: No space left on device
+        reason = f"{e.strerror or os.strerror(e.errno)} (errno {e.errno})"
+    else:  # torch's writer: "[enforce fail at inline_container.cc:...] . unexpected pos ..."
+        text = str(e).strip()
+        reason = (text.splitlines()[0][:200] if text else type(e).__name__) + " (disk full?)"
+    return reason + "; earlier checkpoints are unchanged"
 
 
 def prune_checkpoints(workdir: str | os.PathLike, keep: int) -> None:
@@ -71,6 +95,56 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an sde-gen checkpoint")
     return state
+
+
+#: What :func:`check_run_state` requires: entries of every training checkpoint (and export),
+#: and those that only resuming reads.
+RUN_ENTRIES = ("step", "config", "model", "ema")
+RESUME_ENTRIES = ("optimizer", "data", "noise_rng")
+
+
+def check_run_state(state: Mapping[str, Any], path: str | os.PathLike, *,
+                    resume: bool = False) -> None:
+    """Check that ``state`` holds what loading a run (``resume``: resuming training) reads.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and the missing or malformed entry.
+    """
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a complete sde-gen checkpoint: {what}")
+
+    for key in RUN_ENTRIES + (RESUME_ENTRIES if resume else ()):
+        if key not in state:
+            raise bad(f"it has no {key!r} entry")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise bad(f"'step' must be a non-negative integer, got {step!r}"[:200])
+    for key in ("config", "model", "ema") + (("optimizer", "data") if resume else ()):
+        if not isinstance(state[key], Mapping):
+            raise bad(f"{key!r} must be a dict, got {type(state[key]).__name__}")
+    for key in ("model", "ema"):
+        if not all(torch.is_tensor(v) for v in state[key].values()):
+            raise bad(f"{key!r} must map parameter names to tensors")
+    if resume and not (torch.is_tensor(state["noise_rng"])
+                       and state["noise_rng"].dtype == torch.uint8):
+        raise bad("'noise_rng' must be a generator state (a uint8 tensor)")
+
+
+def latest_readable_checkpoint(workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``workdir`` and its path, loaded onto the CPU, or
+    ``None``; unreadable ones (torn writes) are reported on stderr, renamed ``*.corrupt`` (never
+    picked or pruned again) and skipped.
+
+    Loaded onto the CPU because ``torch.Generator.set_state`` takes a CPU ByteTensor, also for a
+    CUDA generator; ``load_state_dict`` moves weights and optimizer state to their device.
+    """
+    for path in reversed(list_checkpoints(workdir)):
+        try:
+            return path, load_checkpoint(path, map_location="cpu")
+        except CheckpointError as e:
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+            path.replace(path.with_name(path.name + ".corrupt"))
+    return None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

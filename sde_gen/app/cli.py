@@ -1,23 +1,31 @@
 """The ``sde-gen`` command line: parse, build, call one library function, report.
 
-Every expected failure (bad config, missing file, unreadable checkpoint) prints one line
-``error: ...`` to stderr and exits with code 2; no tracebacks.
+Every expected failure prints one line ``error: ...`` to stderr and exits with code 2, without a
+traceback: the package's own errors (:class:`~sde_gen.errors.SDEGenError`: bad config or option,
+unreadable checkpoint, malformed data file, non-finite training) and the few library errors that
+are a user's or the machine's by construction (a missing, unreadable or misplaced file, a full or
+read-only disk, invalid YAML). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+import yaml
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .train import NonFiniteLossError
+from ..errors import SDEGenError
+from ..sampling.grids import SPACINGS
+from ..sampling.solvers import SOLVERS, solver_flags
+from ..sde import SDES
+from .config import load_config
 
 app = typer.Typer(
     name="sde-gen",
@@ -27,8 +35,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
-EXPECTED_ERRORS = (ConfigError, CheckpointError, ValueError, OSError, NonFiniteLossError,
-                   ImportError)
+#: Exceptions printed as one line: the package's errors (ConfigError, CheckpointError,
+#: NonFiniteLossError, UserInputError, MissingDependencyError, ...) and user mistakes by
+#: construction. An ``OSError`` of another type counts only with an errno of :data:`DISK_ERRNOS`.
+EXPECTED_ERRORS = (SDEGenError, FileNotFoundError, FileExistsError, PermissionError,
+                   IsADirectoryError, NotADirectoryError, yaml.YAMLError)
+#: A full disk or quota, or a read-only file system: the machine's state, not a bug.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def is_expected(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to report in one line (else a bug: keep its traceback)."""
+    return isinstance(e, EXPECTED_ERRORS) or (isinstance(e, OSError) and e.errno in DISK_ERRNOS)
 
 
 def fail(message: str) -> None:
@@ -38,14 +56,18 @@ def fail(message: str) -> None:
 
 
 def one_line_errors(fn: Callable) -> Callable:
-    """Turn expected exceptions into a one-line message and exit code 2."""
+    """Turn expected exceptions (:func:`is_expected`) into a one-line message and exit code 2;
+    any other exception propagates with its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EXPECTED_ERRORS as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except Exception as e:
+            if not is_expected(e):
+                raise
+            text = str(e).strip()
+            fail(text.splitlines()[0] if text else type(e).__name__)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
@@ -53,7 +75,7 @@ def one_line_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-SDE_CHOICES = ("vp", "subvp", "ve")
+SDE_CHOICES = tuple(SDES)
 
 
 @contextlib.contextmanager
@@ -73,7 +95,7 @@ def process_group(device):
 @one_line_errors
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (default: built-in 2-D toy config)."),
-    sde: Optional[str] = typer.Option(None, "--sde", help="Forward SDE: vp, subvp or ve (overrides sde.name)."),
+    sde: Optional[str] = typer.Option(None, "--sde", help=f"Forward SDE: {', '.join(SDE_CHOICES)} (overrides sde.name)."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Run directory (default: runs/<data>_<sde>). Resumes from its latest checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed (overrides train.seed)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: --set train.steps=500 (repeatable)."),
@@ -98,22 +120,21 @@ def train(
         typer.echo(f"interrupted at step {result.step}: checkpoint written to {result.checkpoint}; "
                    "run the same command to resume")
         return
-    typer.echo(f"step {result.step}: loss {result.loss:.4f}"
-               + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""))
+    if result.already_done:
+        typer.echo(f"already trained: the run in {result.workdir} reached train.steps="
+                   f"{result.step} before; nothing to do (raise train.steps to train further)")
+    else:
+        typer.echo(f"step {result.step}: loss {result.loss:.4f}"
+                   + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""))
     typer.echo(f"checkpoint: {result.checkpoint}")
     if result.plot is not None:
         typer.echo(f"plot: {result.plot}")
 
 
-SOLVER_OPTIONS = {
-    "ancestral": ("variance", "discrete"),
-    "ddim": ("eta", "discrete"),
-    "sde": ("method",),
-    "pc": ("predictor", "corrector", "snr", "n_corrector"),
-    "ode": ("method", "rtol", "atol"),
-    "dpm": ("order",),
-    "heun": (),
-}
+#: Each solver's option names, from the registry :data:`~sde_gen.sampling.solvers.SOLVERS`.
+SOLVER_OPTIONS = {name: spec.option_names for name, spec in SOLVERS.items()}
+#: One ``sde-gen sample`` flag per solver option name, with its help and range, from the registry.
+SOLVER_FLAGS = {flag.name: flag for flag in solver_flags()}
 
 
 def solver_options(solver: str, given: dict) -> dict:
@@ -128,39 +149,49 @@ def solver_options(solver: str, given: dict) -> dict:
     return opts
 
 
+def with_solver_flags(command: Callable) -> Callable:
+    """Give ``command(..., **solver_opts)`` one typer option per entry of :data:`SOLVER_FLAGS`.
+
+    The flags, their help and their ranges come from the solver registry, so a new solver option
+    is a new flag without an edit here; ``command`` receives them in ``solver_opts`` (``None``
+    where not given).
+    """
+    signature = inspect.signature(command)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    for flag in SOLVER_FLAGS.values():
+        bounds = {k: v for k, v in (("min", flag.min), ("max", flag.max)) if v is not None}
+        option = typer.Option(None, flag.decls, help=flag.help + ".", **bounds)
+        params.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[flag.type]))
+    command.__signature__ = signature.replace(parameters=params)
+    return command
+
+
 @app.command()
 @one_line_errors
+@with_solver_flags
 def sample(
-    solver: str = typer.Option("ode", "--solver", "-s", help="ancestral, ddim, sde, pc, ode, dpm or heun."),
+    solver: str = typer.Option("ode", "--solver", "-s", help=f"One of {', '.join(SOLVERS)} (sde_gen.sampling.SOLVERS; each flag below names the solvers it applies to)."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (solver default if omitted)."),
     n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples (--num-samples under torchrun, whose parser takes --n for its own)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>.png."),
-    eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time (default 1e-3 VP/sub-VP, 1e-5 VE)."),
-    spacing: Optional[str] = typer.Option(None, "--spacing", help="Grid: uniform, quadratic, logsnr or karras."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help=f"Grid: {', '.join(SPACINGS)} (default: the solver's)."),
     denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
-    eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="DDIM stochasticity in [0, 1]."),
-    variance: Optional[str] = typer.Option(None, "--variance", help="Ancestral reverse variance: beta, beta_tilde or learned (a model trained with model.learn_variance=true)."),
-    discrete: Optional[bool] = typer.Option(None, "--discrete/--continuous", help="ancestral/ddim: DDPM's discrete abar or continuous coefficients."),
-    method: Optional[str] = typer.Option(None, "--method", help="sde: a torchsde method (euler, milstein, srk, ...); ode: a torchdiffeq method (dopri5, rk4, ...)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="ODE relative tolerance (default 1e-5)."),
-    atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="ODE absolute tolerance (default 1e-5)."),
-    predictor: Optional[str] = typer.Option(None, "--predictor", help="pc: reverse_diffusion, euler_maruyama, ancestral or none."),
-    corrector: Optional[str] = typer.Option(None, "--corrector", help="pc: langevin or none."),
-    snr: Optional[float] = typer.Option(None, "--snr", min=0.0, help="pc: Langevin signal-to-noise ratio (default 0.16)."),
-    n_corrector: Optional[int] = typer.Option(None, "--n-corrector", min=0, help="pc: corrector steps per time (default 1)."),
-    order: Optional[int] = typer.Option(None, "--order", min=2, max=3, help="dpm: 2 or 3."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    **solver_opts,
 ) -> None:
-    """Sample a trained model; write a PNG and an .npz of raw samples."""
+    """Sample a trained model; write a PNG and an .npz of raw samples.
+
+    Fails (exit code 2, nothing written) when any sample is NaN or infinite.
+    """
     if out is not None and out.suffix.lower() != ".png":
         fail(f"--out must be a .png path, got {out}")
-    opts = solver_options(solver, dict(
-        eta=eta, variance=variance, discrete=discrete, method=method, rtol=rtol, atol=atol,
-        predictor=predictor, corrector=corrector, snr=snr, n_corrector=n_corrector, order=order))
+    opts = solver_options(solver, solver_opts)
     from .generate import generate
     from .outputs import write_samples
     from .runs import load_run
@@ -175,6 +206,9 @@ def sample(
         gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
                        steps=steps, eps=eps, spacing=spacing, denoise=denoise, **opts)
+        if gen.n_nonfinite:
+            fail(f"{gen.n_nonfinite} of {n} samples are NaN or infinite (the model or the solver "
+                 f"diverged); nothing was written")
         if not di.is_main:
             return
     png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE")
@@ -191,9 +225,9 @@ def likelihood(
     n: int = typer.Option(2048, "--n", "--num-samples", min=1, help="Number of examples (--num-samples under torchrun)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Examples per ODE solve."),
     trace: Optional[str] = typer.Option(None, "--trace", help="exact (autograd over every dim; default for 2-D) or hutchinson (default for images)."),
-    rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="ODE relative tolerance."),
-    atol: float = typer.Option(1e-5, "--atol", min=0.0, help="ODE absolute tolerance."),
-    eps: float = typer.Option(1e-5, "--eps", min=0.0, help="Start time of the ODE (data end)."),
+    rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="ODE relative tolerance (> 0)."),
+    atol: float = typer.Option(1e-5, "--atol", min=0.0, help="ODE absolute tolerance (> 0)."),
+    eps: float = typer.Option(1e-5, "--eps", min=0.0, help="Start time of the ODE (data end), in (0, T)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for data draws and probes."),
     method: str = typer.Option("ode", "--method", help="ode (probability-flow ODE), vlb (DDPM's variational bound) or both."),
     variance: str = typer.Option("beta", "--variance", help="vlb: reverse variance beta, beta_tilde or learned (a model trained with model.learn_variance=true)."),
@@ -264,6 +298,9 @@ def eval_(
 ) -> None:
     """Sample quality (FID if available, FD-classifier) and test bits/dim of an image run."""
     solver_options(solver, {})
+    if out is not None and out.suffix.lower() != ".json":
+        fail(f"--out must be a .json path, got {out}")
+    from .factory import is_image
     from .sample_quality import evaluate_run
     from .outputs import write_json
     from .runs import load_run
@@ -271,6 +308,8 @@ def eval_(
 
     dev = resolve_device(device)
     run = load_run(ckpt, device=dev)
+    if not is_image(run.cfg.data):
+        fail("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
     rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
                        seed=seed, classifier_steps=classifier_steps, device=dev,
                        progress=progress)

@@ -1,13 +1,18 @@
 """Typed, frozen run configuration loaded from YAML, with strict validation.
 
 Sections map to frozen dataclasses. A YAML file or ``--set section.key=value`` override that names
-an unknown key, gives a value of the wrong type or outside its allowed range raises
-:class:`ConfigError` with a one-line message naming the key and what is allowed.
+an unknown key, gives a value of the wrong type or outside its allowed range (NaN and infinities
+included) raises :class:`ConfigError` with a one-line message naming the key and what is allowed.
+
+The allowed names of ``sde.name``, ``model.name`` and ``data.name`` are the keys of the registries
+the factory builds from: :data:`sde_gen.sde.SDES`, :data:`sde_gen.nets.NETWORKS` and
+:data:`sde_gen.data.registry.DATASETS` (which lists the image sets without loading them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,23 +20,24 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..data.toy2d import TOY2D
+from ..data.registry import DATASETS
+from ..errors import ConfigError
+from ..nets import NETWORKS
+from ..sde import SDES
 
-IMAGE_DATA = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "folder")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration key or value."""
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "SDEConfig", "TrainConfig",
+           "from_dict", "load_config", "parse_override", "save_config", "to_dict"]
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help text and validation rules (``min``, ``max``, ``choices``)."""
+    """A dataclass field with a help text and validation rules (``min``, ``max``, ``gt``,
+    ``choices``, ``even``). A float field always has to be finite."""
     return field(default=default, metadata={"help": help, **rules})
 
 
 @dataclass(frozen=True)
 class SDEConfig:
-    name: str = _f("vp", "forward SDE", choices=("vp", "subvp", "ve"))
+    name: str = _f("vp", "forward SDE", choices=tuple(SDES))
     beta_min: float = _f(0.1, "VP/sub-VP beta(0)", min=1e-6)
     beta_max: float = _f(20.0, "VP/sub-VP beta(1)", min=1e-6)
     schedule: str = _f("linear", "VP beta schedule", choices=("linear", "cosine"))
@@ -42,10 +48,10 @@ class SDEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("mlp", "network", choices=("mlp", "unet"))
+    name: str = _f("mlp", "network", choices=tuple(NETWORKS))
     width: int = _f(128, "MLP hidden width", min=1, max=65536)
     depth: int = _f(3, "MLP residual blocks", min=1, max=64)
-    emb_dim: int = _f(64, "time-embedding size (even)", min=2, max=4096)
+    emb_dim: int = _f(64, "MLP time-embedding size (even)", min=2, max=4096, even=True)
     ch: int = _f(128, "U-Net base channels", min=1, max=4096)
     ch_mult: tuple = _f((1, 2, 2, 2), "U-Net channel multipliers per level")
     num_res_blocks: int = _f(2, "U-Net residual blocks per level", min=1, max=16)
@@ -68,7 +74,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _f("8gaussians", "dataset", choices=TOY2D + IMAGE_DATA)
+    name: str = _f("8gaussians", "dataset", choices=tuple(DATASETS))
     path: str = _f("", "local .npz file or image folder (npz, folder, or instead of torchvision)")
     root: str = _f("", "torchvision root (default ~/.cache/sde_gen)")
     download: bool = _f(False, "let torchvision download the dataset (needs internet)")
@@ -105,7 +111,7 @@ class TrainConfig:
     ckpt_every: int = _f(1000, "checkpoint every K steps", min=1, max=10**9)
     keep: int = _f(3, "checkpoints kept", min=1, max=1000)
     log_every: int = _f(100, "metrics every K steps", min=1, max=10**9)
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps (checked when training starts)")
     threads: int = _f(0, "CPU intra-op threads (0: 1 for 2-D data, torch's default for images)",
                       min=0, max=1024)
     plot_samples: int = _f(2000, "samples in the final plot (0: no plot)", min=0, max=10**6)
@@ -136,7 +142,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
     elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):  # also NaN and inf
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         value = int(value)
     elif kind == "float":
@@ -148,6 +155,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every comparison below
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     elif kind == "tuple":
@@ -166,6 +175,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         raise ConfigError(f"{key}: {value!r} is below the minimum {rules['min']}")
     if "max" in rules and value > rules["max"]:
         raise ConfigError(f"{key}: {value!r} is above the maximum {rules['max']}")
+    if rules.get("even") and value % 2:
+        raise ConfigError(f"{key}: {value!r} must be even")
     return value
 
 
@@ -196,6 +207,10 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 
 def _check_combination(cfg: Config) -> None:
     """Rules that involve more than one key."""
+    for low, high in (("beta_min", "beta_max"), ("sigma_min", "sigma_max")):
+        if not getattr(cfg.sde, low) < getattr(cfg.sde, high):
+            raise ConfigError(f"sde.{low}={getattr(cfg.sde, low)} must be below "
+                              f"sde.{high}={getattr(cfg.sde, high)}")
     if cfg.train.discrete and cfg.train.time_sampling != "uniform":
         raise ConfigError(f"train.discrete=true draws DDPM's steps uniformly; also set "
                           f"train.time_sampling=uniform (it is {cfg.train.time_sampling})")
@@ -250,6 +265,8 @@ def load_config(
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p} is not a text (UTF-8) YAML file") from None
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ConfigError(f"{p} must hold a mapping of sections")
         for s, values in (loaded or {}).items():

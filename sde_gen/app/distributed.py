@@ -12,10 +12,13 @@ Refs: PyTorch DistributedDataParallel; torchrun (torch.distributed.run).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class DistInfo:
     def shard(self, batch: int) -> slice:
         """This rank's rows of a global batch (``batch`` must be divisible by ``world``)."""
         if batch % self.world:
-            raise ValueError(f"train.batch_size={batch} must be divisible by the {self.world} "
-                             "processes (it is the global batch)")
+            raise UserInputError(f"train.batch_size={batch} must be divisible by the {self.world} "
+                                 "processes (it is the global batch)")
         per = batch // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -96,11 +99,31 @@ def gather_batches(mine: dict[int, torch.Tensor]) -> list[torch.Tensor]:
     return [merged[k] for k in sorted(merged)]
 
 
+#: The devices a run can use: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda``,
+#: ``cuda:N`` and ``mps``.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
+    """The device named ``name`` (one of :data:`DEVICES`); ``auto`` picks CUDA when present.
+
+    Raises:
+        UserInputError: an unknown name (``meta`` included: it holds no data), or a device that
+            this machine does not have.
+    """
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise UserInputError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError(f"device {name} requested, but CUDA is not available; use "
+                                 "auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserInputError(f"device {name} requested, but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError(f"device {name} requested, but MPS is not available; use auto or cpu")
     return dev

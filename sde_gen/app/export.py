@@ -9,18 +9,20 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .checkpoint import CheckpointError, find_checkpoint, latest_run, load_checkpoint
+from ..errors import CheckpointError, UserInputError
+from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
 
 
 def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -> Path:
     """Write ``ckpt``'s EMA weights and config to ``out`` (``.safetensors``) atomically."""
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {out}")
-    state = load_checkpoint(find_checkpoint(latest_run() if ckpt is None else ckpt))
+        raise UserInputError(f"--out must end in .safetensors, got {out}")
+    path = find_checkpoint(latest_run() if ckpt is None else ckpt)
+    state = load_checkpoint(path)
+    check_run_state(state, path)
     tensors = {k: v.contiguous() for k, v in state["ema"].items()}
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,5 +46,8 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
     if meta.get("format") != "sde-gen" or "config" not in meta:
         raise CheckpointError(f"{path} is not an sde-gen export")
-    return {"model": weights, "ema": weights, "config": json.loads(meta["config"]),
-            "step": int(meta.get("step", 0))}
+    try:
+        config, step = json.loads(meta["config"]), int(meta.get("step", 0))
+    except ValueError as e:  # also json.JSONDecodeError
+        raise CheckpointError(f"{path} has malformed metadata: {str(e)[:200]}") from None
+    return {"model": weights, "ema": weights, "config": config, "step": step}

@@ -10,18 +10,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import gather_batches, rank_world
+from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..sampling import sample
+from ..sampling.result import count_nonfinite
 from ..sde import SDE
 
 
 @dataclass(frozen=True)
 class Generated:
-    """Samples ``(n, *D)`` on the CPU, total NFE per batch, and wall time in seconds."""
+    """Samples ``(n, *D)`` on the CPU, total NFE per batch, and wall time in seconds.
+
+    ``n_nonfinite`` counts the samples with a NaN or infinite entry (a diverged model or solver);
+    callers must not report or save such a set as if it were good (``sde-gen sample`` refuses).
+    """
 
     x: torch.Tensor
     nfe: int
     seconds: float
+    n_nonfinite: int = 0
 
 
 def generate(
@@ -45,7 +52,7 @@ def generate(
     is the same for any number of processes.
     """
     if n < 1 or batch_size < 1:
-        raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        raise UserInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
     mine: dict[int, torch.Tensor] = {}
     nfe = 0
     start = time.perf_counter()
@@ -61,4 +68,5 @@ def generate(
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     x = torch.cat(gather_batches(mine))
-    return Generated(x=x, nfe=nfe, seconds=time.perf_counter() - start)
+    return Generated(x=x, nfe=nfe, seconds=time.perf_counter() - start,
+                     n_nonfinite=count_nonfinite(x))

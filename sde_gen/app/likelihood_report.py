@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
 from ..scaling import dequantize
 from ..data.toy2d import Toy2D
 from .distributed import gather_batches, rank_world
 from .factory import build_data, is_image
 from .runs import LoadedRun
 from ..likelihood.bpd import bits_per_dim
-from ..likelihood.ode_likelihood import log_likelihood
+from ..likelihood.ode_likelihood import check_solve, log_likelihood
 
 SPLITS = {"train": 0, "test": 1_000_003}  # seed offsets: a fresh draw per split
 
@@ -53,9 +54,10 @@ def evaluate_likelihood(
         ``seconds``, ``n`` and, for mixtures, ``true_nll_nats`` and ``kl_gap_nats``.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UserInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if n < 1 or batch_size < 1:
-        raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        raise UserInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+    check_solve(run.sde, eps, rtol, atol)  # before any data is built
     images = is_image(run.cfg.data)
     trace = trace or ("hutchinson" if images else "exact")
     g = torch.Generator().manual_seed(seed + SPLITS[split])
@@ -89,7 +91,7 @@ def evaluate_likelihood(
         "nll_nats": nll, "nll_stderr": se, "nfe": sum(nfes) / len(nfes), "seconds": seconds,
     }
     if images:
-        report["bpd"], report["bpd_stderr"] = _mean_stderr(bits_per_dim(logp, x_all.shape[1:]))
+        report["bpd"], report["bpd_stderr"] = _mean_stderr(bits_per_dim(logp, x_all))
     if isinstance(data, Toy2D) and data.has_density:
         true_logp = data.log_prob(x_all)
         report["true_nll_nats"], report["true_nll_stderr"] = _mean_stderr(-true_logp)
@@ -119,7 +121,7 @@ def evaluate_vlb(
     from ..likelihood.vlb import vlb
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UserInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     images = is_image(run.cfg.data)
     g = torch.Generator().manual_seed(seed + SPLITS[split])
     if images:

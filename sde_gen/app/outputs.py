@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserInputError
 from .config import Config
 from .factory import build_data
 from .plots import scatter_compare
@@ -34,7 +35,7 @@ def write_samples(x: torch.Tensor, cfg: Config, out: str | os.PathLike, *, title
     """
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png path, got {out}")
+        raise UserInputError(f"--out must be a .png path, got {out}")
     if x.ndim == 4:
         from torchvision.utils import save_image
 
@@ -57,5 +58,5 @@ def write_json(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a JSON report atomically."""
     path = Path(path)
     if path.suffix.lower() != ".json":
-        raise ValueError(f"--out must be a .json path, got {path}")
+        raise UserInputError(f"--out must be a .json path, got {path}")
     return _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))

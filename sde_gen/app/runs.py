@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, find_checkpoint, latest_run, load_checkpoint
-from .config import Config, ConfigError, from_dict
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
+from .config import Config, from_dict
 from .export import load_safetensors
 from .factory import build_model, build_sde
 from ..parameterization import ScoreModel
 from ..sde import SDE
+
 
 @dataclass(frozen=True)
 class LoadedRun:
@@ -42,15 +44,20 @@ def load_run(
     """Load a run (a checkpoint file or a run directory; default the latest under ``runs/``).
 
     The model gets the EMA weights unless ``ema=False``; it is put in eval mode.
+
+    Raises:
+        CheckpointError: no run, an unreadable or incomplete checkpoint, or weights that do not
+            fit the checkpoint's own config.
     """
     ckpt = find_checkpoint(latest_run() if path is None else path)
     if ckpt.suffix == ".safetensors":
         state = load_safetensors(ckpt)
     else:
         state = load_checkpoint(ckpt, map_location=device)
+    check_run_state(state, ckpt)
     try:
         cfg = from_dict(state["config"])
-    except (ConfigError, KeyError) as e:
+    except ConfigError as e:
         raise CheckpointError(f"{ckpt} holds an invalid config: {e}") from None
     sde = build_sde(cfg.sde)
     model = build_model(cfg, sde)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from ..errors import UserInputError
 from ..data.images import ImageData
 from ..scaling import from_model, uint8_to_model
 from .factory import build_data, data_shape, is_image
@@ -33,7 +34,7 @@ def train_classifier(data: ImageData, *, steps: int = 1500, batch_size: int = 12
                      device: torch.device | str = "cpu") -> tuple[FeatureClassifier, float]:
     """Train the feature classifier with Adam; return it and its training-batch accuracy."""
     if data.y is None or data.num_classes is None:
-        raise ValueError(f"dataset {data.name} has no labels: FD-classifier needs a labelled set")
+        raise UserInputError(f"dataset {data.name} has no labels: FD-classifier needs a labelled set")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -99,7 +100,7 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
                  progress: bool = True) -> dict[str, Any]:
     """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim."""
     if not is_image(run.cfg.data):
-        raise ValueError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+        raise UserInputError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
     gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
                    seed=seed, device=device, progress=progress, steps=steps)
     train = build_data(run.cfg.data, "train")

@@ -6,6 +6,11 @@ A model with a learned variance (``model.learn_variance``) trains Improved DDPM'
 
 Resuming restores the model, EMA, optimizer, step and every RNG the loop draws from, so a run that
 is stopped and restarted ends with the same parameters, bit for bit, as one that never stopped.
+
+:func:`train` reads in four parts, the methods of :class:`_Trainer`: build the objects of a run
+from the config (``__init__``), restore them from the latest checkpoint (``resume``), advance them
+one optimizer step at a time (``step_once``), and log, checkpoint and plot (``log``,
+``checkpoint``, ``finish``).
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import CheckpointError, NonFiniteLossError, UserInputError
 from .checkpoint import (
-    CheckpointError,
+    check_run_state,
     checkpoint_path,
+    latest_readable_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -38,22 +44,21 @@ from . import distributed
 from .distributed import resolve_device
 from ..data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
-from ..hybrid_loss import VLBStepSampler, hybrid_loss
+from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
 from ..likelihood.vlb import discrete_chain
 from ..losses import dsm_loss, make_weighting
 from ..time_sampling import TimeSampler
+
+__all__ = ["CheckpointError", "NonFiniteLossError", "TrainResult", "lr_at", "train", "use_bf16"]
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps with a NaN/Inf loss or gradient."""
-
-
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced (``interrupted``: stopped by SIGTERM/SIGINT, resumable)."""
+    """What a training run produced (``interrupted``: stopped by SIGTERM/SIGINT, resumable;
+    ``already_done``: the workdir's run had reached ``train.steps`` before, nothing was trained)."""
 
     workdir: Path
     step: int
@@ -62,6 +67,7 @@ class TrainResult:
     plot: Path | None
     interrupted: bool = False
     skipped_steps: int = 0
+    already_done: bool = False
 
 
 class _StopFlag:
@@ -85,21 +91,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _resume_state(workdir: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint, loaded onto the CPU; unreadable ones are reported and skipped.
-
-    Loaded onto the CPU because ``torch.Generator.set_state`` takes a CPU ByteTensor, also for a
-    CUDA generator; ``load_state_dict`` moves weights and optimizer state to their device.
-    """
-    for path in reversed(list_checkpoints(workdir)):
-        try:
-            return load_checkpoint(path, map_location="cpu")
-        except CheckpointError as e:
-            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
-            path.replace(path.with_name(path.name + ".corrupt"))  # never picked or pruned again
-    return None
-
-
 def lr_at(step: int, cfg: Config) -> float:
     """Linear warmup to ``train.lr`` over ``train.warmup`` steps ([Ho20] App. B), then constant or
     a cosine decay to zero at ``train.steps`` ([Loshchilov17] Eq. 5, no restarts)."""
@@ -112,25 +103,37 @@ def lr_at(step: int, cfg: Config) -> float:
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after ``step`` (from a run that died past its last checkpoint)."""
+def _truncate_metrics(path: Path, step: int) -> dict[str, Any] | None:
+    """Drop metric lines written after ``step`` (from a run that died past its last checkpoint)
+    and a torn last line (from one killed while writing it); return the last record kept.
+
+    Raises:
+        UserInputError: a line other than the last is not a metrics record.
+    """
     if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        return None
+    lines = path.read_text(errors="replace").splitlines()  # torn bytes fail json.loads below
+    keep: list[str] = []
+    last = None
+    for i, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
+        except ValueError:  # json.JSONDecodeError
+            ok = False
+        if not ok:
+            if i < len(lines) - 1:
+                raise UserInputError(f"{path} line {i + 1} is not a metrics record; delete that "
+                                     "line (or the file) to resume")
+            print(f"warning: dropped the torn last line of {path} (a run killed while writing "
+                  "it)", file=sys.stderr)
+        elif rec["step"] <= step:
+            keep.append(line)
+            last = rec
     path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _state(step, model, ema, opt, batches, noise_gen, cfg) -> dict[str, Any]:
-    return {
-        "step": step,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "ema_updates": ema.num_updates,
-        "optimizer": opt.state_dict(),
-        "data": batches.state_dict(),
-        "noise_rng": noise_gen.get_state(),
-        "config": to_dict(cfg),
-    }
+    return last
 
 
 def _global_rows(values: torch.Tensor, shard: slice | None, batch: int,
@@ -182,166 +185,252 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/ckpt_*.pt`` and, for 2-D data,
     ``samples.png``.
+
+    Raises:
+        UserInputError: the workdir's run is already past ``train.steps``.
+        CheckpointError: its checkpoint does not fit ``cfg``, or one cannot be written.
+        NonFiniteLossError: ``train.max_nonfinite`` consecutive non-finite steps.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    device, main = di.device, di.is_main
+    run = _Trainer(cfg, workdir, di)
+    run.resume()
     tc = cfg.train
-    shard = di.shard(tc.batch_size) if di.enabled else None
-    sde = build_sde(cfg.sde)
-    data = build_data(cfg.data)
-    images = is_image(cfg.data)
-    if device.type == "cpu":
-        # The 2-D MLP's ops are small: on a 2-core machine torch's default intra-op threading
-        # made the default run 5x slower in wall time (550 s vs ~100 s) than one thread.
-        torch.set_num_threads(tc.threads or (torch.get_num_threads() if images else 1))
-    channels_last = images and tc.channels_last and device.type == "cuda"
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-        torch.manual_seed(tc.seed)
-        model = build_model(cfg, sde).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, tc.ema_decay, mode=tc.ema_mode, sigma_rel=tc.ema_sigma_rel)
-    weighting = make_weighting(tc.weighting, gamma=tc.min_snr_gamma, sigma_data=cfg.model.sigma_data)
-    time_sampling = TimeSampler(tc.time_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **fused)
-    if images:
-        batches = ImageBatches(data, batch_size=tc.batch_size, device=device, seed=tc.seed,
-                               flip=cfg.data.flip, channels_last=channels_last)
-    else:
-        batches = ToyBatches(data, batch_size=tc.batch_size, device=device, seed=tc.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
-    wrapped = model
-    if di.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(
-            model, device_ids=[di.local_rank] if device.type == "cuda" else None)
-    forward = torch.compile(wrapped) if tc.compile else wrapped
-    bf16 = use_bf16(cfg, device)
-    hybrid = cfg.model.learn_variance  # L_simple + lambda L_vlb on DDPM's steps ([Nichol21])
-    chain = discrete_chain(sde, device=device) if hybrid else None
-    vlb_sampler = VLBStepSampler(sde.N, device=device) if hybrid and tc.vlb_importance else None
-
-    step, skipped, bad_run = 0, 0, 0
-    state = _resume_state(workdir)
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"], num_updates=int(
-                state.get("ema_updates", int(state["step"]) - int(state.get("skipped", 0)))))
-            opt.load_state_dict(state["optimizer"])
-            batches.load_state_dict(state["data"])
-            if vlb_sampler is not None:
-                vlb_sampler.load_state_dict(state["vlb_sampler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0][:200]
-            raise CheckpointError(f"the checkpoint in {workdir} does not match this config "
-                                  f"({first}); use a new --workdir or the run's own config") from None
-        noise_gen.set_state(state["noise_rng"])
-        step, skipped = int(state["step"]), int(state.get("skipped", 0))
-    metrics_path = workdir / METRICS
-    if main:
+    if run.step > tc.steps:  # checked before config.yaml is overwritten with the lower steps
+        raise UserInputError(f"the run in {workdir} is already at step {run.step}, past "
+                             f"train.steps={tc.steps}; set train.steps above {run.step} to go on "
+                             "training it, or use a new --workdir")
+    last_logged = None
+    if run.main:
         save_config(cfg, workdir / CONFIG)
-        _truncate_metrics(metrics_path, step)
+        last_logged = _truncate_metrics(workdir / METRICS, run.step)
+    already_done = run.step == tc.steps
+    if already_done and last_logged is not None:
+        run.loss_value = float(last_logged.get("loss", math.nan))
 
-    model.train()
-    loss_value = math.nan
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="train", unit="it")
-    t_last, s_last = time.perf_counter(), step
-    t_start = t_last
-    metrics = metrics_path.open("a") if main else None
-    stopping = False
-    with _StopFlag() as stop:
-        while step < tc.steps and not stopping:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            x0 = batches.next()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                if hybrid:
-                    terms = hybrid_loss(
-                        forward, sde, x0, vlb_weight=tc.vlb_weight, reduce=tc.reduce,
-                        discrete_data=images, sampler=vlb_sampler, chain=chain,
-                        generator=noise_gen, shard=shard)
-                    loss = terms.loss.mean()
-                else:
-                    loss = dsm_loss(
-                        forward, sde, x0, weighting=weighting, time_sampling=time_sampling,
-                        t_eps=tc.t_eps, reduce=tc.reduce, discrete=tc.discrete,
-                        generator=noise_gen, shard=shard,
-                    ).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            # One host sync per step: a NaN/Inf loss or gradient (on any rank) skips the update.
-            ok = (torch.isfinite(loss) & torch.isfinite(grad_norm)).float()
-            local_stop = stop.signal is not None or bool(
-                tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds)
-            if di.enabled:
-                flags = torch.stack([1 - ok, torch.tensor(float(local_stop), device=ok.device)])
-                flags = distributed.all_reduce(flags, "max")  # any rank bad / any rank stopping
-                ok, stopping = 1 - flags[0], bool(flags[1])
-            else:
-                stopping = local_stop
-            if bool(ok):
-                opt.step()
-                ema.update(model)
-                bad_run = 0
-                if vlb_sampler is not None:
-                    vlb_sampler.update(terms.steps, _global_rows(terms.vlb, shard, tc.batch_size,
-                                                                 di.world))
-            else:
-                skipped, bad_run = skipped + 1, bad_run + 1
-                if bad_run >= tc.max_nonfinite:
-                    last = list_checkpoints(workdir)
-                    raise NonFiniteLossError(
-                        f"{bad_run} consecutive steps with a non-finite loss or gradient at step "
-                        f"{step + 1}; stopped. Last good checkpoint: "
-                        f"{last[-1] if last else 'none'} (try a lower train.lr)")
-            step += 1
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
-                loss_value = distributed.all_reduce(loss.detach().float(), "mean").item()
-                now = time.perf_counter()
-                rate = (step - s_last) / max(now - t_last, 1e-9)
-                t_last, s_last = now, step
-                rec = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "it_s": rate,
-                       "img_s": rate * tc.batch_size, "skipped": skipped}
-                if hybrid:  # the mean L_t of the batch (nats, reduced like the MSE)
-                    rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
-                                                        "mean").item()
-                if main:
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
-            if main and images and tc.sample_every and step % tc.sample_every == 0:
-                _write_grid(ema.module, sde, cfg, data.shape,
-                            workdir / "samples" / f"step_{step:09d}.png", device)
-            if step % tc.ckpt_every == 0 or step == tc.steps or stopping:
-                if main:
-                    state = _state(step, model, ema, opt, batches, noise_gen, cfg)
-                    state["skipped"] = skipped
-                    if vlb_sampler is not None:
-                        state["vlb_sampler"] = vlb_sampler.state_dict()
-                    save_checkpoint(state, checkpoint_path(workdir, step))
-                    prune_checkpoints(workdir, tc.keep)
-                distributed.barrier()
-    bar.close()
-    if metrics is not None:
-        metrics.close()
-    ckpt = list_checkpoints(workdir)[-1]
-    plot = None
-    if not main:
-        pass
-    elif images and step == tc.steps:
-        plot = workdir / "samples.png"
-        _write_grid(ema.module, sde, cfg, data.shape, plot, device)
-    elif tc.plot_samples > 0 and step == tc.steps:
+    run.start_clock()
+    bar = tqdm(total=tc.steps, initial=run.step, disable=not progress, desc="train", unit="it")
+    metrics = (workdir / METRICS).open("a") if run.main else None
+    try:
+        with _StopFlag() as stop:
+            while run.step < tc.steps and not run.stopping:
+                loss, terms = run.step_once(stop)
+                bar.update(1)
+                run.log(loss, terms, metrics, bar)
+                run.checkpoint()
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    return TrainResult(workdir=workdir, step=run.step, checkpoint=list_checkpoints(workdir)[-1],
+                       loss=run.loss_value, plot=run.finish(keep_existing=already_done),
+                       interrupted=run.stopping, skipped_steps=run.skipped,
+                       already_done=already_done)
+
+
+class _Trainer:
+    """The objects of one training run and the four things done with them: build them from the
+    config (``__init__``), restore them from a checkpoint (:meth:`resume`), advance them one
+    optimizer step (:meth:`step_once`), and log, checkpoint and plot (:meth:`log`,
+    :meth:`checkpoint`, :meth:`finish`)."""
+
+    def __init__(self, cfg: Config, workdir: Path, di: distributed.DistInfo) -> None:
+        self.cfg, self.workdir, self.di = cfg, workdir, di
+        self.device, self.main = di.device, di.is_main
+        tc = cfg.train
+        self.shard = di.shard(tc.batch_size) if di.enabled else None
+        self.sde = build_sde(cfg.sde)
+        self.data = build_data(cfg.data)
+        self.images = images = is_image(cfg.data)
+        device = self.device
+        if device.type == "cpu":
+            # The 2-D MLP's ops are small: on a 2-core machine torch's default intra-op threading
+            # made the default run 5x slower in wall time (550 s vs ~100 s) than one thread.
+            torch.set_num_threads(tc.threads or (torch.get_num_threads() if images else 1))
+        channels_last = images and tc.channels_last and device.type == "cuda"
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(tc.seed)
+            self.model = build_model(cfg, self.sde).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, tc.ema_decay, mode=tc.ema_mode, sigma_rel=tc.ema_sigma_rel)
+        self.weighting = make_weighting(tc.weighting, gamma=tc.min_snr_gamma,
+                                        sigma_data=cfg.model.sigma_data)
+        self.time_sampling = TimeSampler(tc.time_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr,
+                                     weight_decay=tc.weight_decay, **fused)
+        if images:
+            self.batches = ImageBatches(self.data, batch_size=tc.batch_size, device=device,
+                                        seed=tc.seed, flip=cfg.data.flip,
+                                        channels_last=channels_last)
+        else:
+            self.batches = ToyBatches(self.data, batch_size=tc.batch_size, device=device,
+                                      seed=tc.seed)
+        self.noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+        wrapped = self.model
+        if di.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(
+                self.model, device_ids=[di.local_rank] if device.type == "cuda" else None)
+        self.forward = torch.compile(wrapped) if tc.compile else wrapped
+        self.bf16 = use_bf16(cfg, device)
+        # A learned variance trains L_simple + lambda L_vlb on DDPM's steps ([Nichol21]).
+        self.hybrid = cfg.model.learn_variance
+        self.chain = discrete_chain(self.sde, device=device) if self.hybrid else None
+        self.vlb_sampler = (VLBStepSampler(self.sde.N, device=device)
+                            if self.hybrid and tc.vlb_importance else None)
+        # What the loop advances (restored by resume) and its bookkeeping.
+        self.step, self.skipped, self.bad_run = 0, 0, 0
+        self.stopping = False
+        self.loss_value = math.nan
+        self.t_start = self.t_last = time.perf_counter()  # reset by start_clock
+        self.s_last = 0
+
+    # -- resume ----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore every object and RNG from the newest readable checkpoint, if there is one."""
+        found = latest_readable_checkpoint(self.workdir)
+        if found is None:
+            return
+        path, state = found
+        check_run_state(state, path, resume=True)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"], num_updates=int(
+                state.get("ema_updates", int(state["step"]) - int(state.get("skipped", 0)))))
+            self.opt.load_state_dict(state["optimizer"])
+            self.batches.load_state_dict(state["data"])
+            if self.vlb_sampler is not None:
+                self.vlb_sampler.load_state_dict(state["vlb_sampler"])
+            self.noise_gen.set_state(state["noise_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise CheckpointError(
+                f"the checkpoint in {self.workdir} does not match this config ({first}); use a "
+                "new --workdir or the run's own config") from None
+        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+
+    def start_clock(self) -> None:
+        """Train mode, and the clocks of ``train.max_seconds`` and of the logged rates."""
+        self.model.train()
+        self.t_start = self.t_last = time.perf_counter()
+        self.s_last = self.step
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def _loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, HybridLoss | None]:
+        """The batch's mean training loss (and the hybrid loss's terms, for a learned variance)."""
+        tc = self.cfg.train
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.hybrid:
+                terms = hybrid_loss(
+                    self.forward, self.sde, x0, vlb_weight=tc.vlb_weight, reduce=tc.reduce,
+                    discrete_data=self.images, sampler=self.vlb_sampler, chain=self.chain,
+                    generator=self.noise_gen, shard=self.shard)
+                return terms.loss.mean(), terms
+            return dsm_loss(
+                self.forward, self.sde, x0, weighting=self.weighting,
+                time_sampling=self.time_sampling, t_eps=tc.t_eps, reduce=tc.reduce,
+                discrete=tc.discrete, generator=self.noise_gen, shard=self.shard,
+            ).mean(), None
+
+    def step_once(self, stop: _StopFlag) -> tuple[torch.Tensor, HybridLoss | None]:
+        """Draw a batch, backpropagate, and apply the update unless the loss or gradient is
+        non-finite on any rank; also decide (on all ranks alike) whether to stop after it."""
+        tc = self.cfg.train
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg)
+        loss, terms = self._loss(self.batches.next())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        # One host sync per step: a NaN/Inf loss or gradient (on any rank) skips the update.
+        ok = (torch.isfinite(loss) & torch.isfinite(grad_norm)).float()
+        local_stop = stop.signal is not None or bool(
+            tc.max_seconds and time.perf_counter() - self.t_start > tc.max_seconds)
+        if self.di.enabled:
+            flags = torch.stack([1 - ok, torch.tensor(float(local_stop), device=ok.device)])
+            flags = distributed.all_reduce(flags, "max")  # any rank bad / any rank stopping
+            ok, self.stopping = 1 - flags[0], bool(flags[1])
+        else:
+            self.stopping = local_stop
+        if bool(ok):
+            self.opt.step()
+            self.ema.update(self.model)
+            self.bad_run = 0
+            if self.vlb_sampler is not None:
+                self.vlb_sampler.update(terms.steps, _global_rows(
+                    terms.vlb, self.shard, tc.batch_size, self.di.world))
+        else:
+            self.skipped, self.bad_run = self.skipped + 1, self.bad_run + 1
+            if self.bad_run >= tc.max_nonfinite:
+                last = list_checkpoints(self.workdir)
+                raise NonFiniteLossError(
+                    f"{self.bad_run} consecutive steps with a non-finite loss or gradient at step "
+                    f"{self.step + 1}; stopped. Last good checkpoint: "
+                    f"{last[-1] if last else 'none'} (try a lower train.lr)")
+        self.step += 1
+        return loss, terms
+
+    # -- logging, checkpoints, plots -------------------------------------------------------------
+    def log(self, loss: torch.Tensor, terms: HybridLoss | None, metrics, bar) -> None:
+        """Every ``train.log_every`` steps (and at the last): one metrics line, the bar's postfix;
+        every ``train.sample_every`` steps: an image grid."""
+        tc, step = self.cfg.train, self.step
+        if step % tc.log_every == 0 or step == tc.steps:
+            self.loss_value = distributed.all_reduce(loss.detach().float(), "mean").item()
+            now = time.perf_counter()
+            rate = (step - self.s_last) / max(now - self.t_last, 1e-9)
+            self.t_last, self.s_last = now, step
+            rec = {"step": step, "loss": self.loss_value, "lr": lr_at(step - 1, self.cfg),
+                   "it_s": rate, "img_s": rate * tc.batch_size, "skipped": self.skipped}
+            if terms is not None:  # the mean L_t of the batch (nats, reduced like the MSE)
+                rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
+                                                    "mean").item()
+            if metrics is not None:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+            bar.set_postfix(loss=f"{self.loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
+        if self.main and self.images and tc.sample_every and step % tc.sample_every == 0:
+            _write_grid(self.ema.module, self.sde, self.cfg, self.data.shape,
+                        self.workdir / "samples" / f"step_{step:09d}.png", self.device)
+
+    def checkpoint(self) -> None:
+        """Every ``train.ckpt_every`` steps, at the last and when stopping: write (rank 0) and
+        prune checkpoints; all ranks wait for it."""
+        tc, step = self.cfg.train, self.step
+        if not (step % tc.ckpt_every == 0 or step == tc.steps or self.stopping):
+            return
+        if self.main:
+            save_checkpoint(self.state_dict(), checkpoint_path(self.workdir, step))
+            prune_checkpoints(self.workdir, tc.keep)
+        distributed.barrier()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`resume` restores (see :func:`~.checkpoint.check_run_state`)."""
+        state = {"step": self.step, "model": self.model.state_dict(),
+                 "ema": self.ema.state_dict(), "ema_updates": self.ema.num_updates,
+                 "optimizer": self.opt.state_dict(), "data": self.batches.state_dict(),
+                 "noise_rng": self.noise_gen.get_state(), "config": to_dict(self.cfg),
+                 "skipped": self.skipped}
+        if self.vlb_sampler is not None:
+            state["vlb_sampler"] = self.vlb_sampler.state_dict()
+        return state
+
+    def finish(self, *, keep_existing: bool = False) -> Path | None:
+        """At ``train.steps``, rank 0 writes the final EMA sample plot (``keep_existing``: unless
+        it is there already); returns its path."""
+        tc, plot = self.cfg.train, self.workdir / "samples.png"
+        if not self.main or self.step != tc.steps or not (self.images or tc.plot_samples > 0):
+            return None
+        if keep_existing and plot.is_file():
+            return plot
+        if self.images:
+            _write_grid(self.ema.module, self.sde, self.cfg, self.data.shape, plot, self.device)
+            return plot
         from .plots import plot_toy_samples
 
-        plot = plot_toy_samples(ema.module, sde, data, workdir / "samples.png",
-                                n=tc.plot_samples, seed=tc.seed)
-    return TrainResult(workdir=workdir, step=step, checkpoint=ckpt, loss=loss_value, plot=plot,
-                       interrupted=stopping, skipped_steps=skipped)
+        return plot_toy_samples(self.ema.module, self.sde, self.data, plot, n=tc.plot_samples,
+                                seed=tc.seed)

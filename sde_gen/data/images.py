@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import MissingDependencyError, UserInputError
 from ..tensor_utils import append_dims
 from ..scaling import uint8_to_model
-
-IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 8, 8),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-}
-DATASETS = (*IMAGE_SHAPES, "npz", "folder")
+from .registry import IMAGE_DATASETS, IMAGE_SHAPES
 SPLITS = ("train", "test")
 DEFAULT_ROOT = "~/.cache/sde_gen"
 DIGITS_TRAIN = 1500
@@ -65,9 +60,9 @@ class ImageData:
     def __post_init__(self) -> None:
         x, y = self.x, self.y
         if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+            raise UserInputError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if y is not None and (y.dtype != torch.int64 or y.shape != x.shape[:1]):
-            raise ValueError(f"y must be int64 ({len(x)},), got {y.dtype} {tuple(y.shape)}")
+            raise UserInputError(f"y must be int64 ({len(x)},), got {y.dtype} {tuple(y.shape)}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -105,18 +100,21 @@ def load_images(
 
     Raises:
         FileNotFoundError: the data is missing; the one-line message says how to get it.
-        ValueError: unknown name or split, malformed file, images of unequal sizes.
+        UserInputError: (a ``ValueError``) unknown name or split, unreadable or malformed file,
+            images of unequal sizes.
+        MissingDependencyError: (an ``ImportError``) ``digits`` without scikit-learn.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown image dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name not in IMAGE_DATASETS:
+        raise UserInputError(f"unknown image dataset {name!r}; choose one of "
+                             f"{', '.join(IMAGE_DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UserInputError(f"split must be one of {SPLITS}, got {split!r}")
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
+        raise UserInputError(f"channels must be 1, 3 or None, got {channels!r}")
 
     if name == "folder":
         if path is None:
-            raise ValueError("dataset 'folder' needs data.path=/path/to/images")
+            raise UserInputError("dataset 'folder' needs data.path=/path/to/images")
         x, y, num_classes = _load_folder(Path(path).expanduser(), channels or 3)
         return ImageData(x, y, num_classes, name)
     if name == "digits":
@@ -126,20 +124,20 @@ def load_images(
     npz = None if path is None else Path(path).expanduser()
     if name == "npz":
         if npz is None:
-            raise ValueError("dataset 'npz' needs data.path=/path/to/file.npz")
+            raise UserInputError("dataset 'npz' needs data.path=/path/to/file.npz")
     elif npz is None:
         cached = Path(root or DEFAULT_ROOT).expanduser() / f"{name}.npz"
         npz = cached if cached.is_file() else None
     if npz is not None:
         if npz.suffix != ".npz":
-            raise ValueError(f"data.path must be a .npz file for {name!r}, got {npz}")
+            raise UserInputError(f"data.path must be a .npz file for {name!r}, got {npz}")
         if not npz.is_file():
             raise FileNotFoundError(f"{npz} does not exist; set data.path to an existing .npz file")
         x, y, num_classes = _load_npz(npz, split)
         if name != "npz":
             if x.shape[1:] != IMAGE_SHAPES[name]:
-                raise ValueError(f"{npz} holds images of shape {tuple(x.shape[1:])}, "
-                                 f"expected {IMAGE_SHAPES[name]} for {name}")
+                raise UserInputError(f"{npz} holds images of shape {tuple(x.shape[1:])}, "
+                                     f"expected {IMAGE_SHAPES[name]} for {name}")
             num_classes = 10
         return ImageData(_to_channels(x, channels), y, num_classes, name)
 
@@ -151,7 +149,8 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ImportError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from None
+        raise MissingDependencyError("dataset 'digits' needs scikit-learn: pip install "
+                                     "scikit-learn") from None
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 0..16 -> 0..255
     y = bunch.target.astype(np.int64)
@@ -175,58 +174,96 @@ def _load_torchvision(
             f"{name} not found under {root}; pass data.download=true (needs internet) "
             f"or data.path=/path/to/{name}.npz"
         ) from None
+    except OSError as err:  # offline, unreachable server, or an unwritable root
+        if not download:
+            raise
+        raise UserInputError(f"cannot download {name} to {root}: {_first_line(err)}") from None
     x = torch.as_tensor(np.asarray(ds.data), dtype=torch.uint8)
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # MNIST (N,H,W), CIFAR (N,H,W,C)
     y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
     return x.contiguous(), y
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _read_npz(path: Path, names: tuple[str, ...]) -> tuple[set[str], dict[str, np.ndarray]]:
+    """The archive's keys and those of its arrays named in ``names``; one-line errors for files
+    that are not an ``.npz`` of plain arrays (torn zip, a pickle, object arrays)."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise UserInputError(f"{path} is a single .npy array, not an .npz archive")
+        with f:
+            keys = set(f.files)
+            return keys, {k: f[k] for k in names if k in keys}
+    except UserInputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserInputError(f"cannot read {path}: {_first_line(e)}") from None
+
+
 def _load_npz(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
-    with np.load(path, allow_pickle=False) as f:
-        keys = set(f.files)
-        if f"x_{split}" in keys:
-            x = _to_nchw(f[f"x_{split}"], path)
-        elif {f"{split}_jpeg", f"{split}_offsets"} <= keys:
-            x = _decode_jpegs(f[f"{split}_jpeg"], f[f"{split}_offsets"], path)
-        else:
-            raise ValueError(f"{path} has no x_{split} or {split}_jpeg/{split}_offsets arrays "
+    pixels, jpeg, offsets = f"x_{split}", f"{split}_jpeg", f"{split}_offsets"
+    keys, arrays = _read_npz(path, (pixels, jpeg, offsets, "y_train", "y_test"))
+    if pixels in arrays:
+        x = _to_nchw(arrays[pixels], path)
+    elif jpeg in arrays and offsets in arrays:
+        x = _decode_jpegs(arrays[jpeg], arrays[offsets], path, split)
+    else:
+        raise UserInputError(f"{path} has no {pixels} or {jpeg}/{offsets} arrays "
                              f"(found: {', '.join(sorted(keys))})")
-        labels = {k: f[k] for k in keys if k in ("y_train", "y_test")}
+    labels = {k: arrays[k] for k in ("y_train", "y_test") if k in arrays}
     y = labels.get(f"y_{split}")
     if y is None:
         return x, None, None
     if y.shape != (len(x),) or y.dtype.kind not in "iu" or (y.size and y.min() < 0):
-        raise ValueError(f"{path}: y_{split} must hold {len(x)} non-negative integer labels")
+        raise UserInputError(f"{path}: y_{split} must hold {len(x)} non-negative integer labels")
     num_classes = 1 + max(int(v.max()) for v in labels.values() if v.size)
     return x, torch.from_numpy(y.astype(np.int64)), num_classes
 
 
 def _to_nchw(x: np.ndarray, path: Path) -> torch.Tensor:
     if x.dtype != np.uint8:
-        raise ValueError(f"{path}: images must be uint8, got {x.dtype}")
+        raise UserInputError(f"{path}: images must be uint8, got {x.dtype}")
     if x.ndim == 3:
         return torch.from_numpy(x[:, None].copy())
     if x.ndim == 4 and x.shape[-1] in (1, 3):  # (N, H, W, C)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     if x.ndim == 4 and x.shape[1] in (1, 3):  # already (N, C, H, W)
         return torch.from_numpy(x.copy())
-    raise ValueError(f"{path}: expected images (N,H,W), (N,H,W,C) or (N,C,H,W) with C in (1, 3), "
-                     f"got {x.shape}")
+    raise UserInputError(f"{path}: expected images (N,H,W), (N,H,W,C) or (N,C,H,W) with C in "
+                         f"(1, 3), got {x.shape}")
 
 
-def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path) -> torch.Tensor:
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, split: str) -> torch.Tensor:
+    """Decode the JPEG files concatenated in ``<split>_jpeg``, file i in bytes
+    ``offsets[i]:offsets[i + 1]``."""
     from PIL import Image
 
+    if buf.dtype != np.uint8 or buf.ndim != 1:
+        raise UserInputError(f"{path}: {split}_jpeg must be a 1-D uint8 byte buffer, got "
+                             f"{buf.dtype} of shape {buf.shape}")
+    if offsets.dtype.kind not in "iu":
+        raise UserInputError(f"{path}: {split}_offsets must hold integer byte offsets, got "
+                             f"{offsets.dtype}")
     if offsets.ndim != 1 or len(offsets) < 2 or np.any(np.diff(offsets) <= 0) or \
             offsets[0] < 0 or offsets[-1] > len(buf):
-        raise ValueError(f"{path}: JPEG offsets must increase strictly within the byte buffer")
+        raise UserInputError(f"{path}: {split}_offsets must increase strictly within the byte "
+                             f"buffer {split}_jpeg")
     images, mode = [], None
     for i in range(len(offsets) - 1):
-        img = Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes()))
-        mode = mode or ("L" if img.mode == "L" else "RGB")
-        images.append(np.asarray(img.convert(mode)))
+        try:
+            with Image.open(io.BytesIO(buf[int(offsets[i]):int(offsets[i + 1])].tobytes())) as img:
+                mode = mode or ("L" if img.mode == "L" else "RGB")
+                images.append(np.asarray(img.convert(mode)))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a corrupt image
+            raise UserInputError(f"{path}: image {i} of {split}_jpeg cannot be decoded: "
+                                 f"{_first_line(e)}") from None
     if len({a.shape for a in images}) != 1:
-        raise ValueError(f"{path}: JPEG images have unequal sizes")
+        raise UserInputError(f"{path}: JPEG images have unequal sizes")
     return _to_nchw(np.stack(images)[..., None] if mode == "L" else np.stack(images), path)
 
 
@@ -243,18 +280,21 @@ def _load_folder(root: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor 
                                 "of images")
     depths = {len(p.relative_to(root).parts) > 1 for p in files}
     if depths == {True, False}:
-        raise ValueError(f"{root} has images both at its top level and in subfolders; "
-                         "use only class subfolders or none")
+        raise UserInputError(f"{root} has images both at its top level and in subfolders; "
+                             "use only class subfolders or none")
     mode = "RGB" if channels == 3 else "L"
     images, first = [], None
     for p in files:
-        with Image.open(p) as img:
-            a = np.asarray(img.convert(mode))
+        try:
+            with Image.open(p) as img:
+                a = np.asarray(img.convert(mode))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a corrupt image
+            raise UserInputError(f"cannot read image {p}: {_first_line(e)}") from None
         if first is None:
             first = (p, a.shape)
         elif a.shape != first[1]:
-            raise ValueError(f"images must have equal sizes: {first[0]} is {first[1][:2]}, "
-                             f"{p} is {a.shape[:2]} (H, W); resize them first")
+            raise UserInputError(f"images must have equal sizes: {first[0]} is {first[1][:2]}, "
+                                 f"{p} is {a.shape[:2]} (H, W); resize them first")
         images.append(a)
     x = _to_nchw(np.stack(images)[..., None] if mode == "L" else np.stack(images), root)
     if depths == {False}:
@@ -276,7 +316,7 @@ def _to_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
         # PIL's fixed-point ITU-R 601-2 luma: L = R*299/1000 + G*587/1000 + B*114/1000.
         luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
         return luma[:, None].to(torch.uint8)
-    raise ValueError(f"cannot convert {x.shape[1]} channels to {channels}")
+    raise UserInputError(f"cannot convert {x.shape[1]} channels to {channels}")
 
 
 class ImageDataset(Dataset):
@@ -346,11 +386,13 @@ def make_loader(
         Batches ``(x, y)``. Shapes: ``x: (B, C, H, W)`` float32, ``y: (B,)`` int64.
     """
     if not isinstance(data, ImageData):
-        raise ValueError(f"data must be an ImageData, got {type(data).__name__}")
+        raise UserInputError(f"data must be an ImageData, got {type(data).__name__}")
     if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"need batch_size >= 1, num_workers >= 0; got {batch_size}, {num_workers}")
+        raise UserInputError(f"need batch_size >= 1, num_workers >= 0; got {batch_size}, "
+                             f"{num_workers}")
     if drop_last and sampler is None and batch_size > len(data):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(data)} images with drop_last")
+        raise UserInputError(f"batch_size {batch_size} exceeds the {len(data)} images with "
+                             "drop_last")
     generator = torch.Generator().manual_seed(seed)
     # A flip seed drawn from the loader's generator keeps flips independent of the shuffle.
     flip_seed = int(torch.randint(0, 2**62, (), generator=generator))
@@ -401,7 +443,7 @@ class DeviceBatches:
         seed: int = 0,
     ) -> None:
         if not 1 <= batch_size <= len(data):
-            raise ValueError(f"batch_size must be in [1, {len(data)}], got {batch_size}")
+            raise UserInputError(f"batch_size must be in [1, {len(data)}], got {batch_size}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.flip = flip
@@ -447,9 +489,9 @@ class DeviceBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the data and batch size must match the saved run."""
         if state["batch_size"] != self.batch_size or len(state["perm"]) != len(self.x):
-            raise ValueError(f"state is for batch_size {state['batch_size']} and "
-                             f"{len(state['perm'])} images, not {self.batch_size} and "
-                             f"{len(self.x)}")
+            raise UserInputError(f"state is for batch_size {state['batch_size']} and "
+                                 f"{len(state['perm'])} images, not {self.batch_size} and "
+                                 f"{len(self.x)}")
         self.generator.set_state(state["generator"].cpu())  # set_state takes a CPU ByteTensor
         self._perm = state["perm"].to(self.device)
         self._pos = int(state["position"])

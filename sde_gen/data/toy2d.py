@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..analytic import GaussianMixture
+from ..errors import UserInputError
 
 Sampler = Callable[[int, torch.Generator | None], torch.Tensor]
 
@@ -102,7 +103,8 @@ class Toy2D:
 
     def __init__(self, name: str) -> None:
         if name not in TOY2D:
-            raise ValueError(f"unknown 2-D dataset {name!r}; choose one of {', '.join(TOY2D)}")
+            raise UserInputError(f"unknown 2-D dataset {name!r}; choose one of "
+                                 f"{', '.join(TOY2D)}")
         self.name = name
         self.mixture: GaussianMixture | None = MIXTURES[name]() if name in MIXTURES else None
 
@@ -121,5 +123,5 @@ class Toy2D:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density (mixtures only). Shapes: ``(B, 2) -> (B,)``."""
         if self.mixture is None:
-            raise ValueError(f"dataset {self.name!r} has no closed-form density")
+            raise UserInputError(f"dataset {self.name!r} has no closed-form density")
         return self.mixture.log_prob(x)

@@ -17,29 +17,52 @@ import math
 
 import torch
 
+from ..errors import UserInputError
 from ..scaling import SCALE
 
 
 def bits_per_dim(
     logp: torch.Tensor,
-    x_shape: tuple[int, ...] | torch.Size,
+    x: torch.Tensor | None = None,
     *,
+    shape: tuple[int, ...] | torch.Size | None = None,
     scale: float = SCALE,
     n_bins: int = 256,
 ) -> torch.Tensor:
     """Per-example bits/dim of dequantized 8-bit data.
 
+    ``D`` comes from the data batch ``x`` itself (one example's size), so that the batch shape
+    cannot be passed by mistake; without the data, give one example's ``shape`` by keyword.
+
     Args:
         logp: ``(B,)`` log-density in nats of the dequantized data in model units.
-        x_shape: shape of one example, e.g. ``(3, 32, 32)`` (pass ``x.shape[1:]``).
+        x: the data ``(B, *D)`` that ``logp`` scores, e.g. ``bits_per_dim(res.logp, x)``.
+        shape: instead of ``x``: the shape of one example, e.g. ``shape=(3, 32, 32)``.
         scale: model units per unit of ``[0, 1)`` pixel range (2 for ``[-1, 1]``).
         n_bins: quantization levels (256 for 8 bits).
 
     Returns:
         ``(B,)`` upper bound on ``-log2 P(x) / D``.
+
+    Raises:
+        UserInputError: neither or both of ``x`` and ``shape``; ``x`` not a batch tensor matching
+            ``logp`` (a shape passed positionally is rejected: it is ambiguous); an empty shape.
     """
-    d = math.prod(tuple(x_shape))
+    if (x is None) == (shape is None):
+        raise UserInputError("bits_per_dim needs the data x (B, *D) or shape= of one example "
+                             "(exactly one of them)")
+    if x is not None:
+        if not torch.is_tensor(x):
+            raise UserInputError(f"bits_per_dim's x must be the data tensor (B, *D), got "
+                                 f"{x!r}; pass one example's shape as "
+                                 f"shape=...")
+        if x.ndim < 2 or (torch.is_tensor(logp) and logp.ndim == 1 and len(logp) != len(x)):
+            raise UserInputError(f"x must be the batch (B, *D) that logp {tuple(logp.shape)} "
+                                 f"scores, got shape {tuple(x.shape)}")
+        d = x[0].numel()
+    else:
+        d = math.prod(tuple(shape))
     if d < 1:
-        raise ValueError(f"x_shape must be the shape of one example, got {tuple(x_shape)}")
+        raise UserInputError(f"one example must have at least one dimension, got D = {d}")
     log_py = logp + d * math.log(scale)  # change of variables z -> y
     return -log_py / (d * math.log(2)) + math.log2(n_bins)

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserInputError
+from ..parameterization import EpsModel
+from ..sampling.grids import check_end_time
 from ..sampling.ode import odeint_between, probability_flow
-from ..sampling.result import CountingModel, EpsModel
+from ..sampling.result import CountingModel
 from ..sde import SDE
 from ..tensor_utils import sum_flat
 
@@ -45,6 +48,19 @@ class LikelihoodResult:
     nfe: int
     prior_logp: torch.Tensor
     delta_logp: torch.Tensor
+
+
+def check_solve(sde: SDE, eps: float, rtol: float, atol: float) -> None:
+    """The data end ``eps`` in ``(0, T)`` and positive tolerances, as one-line errors (else
+    torchdiffeq stops with ``underflow in dt 0.0``: the score is singular at t = 0 for VP).
+
+    Raises:
+        UserInputError: naming the bad value.
+    """
+    check_end_time(sde, eps, what="eps (the data end of the ODE)")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and tol > 0):
+            raise UserInputError(f"need {name} > 0, got {tol!r}")
 
 
 def _draw_probes(x, n_probes, probe, generator):
@@ -104,23 +120,22 @@ def log_likelihood(
         trace: ``"exact"`` (D VJPs per evaluation) or ``"hutchinson"``.
         probe: ``"rademacher"`` or ``"gaussian"`` Hutchinson probes.
         n_probes: probes averaged per evaluation (drawn once per solve).
-        method, rtol, atol: torchdiffeq solver and tolerances.
-        eps: start time of the integration (data end).
+        method, rtol, atol: torchdiffeq solver and tolerances (``> 0``).
+        eps: start time of the integration (data end), in ``(0, T)``.
         generator: source of the probes.
 
     Returns:
         :class:`LikelihoodResult`. Works under ``torch.no_grad()``.
     """
     if trace not in TRACES:
-        raise ValueError(f"unknown trace {trace!r}; choose one of {', '.join(TRACES)}")
+        raise UserInputError(f"unknown trace {trace!r}; choose one of {', '.join(TRACES)}")
     if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+        raise UserInputError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
     if n_probes < 1:
-        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must be in [0, T), got {eps}")
+        raise UserInputError(f"n_probes must be >= 1, got {n_probes}")
+    check_solve(sde, eps, rtol, atol)
     if x.ndim < 2:
-        raise ValueError(f"x must be a batch (B, *D), got shape {tuple(x.shape)}")
+        raise UserInputError(f"x must be a batch (B, *D), got shape {tuple(x.shape)}")
     counted = CountingModel(model)
     probes = _draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
     func = _divergence_fn(probability_flow(counted, sde), trace, probes)
@@ -138,7 +153,8 @@ def encode(
     model: EpsModel, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
     rtol: float = 1e-5, atol: float = 1e-5,
 ) -> torch.Tensor:
-    """Latent ``z = x(T)`` of data ``x`` at ``eps`` through the probability-flow ODE."""
+    """Latent ``z = x(T)`` of data ``x`` at ``eps`` (in ``(0, T)``) through the PF-ODE."""
+    check_solve(sde, eps, rtol, atol)
     t0 = torch.tensor(eps, dtype=x.dtype, device=x.device)
     t1 = torch.tensor(sde.T, dtype=x.dtype, device=x.device)
     return odeint_between(probability_flow(model, sde), x, t0, t1, method=method, rtol=rtol, atol=atol)
@@ -150,6 +166,7 @@ def decode(
     rtol: float = 1e-5, atol: float = 1e-5,
 ) -> torch.Tensor:
     """Data ``x(eps)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
+    check_solve(sde, eps, rtol, atol)
     t0 = torch.tensor(sde.T, dtype=z.dtype, device=z.device)
     t1 = torch.tensor(eps, dtype=z.dtype, device=z.device)
     return odeint_between(probability_flow(model, sde), z, t0, t1, method=method, rtol=rtol, atol=atol)

@@ -5,7 +5,7 @@
     L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))    [Ho20] Eq. (5)-(7)
     L_0     = -E_{q(x_1|x_0)} log p_theta(x_0 | x_1)
 
-``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.sampling.ancestral.posterior_coeffs`
+``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.sampling.grids.posterior_coeffs`
 (mean ``mu~``, variance ``beta~``); ``p_theta`` has the mean from ``eps_theta`` and variance
 ``sigma_t^2 = beta_t``, ``beta~_t`` or the model's learned ``Sigma_theta`` ([Nichol21] Eq. 15, per
 dimension, between the step's ``beta_t`` and ``beta~_t``). The decoder ``p_theta(x_0 | x_1)`` is
@@ -28,12 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserInputError
 from ..scaling import uint8_to_model
-from ..parameterization import learned_variance_fn, log_variance_from_v
-from ..sampling.ancestral import posterior_coeffs
-from ..sampling.grids import grid_coeffs
-from ..sampling.result import EpsModel
-from ..sde import SDE, VESDE
+from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
+from ..sampling.grids import grid_coeffs, posterior_coeffs
+from ..sde import SDE
 from ..tensor_utils import append_dims, sum_flat
 
 VARIANCES = ("beta", "beta_tilde", "learned")
@@ -70,8 +69,8 @@ def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> Dis
     Raises:
         ValueError: for VE (no DDPM chain) or a chain with a non-positive transition variance.
     """
-    if isinstance(sde, VESDE):
-        raise ValueError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); VE's x_0 "
+    if not sde.has_ddpm_chain:
+        raise UserInputError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); VE's x_0 "
                          "is already perturbed by sigma_min")
     n = sde.N
     # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
@@ -81,7 +80,7 @@ def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> Dis
     sigma = torch.cat([sigma, sigma.new_zeros(1)])
     c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)  # interval k: step N-1-k -> N-2-k
     if (v <= 0).any():
-        raise ValueError("the discrete chain has a non-positive transition variance")
+        raise UserInputError("the discrete chain has a non-positive transition variance")
     clipped = torch.cat([var_tilde[:-1], var_tilde[-2:-1]])
     return DiscreteChain(t=ts.flip(0), alpha=alpha[:-1].flip(0), sigma=sigma[:-1].flip(0),
                          c_x=c_x.flip(0), c_x0=c_x0.flip(0), beta=v.flip(0),
@@ -168,13 +167,13 @@ def vlb(
     Raises:
         ValueError: VE, an unknown variance, or ``learned`` for a model with a fixed variance.
     """
-    if isinstance(sde, VESDE):
-        raise ValueError("vlb needs a variance-preserving chain (VP or sub-VP); VE's x_0 is "
+    if not sde.has_ddpm_chain:
+        raise UserInputError("vlb needs a variance-preserving chain (VP or sub-VP); VE's x_0 is "
                          "already perturbed by sigma_min")
     if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     if n_t is not None and n_t < 1:
-        raise ValueError(f"n_t must be a positive integer, got {n_t}")
+        raise UserInputError(f"n_t must be a positive integer, got {n_t}")
     eps_and_v = learned_variance_fn(model) if variance == "learned" else None
     discrete = x.dtype == torch.uint8
     x0 = uint8_to_model(x).double() if discrete else x.double()
@@ -194,10 +193,7 @@ def vlb(
         else:
             eps, v = eps_and_v(x_t, t)
             var = torch.exp(log_variance_from_v(v.double(), ch.beta[i], ch.beta_tilde_clipped[i]))
-        n_dims = x_t.ndim
-        sigma_t, alpha_t = append_dims(ch.sigma[i], n_dims), append_dims(ch.alpha[i], n_dims)
-        x0_hat = (x_t - sigma_t * eps.double()) / alpha_t
-        return x0_hat, var
+        return eps_to_x0(x_t, eps.double(), ch.alpha[i], ch.sigma[i]), var
 
     def middle(i: torch.Tensor) -> torch.Tensor:  # L_{t-1} for step i >= 1, per example
         x_t = draw_xt(i)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserInputError
+
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal features of a scalar, ``[cos(s t w_k), sin(s t w_k)]``.
@@ -20,7 +22,7 @@ class SinusoidalEmbedding(nn.Module):
     def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0) -> None:
         super().__init__()
         if dim % 2:
-            raise ValueError(f"embedding dim must be even, got {dim}")
+            raise UserInputError(f"embedding dim must be even, got {dim}")
         half = dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)

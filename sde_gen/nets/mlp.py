@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .embeddings import SinusoidalEmbedding
+from ..errors import UserInputError
 
 
 class _ResidualBlock(nn.Module):
@@ -84,7 +85,7 @@ class MLP(nn.Module):
         super().__init__()
         out_dim = dim if out_dim is None else out_dim
         if min(dim, width, depth, emb_dim, out_dim) < 1 or fourier_features < 0:
-            raise ValueError("MLP sizes must be positive")
+            raise UserInputError("MLP sizes must be positive")
         self.dim = dim
         self.time_embed = nn.Sequential(
             SinusoidalEmbedding(emb_dim, scale=time_scale), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
@@ -100,7 +101,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
+            raise UserInputError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         emb = self.time_embed(c_noise)
         h = self.inp(self.features(x) if self.features is not None else x)
         for block in self.blocks:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import SinusoidalEmbedding
+from ..errors import UserInputError
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -62,7 +63,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, groups: int) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+            raise UserInputError(f"{channels} channels do not split into {num_heads} heads")
         self.norm, self.heads = _norm(channels, groups), num_heads
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
@@ -134,7 +135,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if min(in_channels, ch, num_res_blocks, resolution, len(ch_mult)) < 1:
-            raise ValueError("UNet sizes must be positive")
+            raise UserInputError("UNet sizes must be positive")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.factor = 2 ** (len(ch_mult) - 1)
         emb_dim = 4 * ch
@@ -183,9 +184,9 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise UserInputError(f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
-            raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by {self.factor}")
+            raise UserInputError(f"image size {tuple(x.shape[2:])} must be divisible by {self.factor}")
         emb = self.time_embed(t)
         if self.label_embed is not None:
             if y is None:

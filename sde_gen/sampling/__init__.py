@@ -1,4 +1,8 @@
-"""Samplers behind one entry point, :func:`sample`; each solver is also a plain function."""
+"""Samplers behind one entry point, :func:`sample`; each solver is also a plain function.
+
+:data:`SOLVERS` lists them (name -> :class:`SolverSpec`: function, options, default grid, whether
+stochastic, model calls per step); benchmarks and tools iterate over it.
+"""
 
 from .ancestral import sample_ancestral
 from .ddim import sample_ddim
@@ -7,11 +11,12 @@ from .grids import default_eps, make_grid
 from .ode import sample_heun, sample_ode
 from .result import CountingModel, SampleResult
 from .sample import SAMPLERS, sample
-from .sde_solvers import sample_em, sample_pc
+from .sde_solvers import sample_em, sample_pc, sample_sde
+from .solvers import SOLVERS, Option, SolverSpec
 from .torchsde_backend import sample_torchsde
 
 __all__ = [
-    "SAMPLERS", "CountingModel", "SampleResult", "default_eps", "make_grid", "sample",
-    "sample_ancestral", "sample_ddim", "sample_dpm", "sample_em", "sample_heun", "sample_ode",
-    "sample_pc", "sample_torchsde",
+    "SAMPLERS", "SOLVERS", "CountingModel", "Option", "SampleResult", "SolverSpec", "default_eps",
+    "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_dpm", "sample_em",
+    "sample_heun", "sample_ode", "sample_pc", "sample_sde", "sample_torchsde",
 ]

@@ -24,32 +24,17 @@ Refs: [Ho20] Alg. 2, Eq. (6)-(7); [Song21] Appendix F; [Nichol21] Eq. (15), Sec.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from ..parameterization import learned_variance_fn, log_variance_from_v
+from ..errors import UserInputError
+from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
 from ..sde import SDE
-from .grids import grid_coeffs, snap_to_steps
-from .result import EpsModel
+from .grids import grid_coeffs, posterior_coeffs, snap_to_steps
+from .result import Callback
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+__all__ = ["VARIANCES", "posterior_coeffs", "sample_ancestral"]  # posterior_coeffs: from grids
+
 VARIANCES = ("beta", "beta_tilde", "learned")
-
-
-def posterior_coeffs(
-    alpha: torch.Tensor, sigma: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-interval coefficients of ``q(x_s | x_t, x0)`` for a grid's ``(alpha, sigma)``.
-
-    Returns:
-        ``(c_x, c_x0, var_tilde, v)``, each ``(K,)`` for K intervals: mean ``c_x x_t + c_x0 x0``,
-        posterior variance ``var_tilde`` and forward transition variance ``v``.
-    """
-    a_t, a_s, s_t, s_s = alpha[:-1], alpha[1:], sigma[:-1], sigma[1:]
-    a = a_t / a_s
-    v = s_t**2 - a**2 * s_s**2
-    return a * s_s**2 / s_t**2, a_s * v / s_t**2, v * s_s**2 / s_t**2, v
 
 
 @torch.no_grad()
@@ -78,28 +63,28 @@ def sample_ancestral(
         ``(x, x_mean)`` at ``ts[-1]``.
     """
     if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     eps_and_v = learned_variance_fn(model) if variance == "learned" else None
     if discrete:
         ts = snap_to_steps(sde, ts)
-    alpha, sigma = grid_coeffs(sde, ts, discrete=discrete)
-    c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)
+    alpha, sigma = coeffs = grid_coeffs(sde, ts, discrete=discrete)
+    c_x, c_x0, var_tilde, v = coeffs.posterior()
     if eps_and_v is not None and (var_tilde <= 0).any():
-        raise ValueError("variance='learned' needs beta~ > 0 on every interval; the grid must end "
+        raise UserInputError("variance='learned' needs beta~ > 0 on every interval; the grid must end "
                          "at a positive time")
     std = torch.sqrt(var_tilde if variance == "beta_tilde" else v)
-    dt = x_T.dtype
+    dtype = x_T.dtype
     x = x_mean = x_T
     for k in range(len(ts) - 1):
-        t = ts[k].to(dt).expand(x.shape[0])
+        t = ts[k].to(dtype).expand(x.shape[0])
         if eps_and_v is None:
-            eps, scale = model(x, t), std[k].to(dt)
+            eps, scale = model(x, t), std[k].to(dtype)
         else:
             eps, v_out = eps_and_v(x, t)
             scale = torch.exp(0.5 * log_variance_from_v(v_out, v[k], var_tilde[k]))
-        x0 = (x - sigma[k].to(dt) * eps) / alpha[k].to(dt)
-        x_mean = c_x[k].to(dt) * x + c_x0[k].to(dt) * x0  # Eq. (7) [Ho20]
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
+        x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        x_mean = c_x[k].to(dtype) * x + c_x0[k].to(dtype) * x0  # Eq. (7) [Ho20]
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
         x = x_mean + scale * z
         if callback is not None:
             callback(k, x, x_mean)

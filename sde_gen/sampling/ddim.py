@@ -14,16 +14,13 @@ Refs: [Song21ddim] Eq. (12), (14), (16).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
+from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .ancestral import posterior_coeffs
 from .grids import grid_coeffs, snap_to_steps
-from .result import EpsModel
-
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+from .result import Callback
+from ..errors import UserInputError
 
 
 @torch.no_grad()
@@ -49,23 +46,22 @@ def sample_ddim(
         ``(x, x_mean)`` at ``ts[-1]``.
     """
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+        raise UserInputError(f"eta must be in [0, 1], got {eta}")
     if discrete:
         ts = snap_to_steps(sde, ts)
-    alpha, sigma = grid_coeffs(sde, ts, discrete=discrete)
-    _, _, var_tilde, _ = posterior_coeffs(alpha, sigma)
-    c = eta * torch.sqrt(var_tilde)
+    alpha, sigma = coeffs = grid_coeffs(sde, ts, discrete=discrete)
+    c = eta * torch.sqrt(coeffs.posterior().var_tilde)
     c_eps = torch.sqrt((sigma[1:] ** 2 - c**2).clamp(min=0))
-    dt = x_T.dtype
+    dtype = x_T.dtype
     x = x_mean = x_T
     for k in range(len(ts) - 1):
-        t = ts[k].to(dt).expand(x.shape[0])
+        t = ts[k].to(dtype).expand(x.shape[0])
         eps = model(x, t)
-        x0 = (x - sigma[k].to(dt) * eps) / alpha[k].to(dt)
-        x_mean = alpha[k + 1].to(dt) * x0 + c_eps[k].to(dt) * eps  # Eq. (12) [Song21ddim]
+        x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        x_mean = alpha[k + 1].to(dtype) * x0 + c_eps[k].to(dtype) * eps  # Eq. (12) [Song21ddim]
         if eta > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
-            x = x_mean + c[k].to(dt) * z
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+            x = x_mean + c[k].to(dtype) * z
         else:
             x = x_mean
         if callback is not None:

@@ -25,15 +25,13 @@ Refs: [Lu22pp] Alg. 2 (2M) and Appendix (3M); [Lu22] Sec. 3.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
+from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
 from .grids import grid_coeffs
-from .result import EpsModel
-
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+from .result import Callback
+from ..errors import UserInputError
 
 
 @torch.no_grad()
@@ -62,29 +60,29 @@ def sample_dpm(
         ``(x, x)`` at ``ts[-1]``.
     """
     if order not in (2, 3):
-        raise ValueError(f"DPM-Solver++ order must be 2 or 3, got {order}")
-    dt = x_T.dtype
-    alpha64, sigma64 = grid_coeffs(sde, ts)
-    lam = torch.log(alpha64) - torch.log(sigma64)
+        raise UserInputError(f"DPM-Solver++ order must be 2 or 3, got {order}")
+    dtype = x_T.dtype
+    alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
+    lam = coeffs.log_snr
     h = lam[1:] - lam[:-1]
     phi1 = -torch.expm1(-h)  # 1 - e^{-h}
     phi2 = 1 - phi1 / h  # = expm1(-h)/h + 1: weight of the first difference
     phi3 = phi2 / h - 0.5  # weight of the second difference
-    ratio = (sigma64[1:] / sigma64[:-1]).to(dt)
-    a_phi1, a_phi2, a_phi3 = ((alpha64[1:] * p).to(dt) for p in (phi1, phi2, phi3))
+    ratio = (sigma64[1:] / sigma64[:-1]).to(dtype)
+    a_phi1, a_phi2, a_phi3 = ((alpha64[1:] * p).to(dtype) for p in (phi1, phi2, phi3))
     a_half_phi1 = 0.5 * a_phi1
     r0 = torch.ones_like(h)
     r0[1:] = h[:-1] / h[1:]
     r1 = torch.ones_like(h)
     r1[2:] = h[:-2] / h[2:]
-    r0, r1 = r0.to(dt), r1.to(dt)
-    alpha, sigma, tt = alpha64.to(dt), sigma64.to(dt), ts.to(dt)
+    r0, r1 = r0.to(dtype), r1.to(dtype)
+    alpha, sigma, tt = alpha64.to(dtype), sigma64.to(dtype), ts.to(dtype)
     n_steps = len(ts) - 1
     x = x_T
     history: list[torch.Tensor] = []
     for k in range(n_steps):
         eps = model(x, tt[k].expand(x.shape[0]))
-        history = [(x - sigma[k] * eps) / alpha[k]] + history[:2]
+        history = [eps_to_x0(x, eps, alpha[k], sigma[k])] + history[:2]
         q = min(order, len(history))
         if lower_order_final and n_steps < 7:
             q = min(q, n_steps - k)

@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
-from ..parameterization import score_fn
+from ..errors import UserInputError
+from ..parameterization import EpsModel, score_fn
 from ..sde import SDE
 from .grids import grid_coeffs
-from .result import EpsModel
+from .result import Callback
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 
@@ -33,6 +33,28 @@ def probability_flow(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch
     return func
 
 
+def odeint_path(func: Callable, state, ts: torch.Tensor, *, method: str, rtol: float, atol: float):
+    """Integrate ``func`` along the times ``ts`` (monotone) and return the state at every one.
+
+    Adaptive methods choose their own steps between ``ts[0]`` and ``ts[-1]`` and interpolate at
+    the inner times (which do not change the steps). They are told to land on ``ts[-1]``
+    (``step_t``) rather than step past it and interpolate back, and their first step is capped at
+    1% of the span (torchdiffeq's initial-step probe otherwise can land beyond it, e.g. below
+    t = 0 where VP is undefined), so the model is never evaluated outside the span. Fixed-step
+    methods take one step per interval of ``ts``.
+
+    Returns:
+        ``(len(ts), *state.shape)``, or a tuple of those for a tuple state.
+    """
+    if method in ADAPTIVE:
+        first = 0.01 * (ts[-1] - ts[0]).abs()
+        return odeint(func, state, ts, method=method, rtol=rtol, atol=atol,
+                      options={"step_t": ts[-1:], "first_step": first})
+    if method not in FIXED:
+        raise UserInputError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE + FIXED)}")
+    return odeint(func, state, ts, method=method)
+
+
 def odeint_between(
     func: Callable,
     state,
@@ -44,23 +66,10 @@ def odeint_between(
     atol: float,
     grid: torch.Tensor | None = None,
 ):
-    """Integrate ``func`` from ``t0`` to ``t1`` and return the state at ``t1``.
-
-    Adaptive methods are told to land on ``t1`` (``step_t``) rather than step past it and
-    interpolate back, and their first step is capped at 1% of the interval (torchdiffeq's
-    initial-step probe otherwise can land beyond ``t1``, e.g. below t = 0 where VP is undefined),
-    so the model is never evaluated outside ``[t0, t1]``. Fixed-step methods walk ``grid``.
-    """
-    if method in ADAPTIVE:
-        ts = torch.stack([t0, t1])
-        first = 0.01 * (t1 - t0).abs()
-        out = odeint(func, state, ts, method=method, rtol=rtol, atol=atol,
-                     options={"step_t": ts[1:], "first_step": first})
-    elif method in FIXED:
-        ts = grid if grid is not None else torch.stack([t0, t1])
-        out = odeint(func, state, ts, method=method)
-    else:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE + FIXED)}")
+    """Integrate ``func`` from ``t0`` to ``t1`` and return the state at ``t1``
+    (:func:`odeint_path`; fixed-step methods walk ``grid`` when given)."""
+    ts = grid if grid is not None and method in FIXED else torch.stack([t0, t1])
+    out = odeint_path(func, state, ts, method=method, rtol=rtol, atol=atol)
     return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
 
@@ -79,16 +88,20 @@ def sample_ode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probability-flow ODE from ``ts[0]`` to ``ts[-1]`` with ``torchdiffeq.odeint``.
 
-    Adaptive methods use only the end points of ``ts`` and the tolerances; fixed-step methods
-    take one step per interval of ``ts``.
+    Adaptive methods step on their own between the end points of ``ts`` (the tolerances set the
+    NFE); with a ``callback`` they also report the state at every inner time of ``ts``,
+    interpolated, without changing the steps. Fixed-step methods take one step per interval.
 
     Returns:
         ``(x, x)`` at ``ts[-1]``.
     """
     t = ts.to(x_T.dtype)
-    x = odeint_between(probability_flow(model, sde), x_T, t[0], t[-1], method=method,
-                       rtol=rtol, atol=atol, grid=t)
-    return x, x
+    path = t if callback is not None or method in FIXED else torch.stack([t[0], t[-1]])
+    xs = odeint_path(probability_flow(model, sde), x_T, path, method=method, rtol=rtol, atol=atol)
+    if callback is not None:
+        for k in range(len(t) - 1):
+            callback(k, xs[k + 1], xs[k + 1])
+    return xs[-1], xs[-1]
 
 
 @torch.no_grad()
@@ -111,11 +124,9 @@ def sample_heun(
     Returns:
         ``(x, x)`` at ``ts[-1]``.
     """
-    dt = x_T.dtype
-    alpha, sigma = grid_coeffs(sde, ts)
-    rho = (sigma / alpha).to(dt)
-    alpha = alpha.to(dt)
-    tt = ts.to(dt)
+    dtype = x_T.dtype
+    coeffs = grid_coeffs(sde, ts)
+    rho, alpha, tt = coeffs.rho.to(dtype), coeffs.alpha.to(dtype), ts.to(dtype)
     y = x_T / alpha[0]
     for k in range(len(ts) - 1):
         n = y.shape[0]

@@ -1,4 +1,4 @@
-"""The sampler result and the model wrapper that counts function evaluations."""
+"""The sampler result, the per-step callback type, and the model wrapper that counts calls."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Callable
 
 import torch
 
-from ..parameterization import learned_variance_fn
+from ..parameterization import EpsModel, learned_variance_fn
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``callback(k, x, x_mean)`` after grid interval ``k``: the state at ``ts[k + 1]`` and its
+#: noise-free mean (equal to ``x`` for deterministic solvers).
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,10 @@ class SampleResult:
         x_mean: the last step's noise-free mean ``(B, *D)`` (equals ``x`` for deterministic solvers).
         nfe: batched model calls actually made, counted by :class:`CountingModel`.
         ts: the time grid walked, decreasing, ``(steps + 1,)``.
-        trajectory: optional ``(steps + 1, B, *D)`` states, when requested.
+        trajectory: optional ``(steps + 1, B, *D)`` states on ``ts``, when requested.
+
+    A diverged run (a NaN-weight model, an unstable solver) is not an error of :func:`sample`:
+    check :attr:`n_nonfinite` (the ``sde-gen sample`` command refuses to write such samples).
     """
 
     x: torch.Tensor
@@ -29,6 +34,18 @@ class SampleResult:
     nfe: int
     ts: torch.Tensor
     trajectory: torch.Tensor | None = None
+
+    @property
+    def n_nonfinite(self) -> int:
+        """How many of the ``B`` samples have a NaN or infinite entry (0 for a healthy run).
+
+        Computed on access (one reduction and one device synchronisation)."""
+        return count_nonfinite(self.x)
+
+
+def count_nonfinite(x: torch.Tensor) -> int:
+    """How many examples of ``x (B, *D)`` have a NaN or infinite entry."""
+    return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
 
 
 class CountingModel:

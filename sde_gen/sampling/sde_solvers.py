@@ -5,18 +5,16 @@ Refs: [Song21] Eq. (6), Alg. 2-4 and Appendix G.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from ..parameterization import score_fn
+from ..errors import UserInputError
+from ..parameterization import EpsModel, eps_to_score, eps_to_x0, score_fn
 from ..sde import SDE
 from ..tensor_utils import append_dims
-from .ancestral import posterior_coeffs
 from .grids import grid_coeffs
-from .result import EpsModel
+from .result import Callback
+from .torchsde_backend import sample_torchsde
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "none")
 
@@ -99,44 +97,64 @@ def sample_pc(
         ``(x, x_mean)`` at ``ts[-1]``.
     """
     if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
+        raise UserInputError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
     if corrector not in CORRECTORS:
-        raise ValueError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
+        raise UserInputError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
     if snr <= 0 or n_corrector < 0:
-        raise ValueError(f"need snr > 0 and n_corrector >= 0, got {snr}, {n_corrector}")
-    dt = x_T.dtype
-    alpha, sigma = grid_coeffs(sde, ts)
-    c_x, c_x0, _, v = (c.to(dt) for c in posterior_coeffs(alpha, sigma))
-    a = (alpha[:-1] / alpha[1:]).to(dt)
+        raise UserInputError(f"need snr > 0 and n_corrector >= 0, got {snr}, {n_corrector}")
+    dtype = x_T.dtype
+    coeffs = grid_coeffs(sde, ts)
+    c_x, c_x0, _, v = (c.to(dtype) for c in coeffs.posterior())
+    a = (coeffs.alpha[:-1] / coeffs.alpha[1:]).to(dtype)
     # Langevin's alpha_i: the one-step signal ratio of the N-step chain at each grid time.
-    prev = (ts - sde.T / sde.N).clamp(min=0).to(torch.float64)
-    alpha_ratio = ((alpha / sde.marginal_coeffs(prev)[0].to(torch.float64)) ** 2).to(dt)
-    alpha, sigma, h = alpha.to(dt), sigma.to(dt), (ts[:-1] - ts[1:]).to(dt)
+    prev = grid_coeffs(sde, (ts - sde.T / sde.N).clamp(min=0))
+    alpha_ratio = ((coeffs.alpha / prev.alpha) ** 2).to(dtype)
+    alpha, sigma = coeffs.alpha.to(dtype), coeffs.sigma.to(dtype)
+    h = (ts[:-1] - ts[1:]).to(dtype)
     rsde = sde.reverse(score_fn(model, sde))
     x = x_mean = x_T
     for k in range(len(ts) - 1):
-        t = ts[k].to(dt).expand(x.shape[0])
+        t = ts[k].to(dtype).expand(x.shape[0])
         for _ in range(n_corrector if corrector == "langevin" else 0):
-            score = -model(x, t) / sigma[k]
+            score = eps_to_score(model(x, t), sigma[k])
             z = _noise(x, generator)
             step = langevin_step_size(score, z, snr, alpha_ratio[k])
             x_mean = x + step * score  # Alg. 4 [Song21]
             x = x_mean + torch.sqrt(2 * step) * z
-        if predictor == "none":
-            continue
         if predictor == "euler_maruyama":
             drift, diffusion = rsde.sde(x, t)
             x_mean = x - drift * h[k]
-            std = append_dims(diffusion, x.ndim) * torch.sqrt(h[k])
-        else:
+            x = x_mean + append_dims(diffusion, x.ndim) * torch.sqrt(h[k]) * _noise(x, generator)
+        elif predictor != "none":
             eps = model(x, t)
             if predictor == "reverse_diffusion":  # Eq. (46) [Song21] on the grid's interval
-                x_mean = (2 - a[k]) * x - v[k] / sigma[k] * eps
+                x_mean = (2 - a[k]) * x + v[k] * eps_to_score(eps, sigma[k])
             else:
-                x0 = (x - sigma[k] * eps) / alpha[k]
-                x_mean = c_x[k] * x + c_x0[k] * x0
-            std = torch.sqrt(v[k])
-        x = x_mean + std * _noise(x, generator)
-        if callback is not None:
+                x_mean = c_x[k] * x + c_x0[k] * eps_to_x0(x, eps, alpha[k], sigma[k])
+            x = x_mean + torch.sqrt(v[k]) * _noise(x, generator)
+        if callback is not None:  # predictor "none": the state after the corrector
             callback(k, x, x_mean)
     return x, x_mean
+
+
+@torch.no_grad()
+def sample_sde(
+    model: EpsModel,
+    sde: SDE,
+    x_T: torch.Tensor,
+    ts: torch.Tensor,
+    *,
+    method: str | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reverse SDE on ``ts``: :func:`sample_em` (``method=None``, the device-side loop) or
+    :func:`~sde_gen.sampling.torchsde_backend.sample_torchsde` with a torchsde ``method``.
+
+    Returns:
+        ``(x, x_mean)`` at ``ts[-1]`` (``x_mean = x`` for torchsde, which exposes no mean).
+    """
+    if method is None:
+        return sample_em(model, sde, x_T, ts, generator=generator, callback=callback)
+    return sample_torchsde(model, sde, x_T, ts, method=method, generator=generator,
+                           callback=callback)

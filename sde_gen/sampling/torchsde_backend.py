@@ -17,27 +17,49 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..parameterization import score_fn
+from ..errors import UserInputError
+from ..parameterization import EpsModel, score_fn
 from ..sde import SDE
-from .result import EpsModel
+from .result import Callback
 
 STRATONOVICH = ("midpoint", "heun", "reversible_heun", "log_ode", "euler_heun")
 ITO = ("euler", "milstein", "srk")
 METHODS = ITO + STRATONOVICH
+#: The Levy-area approximation each method needs from the Brownian motion (others: none).
+LEVY_AREA = {"srk": "space-time", "log_ode": "foster"}
 
 
 class _ReversedSDE(torch.nn.Module):
+    """The reverse SDE in ``u = -t`` on the flattened state, as torchsde wants it.
+
+    ``sdeint`` evaluates the drift once at the start of every call only to check shapes, at the
+    very ``(u, y)`` where every method's first stage evaluates it again: the drift at the start
+    state of the current interval (:meth:`begin`) is computed once and reused, so the model is
+    called for the solver's own evaluations only.
+    """
+
     noise_type = "diagonal"
 
     def __init__(self, sde: SDE, model: EpsModel, shape: tuple[int, ...], sde_type: str) -> None:
         super().__init__()
         self.rsde = sde.reverse(score_fn(model, sde))
         self.shape, self.sde_type = shape, sde_type
+        self._start: torch.Tensor | None = None
+        self._start_drift: torch.Tensor | None = None
+
+    def begin(self, y: torch.Tensor) -> None:
+        """The next ``sdeint`` call (one grid interval) starts from the state ``y``."""
+        self._start, self._start_drift = y, None
 
     def f(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y is self._start and self._start_drift is not None:
+            return self._start_drift
         t = (-u).to(y.dtype).expand(y.shape[0])
         drift, _ = self.rsde.sde(y.reshape(self.shape), t)
-        return -drift.reshape(y.shape)
+        drift = -drift.reshape(y.shape)
+        if y is self._start:
+            self._start_drift = drift
+        return drift
 
     def g(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = (-u).to(y.dtype).expand(y.shape[0])
@@ -54,29 +76,40 @@ def sample_torchsde(
     *,
     method: str = "euler",
     generator: torch.Generator | None = None,
-    callback=None,
+    callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve the reverse SDE with ``torchsde.sdeint`` using the step ``(ts[0] - ts[-1]) / steps``.
+    """Solve the reverse SDE with ``torchsde.sdeint``, one ``method`` step per interval of ``ts``.
 
+    torchsde steps with a uniform ``dt`` and interpolates linearly at its output times, so each
+    grid interval is its own ``sdeint`` call (one Brownian motion over the whole span, the
+    solver's extra state carried over): the steps land exactly on ``ts``, whatever its spacing.
     The Brownian motion is seeded from ``generator``, so runs are reproducible.
 
     Returns:
         ``(x, x)`` at ``ts[-1]`` (torchsde exposes no noise-free mean).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown torchsde method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UserInputError(f"unknown torchsde method {method!r}; choose one of {', '.join(METHODS)}")
     shape = tuple(x_T.shape)
     adapter = _ReversedSDE(sde, model, shape, "stratonovich" if method in STRATONOVICH else "ito")
-    y0 = x_T.reshape(shape[0], -1)
-    u = torch.stack([-ts[0], -ts[-1]]).to(x_T.dtype)
+    y = x_T.reshape(shape[0], -1)
+    u = (-ts).to(x_T.dtype)  # increasing
     entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=ts.device))
     bm = torchsde.BrownianInterval(
-        t0=u[0], t1=u[1], size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,
-        levy_area_approximation="space-time" if method in ("srk", "log_ode") else "none",
+        t0=u[0], t1=u[-1], size=y.shape, dtype=y.dtype, device=y.device, entropy=entropy,
+        levy_area_approximation=LEVY_AREA.get(method, "none"),
     )
-    # A hair above span/steps (16 ulps of the state dtype): rounding of span/steps would otherwise
-    # leave a tiny last step (an extra NFE, and an endless Brownian-interval split in torchsde).
-    dt = float((ts[0] - ts[-1]) / (len(ts) - 1)) * (1 + 16 * torch.finfo(x_T.dtype).eps)
-    ys = torchsde.sdeint(adapter, y0, u, method=method, dt=dt, bm=bm)
-    x = ys[-1].reshape(shape)
+    # Each dt a hair above its interval (16 ulps of the state dtype), so that torchsde's
+    # min(u + dt, u_end) is the interval's end: one step, no tiny extra one from rounding.
+    dts = ((u[1:] - u[:-1]) * (1 + 16 * torch.finfo(x_T.dtype).eps)).tolist()
+    extra = None
+    for k, dt in enumerate(dts):
+        adapter.begin(y)
+        ys, extra = torchsde.sdeint(adapter, y, u[k:k + 2], method=method, dt=dt, bm=bm,
+                                    extra=True, extra_solver_state=extra)
+        y = ys[-1]
+        if callback is not None:
+            x = y.reshape(shape)
+            callback(k, x, x)
+    x = y.reshape(shape)
     return x, x
