@@ -31,7 +31,7 @@ from benchmarks.common import header, table, write_result
 from benchmarks.peers import build_unet, import_diffusers, peer_unet, resolve_device, sync
 from sde_gen.nets.unet import UNET_PRESETS
 from sde_gen.parameterization import ScoreModel
-from sde_gen.sampling import sample
+from sde_gen.sampling import SOLVERS, sample
 from sde_gen.sde import VPSDE
 
 GPU_NOTE = (
@@ -54,18 +54,21 @@ class Wrapped(torch.nn.Module):
         return out.to(x.dtype)
 
 
+#: Options that make a solver's NFE fixed where its default lets the method decide.
+FIXED_NFE_OPTIONS = {"ode": {"method": "euler"}}
+
+
 def solver_configs(nfe: int) -> dict[str, dict]:
-    """``sample()`` arguments giving about ``nfe`` calls per solver (NFE as counted is reported)."""
-    n1, n2 = nfe - 1, max(1, (nfe - 1) // 2)
-    return {
-        "ancestral": dict(steps=n1),
-        "ddim": dict(steps=n1),
-        "sde": dict(steps=n1),
-        "pc": dict(steps=n2),  # predictor + 1 corrector per step
-        "ode": dict(steps=n1, method="euler"),  # fixed steps; dopri5 would pick its own NFE
-        "dpm": dict(steps=n1, order=2),
-        "heun": dict(steps=n2),  # two calls per step
-    }
+    """``sample()`` arguments giving about ``nfe`` calls for every solver of the registry (the
+    steps from its calls per step; the NFE as counted is reported)."""
+    out = {}
+    for name, spec in SOLVERS.items():
+        options = FIXED_NFE_OPTIONS.get(name, {})
+        per_step = spec.calls_per_step(spec.resolve(name, options))
+        if per_step is None:
+            continue  # the method picks its own NFE
+        out[name] = dict(steps=max(1, (nfe - 1) // per_step), **options)
+    return out
 
 
 def best_time(fn, device: torch.device, repeats: int) -> float:

@@ -148,6 +148,14 @@ def log_likelihood(
                             delta_logp=delta)
 
 
+def _transport(model: EpsModel, sde: SDE, x: torch.Tensor, start: float, end: float, *,
+               method: str, rtol: float, atol: float) -> torch.Tensor:
+    """``x`` carried by the probability-flow ODE from time ``start`` to ``end``."""
+    t0, t1 = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in (start, end))
+    return odeint_between(probability_flow(model, sde), x, t0, t1, method=method, rtol=rtol,
+                          atol=atol)
+
+
 @torch.no_grad()
 def encode(
     model: EpsModel, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
@@ -155,9 +163,7 @@ def encode(
 ) -> torch.Tensor:
     """Latent ``z = x(T)`` of data ``x`` at ``eps`` (in ``(0, T)``) through the PF-ODE."""
     check_solve(sde, eps, rtol, atol)
-    t0 = torch.tensor(eps, dtype=x.dtype, device=x.device)
-    t1 = torch.tensor(sde.T, dtype=x.dtype, device=x.device)
-    return odeint_between(probability_flow(model, sde), x, t0, t1, method=method, rtol=rtol, atol=atol)
+    return _transport(model, sde, x, eps, sde.T, method=method, rtol=rtol, atol=atol)
 
 
 @torch.no_grad()
@@ -167,9 +173,7 @@ def decode(
 ) -> torch.Tensor:
     """Data ``x(eps)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
     check_solve(sde, eps, rtol, atol)
-    t0 = torch.tensor(sde.T, dtype=z.dtype, device=z.device)
-    t1 = torch.tensor(eps, dtype=z.dtype, device=z.device)
-    return odeint_between(probability_flow(model, sde), z, t0, t1, method=method, rtol=rtol, atol=atol)
+    return _transport(model, sde, z, sde.T, eps, method=method, rtol=rtol, atol=atol)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
