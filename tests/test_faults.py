@@ -147,7 +147,9 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path):
                                *_sets(FAST + ["train.steps=2"])]).exit_code == 0
     res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
                               *_sets(FAST + ["train.steps=4", "model.width=48"])])
-    assert res.exit_code == 2 and "does not match this config" in res.output
+    # resume identity (issue 13) names the key and both values before any shape is compared
+    assert res.exit_code == 2 and "cannot resume" in res.output
+    assert "model.width is 48" in res.output and "Traceback" not in res.output
     # A checkpoint whose weights disagree with its own stored config.
     ckpt = list_checkpoints(tmp_path)[-1]
     state = torch.load(ckpt, weights_only=True)

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from .config import RESUMABLE_KEYS, Config, to_dict
 
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
@@ -128,6 +129,34 @@ def check_run_state(state: Mapping[str, Any], path: str | os.PathLike, *,
     if resume and not (torch.is_tensor(state["noise_rng"])
                        and state["noise_rng"].dtype == torch.uint8):
         raise bad("'noise_rng' must be a generator state (a uint8 tensor)")
+
+
+def check_resume_config(cfg: Config, saved: Mapping[str, Any], workdir: str | os.PathLike) -> None:
+    """Check that ``cfg`` may resume the run whose checkpoint saved the config ``saved``: every
+    key is equal except those in :data:`~.config.RESUMABLE_KEYS`. A key missing from ``saved``
+    (a checkpoint older than the key) counts as its default, as loading the config would.
+
+    Raises:
+        ConfigError: one line naming the first differing keys, both values and the allow-list.
+    """
+    new, default = to_dict(cfg), to_dict(Config())
+    diffs = []
+    for section, values in new.items():
+        old = saved.get(section)
+        old = old if isinstance(old, Mapping) else {}
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            was = old.get(key, default[section][key])
+            if name not in RESUMABLE_KEYS and was != value:
+                diffs.append((name, value, was))
+    if not diffs:
+        return
+    name, value, was = diffs[0]
+    more = f" (also {', '.join(d[0] for d in diffs[1:4])}{', ...' if len(diffs) > 4 else ''})"
+    raise ConfigError(
+        f"cannot resume {workdir}: {name} is {value!r} but the run was trained with {was!r}"
+        f"{more if len(diffs) > 1 else ''}; keys that may change on resume: "
+        f"{', '.join(RESUMABLE_KEYS)}; use a new --workdir")
 
 
 def latest_readable_checkpoint(workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:

@@ -25,8 +25,8 @@ from ..errors import ConfigError
 from ..nets import NETWORKS
 from ..sde import SDES
 
-__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "SDEConfig", "TrainConfig",
-           "from_dict", "load_config", "parse_override", "save_config", "to_dict"]
+__all__ = ["RESUMABLE_KEYS", "Config", "ConfigError", "DataConfig", "ModelConfig", "SDEConfig",
+           "TrainConfig", "from_dict", "load_config", "parse_override", "save_config", "to_dict"]
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
@@ -132,6 +132,16 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+
+#: The keys that may differ from a run's saved config when training resumes in its workdir: how
+#: long to train, how often to log, checkpoint and sample, where and with how many threads, and
+#: when to give up. Every other key (the SDE, model, data, objective, optimizer, seed, precision)
+#: fixes what the checkpoint's weights mean and must stay equal (checked on resume).
+RESUMABLE_KEYS = (
+    "train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.sample_every",
+    "train.sample_n", "train.plot_samples", "train.device", "train.threads",
+    "train.max_nonfinite", "train.max_seconds", "data.download",
+)
 
 _SECTION_CLASSES = {"sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 

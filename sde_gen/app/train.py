@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, NonFiniteLossError, UserInputError
 from .checkpoint import (
+    check_resume_config,
     check_run_state,
     checkpoint_path,
     latest_readable_checkpoint,
@@ -42,6 +44,7 @@ from .config import Config, save_config, to_dict
 from ..ema import EMA
 from . import distributed
 from .distributed import resolve_device
+from .run_lock import run_lock
 from ..data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
 from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
@@ -170,10 +173,14 @@ def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device
 
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir`` (see :func:`_train`); under ``torchrun`` with
-    several processes it joins the process group and trains with DDP (:mod:`.distributed`)."""
+    several processes it joins the process group and trains with DDP (:mod:`.distributed`).
+
+    The process that writes the run (rank 0) holds ``workdir``'s run lock (:mod:`.run_lock`)
+    throughout, so a second ``train`` on the same directory fails at once."""
     di = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, workdir, di, progress=progress and di.is_main)
+        with run_lock(workdir) if di.is_main else nullcontext():
+            return _train(cfg, workdir, di, progress=progress and di.is_main)
     finally:
         if di.enabled:
             distributed.cleanup()
@@ -188,13 +195,19 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
 
     Raises:
         UserInputError: the workdir's run is already past ``train.steps``.
+        ConfigError: ``cfg`` differs from the run's saved config in a key that may not change on
+            resume (:data:`~.config.RESUMABLE_KEYS`).
         CheckpointError: its checkpoint does not fit ``cfg``, or one cannot be written.
         NonFiniteLossError: ``train.max_nonfinite`` consecutive non-finite steps.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    found = latest_readable_checkpoint(workdir)
+    if found is not None:  # checked before anything is built, written or trained
+        check_run_state(found[1], found[0], resume=True)
+        check_resume_config(cfg, found[1]["config"], workdir)
     run = _Trainer(cfg, workdir, di)
-    run.resume()
+    run.resume(found)
     tc = cfg.train
     if run.step > tc.steps:  # checked before config.yaml is overwritten with the lower steps
         raise UserInputError(f"the run in {workdir} is already at step {run.step}, past "
@@ -289,9 +302,9 @@ class _Trainer:
         self.s_last = 0
 
     # -- resume ----------------------------------------------------------------------------------
-    def resume(self) -> None:
-        """Restore every object and RNG from the newest readable checkpoint, if there is one."""
-        found = latest_readable_checkpoint(self.workdir)
+    def resume(self, found: tuple[Path, dict[str, Any]] | None) -> None:
+        """Restore every object and RNG from ``found``, the newest readable checkpoint and its
+        path (see :func:`~.checkpoint.latest_readable_checkpoint`), if there is one."""
         if found is None:
             return
         path, state = found
