@@ -159,6 +159,10 @@ class ScoreModel(nn.Module):
     still returns eps only, so every sampler and likelihood works unchanged;
     :meth:`eps_and_variance` returns both. It needs a DDPM chain (VP or sub-VP), not VE.
 
+    dtypes: the network runs in its weights' dtype and everything around it in ``x``'s, so a
+    float32 model samples a float64 (or float16) solver state; for a half-precision network,
+    convert the model (``model.half()``) or use autocast.
+
     Args:
         net: ``net(x_in, c_noise) -> output`` of the shape of ``x``.
         sde: the forward SDE whose ``marginal_coeffs`` define the conversions.
@@ -197,7 +201,13 @@ class ScoreModel(nn.Module):
         c_in = torch.rsqrt(alpha_t**2 * s_d**2 + sigma_t**2)
         x_in = x * append_dims(c_in, x.ndim).to(x.dtype)
         c_noise = t if self.noise_cond == "t" else torch.log(alpha_t) - torch.log(sigma_t)
-        out = self.net(x_in, c_noise)
+        weights = next(self.net.parameters(), None)
+        if weights is not None and weights.dtype != x.dtype and x.is_floating_point():
+            # The solver's state may be wider or narrower than the weights (sample(dtype=...)):
+            # the network computes in its own dtype, the conversions around it in x's.
+            out = self.net(x_in.to(weights.dtype), c_noise.to(weights.dtype)).to(x.dtype)
+        else:
+            out = self.net(x_in, c_noise)
         v = None
         if self.learn_variance:
             if out.shape[1] != 2 * x.shape[1]:

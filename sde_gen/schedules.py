@@ -16,6 +16,18 @@ import torch
 from .errors import UserInputError
 
 
+def check_finite(name: str, value: float) -> float:
+    """``value`` as a float, or a one-line :class:`UserInputError` naming ``name`` if it is not a
+    finite number (NaN passes every ``<`` check and inf every ``0 <`` check, so test first)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserInputError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
 class BetaSchedule(Protocol):
     """A continuous-time ``beta(t)`` with its integral and the inverse of that integral."""
 
@@ -33,6 +45,7 @@ class LinearBeta:
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        beta_min, beta_max = check_finite("beta_min", beta_min), check_finite("beta_max", beta_max)
         if not 0 < beta_min < beta_max:
             raise UserInputError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
@@ -59,7 +72,9 @@ class CosineBeta:
     """
 
     def __init__(self, s: float = 0.008) -> None:
-        self.s = float(s)
+        self.s = check_finite("s", s)
+        if self.s < 0:  # abar(t) would rise on [0, -s]: a negative beta
+            raise UserInputError(f"s must be >= 0, got {s!r}")
         self._log_f0 = 2 * math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
 
     def _angle(self, t: torch.Tensor) -> torch.Tensor:

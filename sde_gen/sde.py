@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .schedules import BetaSchedule, CosineBeta, LinearBeta
+from .schedules import BetaSchedule, CosineBeta, LinearBeta, check_finite
 from .tensor_utils import append_dims, sum_flat
 from .errors import UserInputError
 
@@ -28,6 +28,42 @@ def _check_time(x: torch.Tensor, t: torch.Tensor) -> None:
     if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim != 1 or t.shape[0] != x.shape[0]:
         shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
         raise UserInputError(f"t must be a float tensor of shape ({x.shape[0]},), got {shape}")
+
+
+def _check_time_range(t: torch.Tensor, T: float) -> None:
+    """Every ``t`` in ``[0, T]`` (NaN is outside); reads ``t`` on the host, so not for hot paths."""
+    if bool(((t >= 0) & (t <= T)).all()):
+        return
+    nan = torch.isnan(t)
+    rest = t[~nan]
+    got = ["NaN"] if bool(nan.any()) else []
+    if rest.numel():
+        got.append(f"values in [{float(rest.min()):g}, {float(rest.max()):g}]")
+    raise UserInputError(f"t must lie in [0, T={T}]; got {' and '.join(got)}")
+
+
+def _check_steps(N: int) -> int:
+    """``N`` as an int, or a one-line error unless it is a positive integer (inf, NaN, 2.5 fail)."""
+    try:
+        n = int(N)
+    except (TypeError, ValueError, OverflowError):
+        raise UserInputError(f"N must be a positive integer, got {N!r}") from None
+    if n < 1 or n != N:
+        raise UserInputError(f"N must be a positive integer, got {N!r}")
+    return n
+
+
+def vp_min_chain_steps(beta_max: float = 20.0, schedule: str = "linear") -> int:
+    """The smallest ``N`` whose VP DDPM chain is valid (every ``beta_i < 1``, so ``abar_i > 0``).
+
+    The linear chain's largest step is ``beta_N = beta_max / N`` ([Ho20] Sec. 4), so ``N`` must
+    exceed ``beta_max`` (21 at the default 20); the cosine chain clips at 0.999, so any ``N`` works.
+    Pure Python, so :mod:`sde_gen.app.config` checks a config with it before building anything.
+    """
+    if schedule != "linear":
+        return 1
+    n = math.floor(beta_max) + 1
+    return n if beta_max / n < 1 else n + 1  # beta_max a rounding below an integer
 
 
 class SDE(ABC):
@@ -47,11 +83,10 @@ class SDE(ABC):
     chain: str = "ddpm"
 
     def __init__(self, N: int, T: float = 1.0) -> None:
-        if int(N) < 1:
-            raise UserInputError(f"N must be a positive integer, got {N}")
-        if not T > 0:
-            raise UserInputError(f"T must be positive, got {T}")
-        self.N, self._T = int(N), float(T)
+        n, end = _check_steps(N), check_finite("T", T)
+        if not end > 0:
+            raise UserInputError(f"T must be positive, got {T!r}")
+        self.N, self._T = n, end
 
     @property
     def T(self) -> float:
@@ -94,8 +129,17 @@ class SDE(ABC):
     def marginal_prob(
         self, x: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``alpha_t x0`` (shape of ``x``) and std ``sigma_t`` ``(B,)`` of ``p_0t(x_t | x0)``."""
+        """Mean ``alpha_t x0`` (shape of ``x``) and std ``sigma_t`` ``(B,)`` of ``p_0t(x_t | x0)``.
+
+        A user-facing entry point: it checks that every ``t`` lies in ``[0, T]`` (not NaN), which
+        reads ``t`` on the host (a device sync). Internal code calls :meth:`marginal_coeffs`,
+        which does not check.
+
+        Raises:
+            UserInputError: ``t`` is not a float ``(B,)`` tensor, or has values outside ``[0, T]``.
+        """
         _check_time(x, t)
+        _check_time_range(t, self.T)
         alpha_t, sigma_t = self.marginal_coeffs(t)
         return append_dims(alpha_t, x.ndim) * x, sigma_t
 
@@ -137,8 +181,14 @@ class SDE(ABC):
         i = torch.round(t.to(torch.float64) * (self.N / self.T)) - 1
         return i.clamp(0, self.N - 1).long()
 
+    def check_discrete_chain(self) -> None:
+        """Raise :class:`UserInputError` if the discrete chain is unusable (VP's linear chain with
+        ``N <= beta_max``); a no-op here. Every use of the chain (:meth:`discrete_coeffs`,
+        :meth:`discretize`) calls it first; it is pure Python (no device sync)."""
+
     def discrete_coeffs(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha, sigma)`` of the discrete chain at 0-based step ``i``; float64."""
+        self.check_discrete_chain()
         return self.marginal_coeffs(self.index_to_time(i))
 
     def discretize(
@@ -150,6 +200,7 @@ class SDE(ABC):
         SMLD chains. Refs: [Song21] Eq. (45) and Appendix E.
         """
         _check_time(x, t)
+        self.check_discrete_chain()
         dt = self.T / self.N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
@@ -173,6 +224,11 @@ class VPSDE(SDE):
         schedule: ``"linear"`` or ``"cosine"`` ([Nichol21]).
         T: end time; defaults to 1 for linear and 0.9946 for cosine (where ``beta`` stays finite).
 
+    Any ``N`` gives a valid continuous SDE, but the linear chain needs ``N > beta_max``
+    (:attr:`min_chain_steps`, so that every ``beta_i < 1``): on a shorter chain its uses
+    (:meth:`discrete_coeffs`, :meth:`discretize`, the ``discrete_betas`` / ``alphas`` /
+    ``alphas_cumprod`` tables) raise.
+
     Refs: [Song21] Eq. (11), (29); [Ho20] Eq. (4), Sec. 4.
     """
 
@@ -191,14 +247,46 @@ class VPSDE(SDE):
         }
         if schedule not in schedules:
             raise UserInputError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
+        beta_min, beta_max = check_finite("beta_min", beta_min), check_finite("beta_max", beta_max)
         super().__init__(N, T if T is not None else (1.0 if schedule == "linear" else 0.9946))
-        self.beta_min, self.beta_max, self.schedule_name = float(beta_min), float(beta_max), schedule
+        self.beta_min, self.beta_max, self.schedule_name = beta_min, beta_max, schedule
         self.schedule = schedules[schedule]()
         betas = self._betas64 = self._discrete_betas()
         self._alphas_cumprod64 = torch.cumprod(1.0 - betas, 0)
-        self.discrete_betas = betas.float()
-        self.alphas = (1.0 - betas).float()
-        self.alphas_cumprod = self._alphas_cumprod64.float()
+        self._betas32, self._alphas32 = betas.float(), (1.0 - betas).float()
+        self._alphas_cumprod32 = self._alphas_cumprod64.float()
+
+    @property
+    def min_chain_steps(self) -> int:
+        """The smallest ``N`` with a valid DDPM chain here (:func:`vp_min_chain_steps`)."""
+        return vp_min_chain_steps(self.beta_max, self.schedule_name)
+
+    def check_discrete_chain(self) -> None:
+        """Raise :class:`UserInputError` unless every DDPM ``beta_i < 1``: with ``N <= beta_max``
+        the linear chain's ``abar_i`` reaches 0 or below and training, ancestral sampling and the
+        bound turn NaN. Pure Python (no device sync). Refs: [Ho20] Sec. 4."""
+        if self.N < self.min_chain_steps:
+            raise UserInputError(
+                f"VP's {self.N}-step DDPM chain has beta_i up to {self.beta_max / self.N:.3g} >= 1 "
+                f"(beta_max/N); use N >= {self.min_chain_steps}")
+
+    @property
+    def discrete_betas(self) -> torch.Tensor:
+        """DDPM's ``beta_i``, ``(N,)`` float32."""
+        self.check_discrete_chain()
+        return self._betas32
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """DDPM's ``alpha_i = 1 - beta_i``, ``(N,)`` float32."""
+        self.check_discrete_chain()
+        return self._alphas32
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """DDPM's ``abar_i = prod_{j <= i} alpha_j``, ``(N,)`` float32."""
+        self.check_discrete_chain()
+        return self._alphas_cumprod32
 
     def _discrete_betas(self) -> torch.Tensor:
         if self.schedule_name == "linear":  # [Ho20] Sec. 4
@@ -223,6 +311,8 @@ class VPSDE(SDE):
         return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
 
     def discrete_coeffs(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(abar_i), sqrt(1 - abar_i))`` at 0-based step ``i``; float64. [Ho20] Eq. (4)."""
+        self.check_discrete_chain()
         abar = self._table("_alphas_cumprod64", i.device)[i]
         return torch.sqrt(abar), torch.sqrt(1.0 - abar)
 
@@ -235,6 +325,7 @@ class VPSDE(SDE):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DDPM's chain ``x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z``. [Ho20] Eq. (2)."""
         _check_time(x, t)
+        self.check_discrete_chain()
         beta = self._table("_betas64", x.device, x.dtype)[self.time_to_index(t).to(x.device)]
         f = append_dims(torch.sqrt(1.0 - beta), x.ndim) * x - x
         return f, torch.sqrt(beta)
@@ -251,8 +342,8 @@ class SubVPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N, 1.0)
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.schedule = LinearBeta(beta_min, beta_max)
+        self.schedule = LinearBeta(beta_min, beta_max)  # checks both: finite, 0 < min < max
+        self.beta_min, self.beta_max = self.schedule.beta_min, self.schedule.beta_max
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.schedule.beta(t)
@@ -290,12 +381,14 @@ class VESDE(SDE):
     chain = "smld"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
+        sigma_min = check_finite("sigma_min", sigma_min)
+        sigma_max = check_finite("sigma_max", sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise UserInputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if int(N) < 2:
-            raise UserInputError(f"VESDE needs N >= 2, got {N}")
         super().__init__(N, 1.0)
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        if self.N < 2:
+            raise UserInputError(f"VESDE needs N >= 2, got {N!r}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.prior_std = self.sigma_max
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self._sigmas64 = torch.exp(
@@ -332,6 +425,7 @@ class VESDE(SDE):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SMLD's chain ``x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z``. [Song21] Eq. (45)."""
         _check_time(x, t)
+        self.check_discrete_chain()
         i = self.time_to_index(t).to(x.device)
         sigmas = self._table("_sigmas64", x.device, x.dtype)
         prev = torch.where(i == 0, torch.zeros_like(sigmas[i]), sigmas[(i - 1).clamp(min=0)])

@@ -383,7 +383,9 @@ def test_torchsde_steps_on_the_requested_grid(spacing: str, method: str) -> None
     pytest.param(VESDE, 1e-3, 1, id="ve-eps1e-3"),  # levels i/999: level 1 at 1.001e-3
     pytest.param(VPSDE, 1e-2, 9, id="vp-eps1e-2"),  # steps (i+1)/1000: step 9 at t = 0.01
     pytest.param(lambda: VPSDE(N=100), None, 0, id="vp-N100"),  # eps 1e-3 nearest step 0 (0.01)
-    pytest.param(lambda: VPSDE(N=7), None, 0, id="vp-N7"),
+    # A short chain works (N = 21 is the shortest valid linear chain at beta_max = 20: beta_i < 1;
+    # it was N = 7, whose betas reach 2.86 and now raise).
+    pytest.param(lambda: VPSDE(N=21), None, 0, id="vp-N21"),
     pytest.param(lambda: VESDE(N=100), None, 0, id="ve-N100"),  # eps 1e-5 nearest level 0 (t=0)
     pytest.param(VPSDE, None, 0, id="vp-default"),  # DDPM's full chain, as before
 ])
@@ -405,12 +407,13 @@ def test_default_discrete_grid_is_every_chain_step_from_eps(sde_fn, eps, lowest)
 
 
 def test_default_ddim_grid_on_a_short_discrete_chain_is_every_step() -> None:
-    """ddim's default 49 intervals do not fit on a 20-step chain: the default becomes every step."""
-    sde = VPSDE(N=20)
+    """ddim's default 49 intervals do not fit on a 25-step chain: the default becomes every step.
+    (It was N = 20, whose last beta_i = beta_max / N = 1 is no valid DDPM chain and now raises.)"""
+    sde = VPSDE(N=25)
     model = GaussianEps(sde)
     res = sample(model, sde, (3, 2), "ddim", discrete=True, generator=seeded(0))
-    assert torch.equal(sde.time_to_index(res.ts), torch.arange(19, -1, -1))
-    assert res.nfe == model.calls == 19 + 1
+    assert torch.equal(sde.time_to_index(res.ts), torch.arange(24, -1, -1))
+    assert res.nfe == model.calls == 24 + 1
 
 
 @pytest.mark.parametrize("sde_fn, eps, steps, limit", [

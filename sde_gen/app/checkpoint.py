@@ -77,6 +77,19 @@ def _write_failure(e: BaseException) -> str:
     return reason + "; earlier checkpoints are unchanged"
 
 
+def remove_stale_temps(workdir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files (``.tmp_*``) that a killed write left in ``workdir`` and its
+    checkpoint and sample folders; return them. Call it only while holding the run lock, when no
+    write of this run can be in progress."""
+    workdir = Path(workdir)
+    stale = [p for d in (workdir, workdir / CKPT_DIR, workdir / "samples") if d.is_dir()
+             for p in d.iterdir() if p.name.startswith(".tmp_") and p.is_file()]
+    stale += [p for p in (workdir / "config.yaml.tmp",) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def prune_checkpoints(workdir: str | os.PathLike, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for p in list_checkpoints(workdir)[:-keep]:

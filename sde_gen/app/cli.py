@@ -78,6 +78,14 @@ def one_line_errors(fn: Callable) -> Callable:
 SDE_CHOICES = tuple(SDES)
 
 
+def nonfinite_keys(report: dict, keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` of ``report`` whose value is a NaN or infinite number (a result that must
+    not be reported as one)."""
+    import math
+
+    return [k for k in keys if isinstance(report.get(k), float) and not math.isfinite(report[k])]
+
+
 @contextlib.contextmanager
 def process_group(device):
     """Join torchrun's process group when there is one; ranks share work, rank 0 writes."""
@@ -117,8 +125,13 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     if result.interrupted:
-        typer.echo(f"interrupted at step {result.step}: checkpoint written to {result.checkpoint}; "
-                   "run the same command to resume")
+        if result.step == cfg.train.steps:  # training was done: the signal came during the plot
+            typer.echo(f"interrupted while writing the final plot: the checkpoint at step "
+                       f"{result.step} is complete ({result.checkpoint}); run the same command "
+                       "to write the plot")
+        else:
+            typer.echo(f"interrupted at step {result.step}: checkpoint written to "
+                       f"{result.checkpoint}; run the same command to resume")
         return
     if result.already_done:
         typer.echo(f"already trained: the run in {result.workdir} reached train.steps="
@@ -189,8 +202,11 @@ def sample(
 
     Fails (exit code 2, nothing written) when any sample is NaN or infinite.
     """
-    if out is not None and out.suffix.lower() != ".png":
-        fail(f"--out must be a .png path, got {out}")
+    from .outputs import check_out_path
+
+    if out is not None:  # before the checkpoint is even read
+        check_out_path(out, ".png")
+        check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
     opts = solver_options(solver, solver_opts)
     from .generate import generate
     from .outputs import write_samples
@@ -201,8 +217,9 @@ def sample(
 
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
-        out = out or run.workdir / f"samples_{solver}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)  # fail before sampling, not after
+        if out is None:  # checked before sampling, not after
+            out = check_out_path(run.workdir / f"samples_{solver}.png", ".png")
+            check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
                        steps=steps, eps=eps, spacing=spacing, denoise=denoise, **opts)
@@ -242,13 +259,16 @@ def likelihood(
     if method not in ("ode", "vlb", "both"):
         fail(f"unknown method {method!r}; choose ode, vlb or both")
     from .likelihood_report import evaluate_likelihood, evaluate_vlb
-    from .outputs import write_json
+    from .outputs import check_out_path, write_json
     from ..parameterization import learned_variance_fn
     from .runs import load_run
     from .distributed import resolve_device
 
+    if out is not None:  # before any work: a bad path must not cost the whole computation
+        check_out_path(out, ".json")
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
+        out = check_out_path(out or run.workdir / f"likelihood_{split}.json", ".json")
         if method in ("vlb", "both") and variance == "learned":
             learned_variance_fn(run.model)  # fail before the ODE solves, not after
         rep: dict = {"method": method}
@@ -262,7 +282,11 @@ def likelihood(
                                     progress=progress))
         if not di.is_main:
             return
-    path = write_json(rep, out or run.workdir / f"likelihood_{split}.json")
+    bad = nonfinite_keys(rep, ("nll_nats", "bpd", "vlb_nats", "vlb_bpd"))
+    if bad:
+        fail(f"the likelihood is not finite ({', '.join(f'{k}={rep[k]}' for k in bad)}): the "
+             "model or the ODE solve diverged; nothing was written")
+    path = write_json(rep, out)
     if "nll_nats" in rep:
         typer.echo(f"ODE: NLL {rep['nll_nats']:.4f} +- {rep['nll_stderr']:.4f} nats/example "
                    f"({rep['n']} {split} examples, {rep['trace']} trace, {rep['nfe']:.0f} NFE per "
@@ -298,22 +322,27 @@ def eval_(
 ) -> None:
     """Sample quality (FID if available, FD-classifier) and test bits/dim of an image run."""
     solver_options(solver, {})
-    if out is not None and out.suffix.lower() != ".json":
-        fail(f"--out must be a .json path, got {out}")
     from .factory import is_image
     from .sample_quality import evaluate_run
-    from .outputs import write_json
+    from .outputs import check_out_path, write_json
     from .runs import load_run
     from .distributed import resolve_device
 
+    if out is not None:
+        check_out_path(out, ".json")
     dev = resolve_device(device)
     run = load_run(ckpt, device=dev)
     if not is_image(run.cfg.data):
         fail("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+    out = check_out_path(out or run.workdir / "eval.json", ".json")
     rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
                        seed=seed, classifier_steps=classifier_steps, device=dev,
                        progress=progress)
-    path = write_json(rep, out or run.workdir / "eval.json")
+    bad = nonfinite_keys(rep, ("fid", "fd_classifier", "bpd"))
+    if bad:
+        fail(f"the evaluation is not finite ({', '.join(f'{k}={rep[k]}' for k in bad)}); "
+             "nothing was written")
+    path = write_json(rep, out)
     rows = [("samples", f"{n} with {solver}, {rep['nfe']} NFE, {rep['sample_seconds']:.1f} s"),
             ("FID", f"{rep['fid']:.2f}" if rep["fid"] is not None else rep["fid_note"])]
     if "fd_classifier" in rep:

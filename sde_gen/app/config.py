@@ -23,7 +23,7 @@ import yaml
 from ..data.registry import DATASETS
 from ..errors import ConfigError
 from ..nets import NETWORKS
-from ..sde import SDES
+from ..sde import SDES, vp_min_chain_steps
 
 __all__ = ["RESUMABLE_KEYS", "Config", "ConfigError", "DataConfig", "ModelConfig", "SDEConfig",
            "TrainConfig", "from_dict", "load_config", "parse_override", "save_config", "to_dict"]
@@ -215,12 +215,40 @@ def from_dict(d: Mapping[str, Any]) -> Config:
     return cfg
 
 
+#: The ``sde.name`` values whose SDE reads each ``sde.*`` key (``N``: all of them); a key set away
+#: from its default for another SDE is an error, not silently ignored (and recorded as used).
+SDE_KEYS_USED_BY = {"beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"), "schedule": ("vp",),
+                    "sigma_min": ("ve",), "sigma_max": ("ve",)}
+
+
+def _check_sde(sde: SDEConfig) -> None:
+    """Every non-default ``sde.*`` key is used by ``sde.name``, and VP's DDPM chain is valid."""
+    defaults = SDEConfig()
+    for key, names in SDE_KEYS_USED_BY.items():
+        value = getattr(sde, key)
+        if sde.name not in names and value != getattr(defaults, key):
+            raise ConfigError(f"sde.{key}={value} applies only to sde.name={' or '.join(names)} "
+                              f"(it is {sde.name})")
+    if sde.name == "vp" and sde.schedule == "cosine":
+        for key in ("beta_min", "beta_max"):
+            if getattr(sde, key) != getattr(defaults, key):
+                raise ConfigError(f"sde.{key}={getattr(sde, key)} is unused by sde.schedule=cosine "
+                                  f"(it applies only to schedule=linear)")
+    if sde.name == "vp":
+        n_min = vp_min_chain_steps(sde.beta_max, sde.schedule)
+        if sde.N < n_min:  # [Ho20] Sec. 4: beta_i = linspace(beta_min/N, beta_max/N, N)
+            raise ConfigError(f"sde.N={sde.N}: VP's linear DDPM chain has beta_i up to "
+                              f"{sde.beta_max / sde.N:.3g} >= 1 (sde.beta_max/sde.N); "
+                              f"use sde.N >= {n_min} (or sde.schedule=cosine)")
+
+
 def _check_combination(cfg: Config) -> None:
     """Rules that involve more than one key."""
     for low, high in (("beta_min", "beta_max"), ("sigma_min", "sigma_max")):
         if not getattr(cfg.sde, low) < getattr(cfg.sde, high):
             raise ConfigError(f"sde.{low}={getattr(cfg.sde, low)} must be below "
                               f"sde.{high}={getattr(cfg.sde, high)}")
+    _check_sde(cfg.sde)
     if cfg.train.discrete and cfg.train.time_sampling != "uniform":
         raise ConfigError(f"train.discrete=true draws DDPM's steps uniformly; also set "
                           f"train.time_sampling=uniform (it is {cfg.train.time_sampling})")

@@ -16,12 +16,23 @@ from .checkpoint import check_run_state, find_checkpoint, latest_run, load_check
 
 
 def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -> Path:
-    """Write ``ckpt``'s EMA weights and config to ``out`` (``.safetensors``) atomically."""
+    """Write ``ckpt``'s EMA weights and config to ``out`` (``.safetensors``) atomically.
+
+    ``ckpt`` is a training checkpoint, a run directory (its newest checkpoint), ``None`` (the
+    latest run) or an earlier export, whose weights and metadata are copied.
+
+    Raises:
+        UserInputError: ``out`` does not end in ``.safetensors`` or is the input file itself.
+        CheckpointError: an unreadable or incomplete checkpoint, or a ``.safetensors`` file that
+            is not an sde-gen export.
+    """
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserInputError(f"--out must end in .safetensors, got {out}")
     path = find_checkpoint(latest_run() if ckpt is None else ckpt)
-    state = load_checkpoint(path)
+    if _same_file(path, out):
+        raise UserInputError(f"--out {out} is the input file {path}; choose another output path")
+    state = load_safetensors(path) if path.suffix == ".safetensors" else load_checkpoint(path)
     check_run_state(state, path)
     tensors = {k: v.contiguous() for k, v in state["ema"].items()}
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
@@ -35,6 +46,13 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     return out
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # ``b`` does not exist yet
+        return a.resolve() == b.resolve()
+
+
 def load_safetensors(path: str | os.PathLike) -> dict:
     """A checkpoint-like dict (``model``/``ema`` weights, ``config``, ``step``) from an export."""
     path = Path(path)
@@ -45,7 +63,7 @@ def load_safetensors(path: str | os.PathLike) -> dict:
     except Exception as e:
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
     if meta.get("format") != "sde-gen" or "config" not in meta:
-        raise CheckpointError(f"{path} is not an sde-gen export")
+        raise CheckpointError(f"{path} is not an sde-gen export (no sde-gen metadata)")
     try:
         config, step = json.loads(meta["config"]), int(meta.get("step", 0))
     except ValueError as e:  # also json.JSONDecodeError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -53,4 +54,10 @@ def plot_toy_samples(
         name = "reverse SDE" if solver == "sde" else "probability-flow ODE (dopri5)"
         panels[f"{name}, {out.nfe} NFE"] = out.x
     ref = data.sample(n, generator=torch.Generator().manual_seed(seed))
-    return scatter_compare(panels, ref, path)
+    tmp = path.with_name(".tmp_" + path.name)  # atomic: an interrupted plot leaves no torn file
+    try:
+        scatter_compare(panels, ref, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -10,14 +10,15 @@ a message.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from ..errors import UserInputError
+from .checkpoint import save_checkpoint
+from ..errors import CheckpointError, UserInputError
 from ..data.images import ImageData
 from ..scaling import from_model, uint8_to_model
 from .factory import build_data, data_shape, is_image
@@ -25,7 +26,7 @@ from .generate import generate
 from .likelihood_report import evaluate_likelihood
 from ..metrics import frechet_distance
 from ..nets.classifier import FeatureClassifier
-from .runs import LoadedRun
+from .runs import LoadedRun, weights_mismatch
 
 CACHE = Path(os.environ.get("SDE_GEN_CACHE", "~/.cache/sde_gen")).expanduser() / "classifiers"
 
@@ -56,18 +57,48 @@ def train_classifier(data: ImageData, *, steps: int = 1500, batch_size: int = 12
 
 def load_or_train_classifier(data: ImageData, *, device: torch.device | str = "cpu",
                              steps: int = 1500) -> FeatureClassifier:
-    """The cached classifier for this dataset (keyed by name, shape, size and steps)."""
+    """The cached classifier for this dataset (keyed by name, shape, size and steps).
+
+    A cache file that cannot be read or does not fit (torn write, another classifier layout) is
+    reported on stderr and replaced by a freshly trained classifier; the cache is written
+    atomically, and a cache that cannot be written is only a warning.
+    """
     key = f"{data.name}_{'x'.join(map(str, data.shape))}_{len(data)}_{steps}.pt"
     path = CACHE / key
     if path.exists():
-        state = load_checkpoint(path, map_location=device)
-        net = FeatureClassifier(data.shape[0], state["num_classes"]).to(device)
-        net.load_state_dict(state["model"])
-        return net.eval().requires_grad_(False)
+        try:
+            return _load_classifier(path, data, device)
+        except Exception as e:  # torch.load raises many types for torn or foreign files
+            print(f"warning: cached classifier {path} is unreadable ({_reason(e)}); retraining it",
+                  file=sys.stderr)
     net, acc = train_classifier(data, steps=steps, device=device)
-    save_checkpoint({"model": net.state_dict(), "num_classes": data.num_classes, "train_acc": acc},
-                    path)
+    try:
+        save_checkpoint({"model": net.state_dict(), "num_classes": data.num_classes,
+                         "train_acc": acc}, path)
+    except CheckpointError as e:
+        print(f"warning: {e}; the classifier is not cached", file=sys.stderr)
     return net
+
+
+def _load_classifier(path: Path, data: ImageData, device: torch.device | str) -> FeatureClassifier:
+    """The classifier cached at ``path``; raises on a file that is unreadable or does not fit."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError("not a classifier checkpoint")
+    if state.get("num_classes") != data.num_classes:
+        raise ValueError(f"it has {state.get('num_classes')!r} classes, the data "
+                         f"{data.num_classes}")
+    net = FeatureClassifier(data.shape[0], data.num_classes).to(device)
+    problem = weights_mismatch(net, state["model"])
+    if problem is not None:
+        raise ValueError(problem)
+    net.load_state_dict(state["model"])
+    return net.eval().requires_grad_(False)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 @torch.no_grad()
@@ -101,15 +132,18 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
     """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim."""
     if not is_image(run.cfg.data):
         raise UserInputError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+    train = build_data(run.cfg.data, "train")
+    # The classifier (cached, or trained once) comes before sampling, so that a problem with the
+    # data or the cache shows up before the long part.
+    net = (load_or_train_classifier(train, device=device, steps=classifier_steps)
+           if train.y is not None else None)
     gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
                    seed=seed, device=device, progress=progress, steps=steps)
-    train = build_data(run.cfg.data, "train")
     real = train.x[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]]
     report: dict[str, Any] = {"n_samples": n, "solver": solver, "nfe": gen.nfe,
                               "sample_seconds": gen.seconds}
     report["fid"], report["fid_note"] = try_fid(gen.x, real)
-    if train.y is not None:
-        net = load_or_train_classifier(train, device=device, steps=classifier_steps)
+    if net is not None:
         report["fd_classifier"] = frechet_distance(_features(net, gen.x, device),
                                                    _features(net, uint8_to_model(real), device))
     if n_bpd > 0:

@@ -38,13 +38,16 @@ from .checkpoint import (
     latest_readable_checkpoint,
     list_checkpoints,
     prune_checkpoints,
+    remove_stale_temps,
     save_checkpoint,
 )
 from .config import Config, save_config, to_dict
+from .outputs import dumps_strict
 from ..ema import EMA
 from . import distributed
 from .distributed import resolve_device
 from .run_lock import run_lock
+from .runs import weights_mismatch
 from ..data.batches import ImageBatches, ToyBatches
 from .factory import build_data, build_model, build_sde, is_image
 from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
@@ -73,12 +76,25 @@ class TrainResult:
     already_done: bool = False
 
 
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT while the final plot is drawn (after :meth:`_StopFlag.raise_from_now`)."""
+
+
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and stops."""
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and stops.
+    After :meth:`raise_from_now` (the final plot, which has no steps to stop between) a signal
+    raises :class:`_Interrupted` instead."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
+        self._raise = False
+
+    def raise_from_now(self) -> None:
+        """From now on a signal raises :class:`_Interrupted` (at once, if one came already)."""
+        self._raise = True
+        if self.signal is not None:
+            raise _Interrupted
 
     def __enter__(self) -> "_StopFlag":
         if threading.current_thread() is threading.main_thread():
@@ -88,6 +104,8 @@ class _StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
+        if self._raise:
+            raise _Interrupted
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
@@ -202,6 +220,11 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if di.is_main:  # under the run lock: no write of this run is in progress
+        stale = remove_stale_temps(workdir)
+        if stale:
+            print(f"note: removed {len(stale)} temporary file(s) left by an interrupted write "
+                  f"in {workdir}", file=sys.stderr)
     found = latest_readable_checkpoint(workdir)
     if found is not None:  # checked before anything is built, written or trained
         check_run_state(found[1], found[0], resume=True)
@@ -219,11 +242,13 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
         last_logged = _truncate_metrics(workdir / METRICS, run.step)
     already_done = run.step == tc.steps
     if already_done and last_logged is not None:
-        run.loss_value = float(last_logged.get("loss", math.nan))
+        logged = last_logged.get("loss")  # null: a non-finite loss (strict JSON)
+        run.loss_value = float(logged) if isinstance(logged, (int, float)) else math.nan
 
     run.start_clock()
     bar = tqdm(total=tc.steps, initial=run.step, disable=not progress, desc="train", unit="it")
     metrics = (workdir / METRICS).open("a") if run.main else None
+    first_step, plot = run.step, None
     try:
         with _StopFlag() as stop:
             while run.step < tc.steps and not run.stopping:
@@ -231,14 +256,21 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 bar.update(1)
                 run.log(loss, terms, metrics, bar)
                 run.checkpoint()
+            bar.close()
+            run.check_trained(first_step)
+            if not run.stopping:
+                try:  # a signal now interrupts the plot: the checkpoint is complete already
+                    stop.raise_from_now()
+                    plot = run.finish(keep_existing=already_done)
+                except _Interrupted:
+                    run.stopping = True
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
     return TrainResult(workdir=workdir, step=run.step, checkpoint=list_checkpoints(workdir)[-1],
-                       loss=run.loss_value, plot=run.finish(keep_existing=already_done),
-                       interrupted=run.stopping, skipped_steps=run.skipped,
-                       already_done=already_done)
+                       loss=run.loss_value, plot=plot, interrupted=run.stopping,
+                       skipped_steps=run.skipped, already_done=already_done)
 
 
 class _Trainer:
@@ -309,6 +341,12 @@ class _Trainer:
             return
         path, state = found
         check_run_state(state, path, resume=True)
+        for entry in ("model", "ema"):  # one line naming the keys, not torch's listing
+            problem = weights_mismatch(self.model, state[entry])
+            if problem is not None:
+                raise CheckpointError(f"the checkpoint {path} does not match this config's "
+                                      f"model ({entry}: {problem}); use a new --workdir or the "
+                                      "run's own config")
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"], num_updates=int(
@@ -387,6 +425,21 @@ class _Trainer:
         self.step += 1
         return loss, terms
 
+    def check_trained(self, first_step: int) -> None:
+        """A run none of whose steps (since ``first_step``) updated the weights is a failure,
+        not a result: every step had a non-finite loss or gradient.
+
+        Raises:
+            NonFiniteLossError: naming the count and the checkpoint, which holds the weights
+                the run started from.
+        """
+        done = self.step - first_step
+        if done > 0 and self.bad_run >= done and not self.stopping:
+            raise NonFiniteLossError(
+                f"all {done} steps of this run had a non-finite loss or gradient and were "
+                f"skipped; nothing was trained (the checkpoint at step {self.step} holds the "
+                "weights the run started from); check train.lr and the sde/model config")
+
     # -- logging, checkpoints, plots -------------------------------------------------------------
     def log(self, loss: torch.Tensor, terms: HybridLoss | None, metrics, bar) -> None:
         """Every ``train.log_every`` steps (and at the last): one metrics line, the bar's postfix;
@@ -403,7 +456,7 @@ class _Trainer:
                 rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
                                                     "mean").item()
             if metrics is not None:
-                metrics.write(json.dumps(rec) + "\n")
+                metrics.write(dumps_strict(rec) + "\n")
                 metrics.flush()
             bar.set_postfix(loss=f"{self.loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
         if self.main and self.images and tc.sample_every and step % tc.sample_every == 0:

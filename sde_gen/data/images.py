@@ -50,12 +50,15 @@ class ImageData:
         y: integer labels, int64, or ``None`` for unlabelled data. Shapes: ``(N,)``.
         num_classes: number of classes (``None`` when unlabelled).
         name: the dataset name given to :func:`load_images`.
+        source: where the pixels came from (the ``.npz`` file, the image folder, the torchvision
+            root), for messages; ``None`` for built-in data.
     """
 
     x: torch.Tensor
     y: torch.Tensor | None
     num_classes: int | None
     name: str
+    source: str | None = None
 
     def __post_init__(self) -> None:
         x, y = self.x, self.y
@@ -71,6 +74,16 @@ class ImageData:
     def shape(self) -> tuple[int, int, int]:
         """Per-image shape ``(C, H, W)``."""
         return tuple(self.x.shape[1:])
+
+    @property
+    def origin(self) -> str:
+        """The source path if known, else the dataset's name (for messages)."""
+        return self.source or f"dataset {self.name!r}"
+
+    def empty_error(self) -> UserInputError:
+        """The error for a split with no images, naming the dataset and its source."""
+        where = f" from {self.source}" if self.source else ""
+        return UserInputError(f"dataset {self.name!r}{where} is empty: it holds no images")
 
 
 def load_images(
@@ -100,8 +113,8 @@ def load_images(
 
     Raises:
         FileNotFoundError: the data is missing; the one-line message says how to get it.
-        UserInputError: (a ``ValueError``) unknown name or split, unreadable or malformed file,
-            images of unequal sizes.
+        UserInputError: (a ``ValueError``) unknown name or split, unreadable or malformed file
+            (naming the file), a split with no images, images of unequal sizes.
         MissingDependencyError: (an ``ImportError``) ``digits`` without scikit-learn.
     """
     if name not in IMAGE_DATASETS:
@@ -115,8 +128,9 @@ def load_images(
     if name == "folder":
         if path is None:
             raise UserInputError("dataset 'folder' needs data.path=/path/to/images")
-        x, y, num_classes = _load_folder(Path(path).expanduser(), channels or 3)
-        return ImageData(x, y, num_classes, name)
+        root = Path(path).expanduser()
+        x, y, num_classes = _load_folder(root, channels or 3)
+        return ImageData(x, y, num_classes, name, str(root))
     if name == "digits":
         x, y = _load_digits(split)
         return ImageData(_to_channels(x, channels), y, 10, name)
@@ -139,10 +153,11 @@ def load_images(
                 raise UserInputError(f"{npz} holds images of shape {tuple(x.shape[1:])}, "
                                      f"expected {IMAGE_SHAPES[name]} for {name}")
             num_classes = 10
-        return ImageData(_to_channels(x, channels), y, num_classes, name)
+        return ImageData(_to_channels(x, channels), y, num_classes, name, str(npz))
 
-    x, y = _load_torchvision(name, split, Path(root or DEFAULT_ROOT).expanduser(), download)
-    return ImageData(_to_channels(x, channels), y, 10, name)
+    cache = Path(root or DEFAULT_ROOT).expanduser()
+    x, y = _load_torchvision(name, split, cache, download)
+    return ImageData(_to_channels(x, channels), y, 10, name, str(cache))
 
 
 def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,11 +225,17 @@ def _load_npz(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor | None
     keys, arrays = _read_npz(path, (pixels, jpeg, offsets, "y_train", "y_test"))
     if pixels in arrays:
         x = _to_nchw(arrays[pixels], path)
+        source = pixels
     elif jpeg in arrays and offsets in arrays:
+        if arrays[offsets].ndim == 1 and len(arrays[offsets]) <= 1:  # no file boundaries at all
+            raise UserInputError(f"the dataset in {path} is empty: {offsets} holds no images")
         x = _decode_jpegs(arrays[jpeg], arrays[offsets], path, split)
+        source = jpeg
     else:
         raise UserInputError(f"{path} has no {pixels} or {jpeg}/{offsets} arrays "
                              f"(found: {', '.join(sorted(keys))})")
+    if len(x) == 0:  # rejected here, before labels or batch sizes are looked at
+        raise UserInputError(f"the dataset in {path} is empty: {source} holds 0 images")
     labels = {k: arrays[k] for k in ("y_train", "y_test") if k in arrays}
     y = labels.get(f"y_{split}")
     if y is None:
@@ -238,6 +259,15 @@ def _to_nchw(x: np.ndarray, path: Path) -> torch.Tensor:
                          f"(1, 3), got {x.shape}")
 
 
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for a corrupt or truncated image: ``OSError`` ("image file is truncated",
+    ``UnidentifiedImageError``), ``SyntaxError`` ("broken PNG file"), ``ValueError``, and
+    ``DecompressionBombError`` (a plain ``Exception``) for a header declaring an absurd size."""
+    from PIL import Image
+
+    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, split: str) -> torch.Tensor:
     """Decode the JPEG files concatenated in ``<split>_jpeg``, file i in bytes
     ``offsets[i]:offsets[i + 1]``."""
@@ -259,7 +289,7 @@ def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, split: str) 
             with Image.open(io.BytesIO(buf[int(offsets[i]):int(offsets[i + 1])].tobytes())) as img:
                 mode = mode or ("L" if img.mode == "L" else "RGB")
                 images.append(np.asarray(img.convert(mode)))
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a corrupt image
+        except _decode_errors() as e:
             raise UserInputError(f"{path}: image {i} of {split}_jpeg cannot be decoded: "
                                  f"{_first_line(e)}") from None
     if len({a.shape for a in images}) != 1:
@@ -276,8 +306,8 @@ def _load_folder(root: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor 
     files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and
                     p.is_file()), key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise FileNotFoundError(f"no PNG/JPEG images under {root}; set data.path to a folder "
-                                "of images")
+        raise FileNotFoundError(f"image folder {root} is empty: no PNG/JPEG images under it; set "
+                                "data.path to a folder of images")
     depths = {len(p.relative_to(root).parts) > 1 for p in files}
     if depths == {True, False}:
         raise UserInputError(f"{root} has images both at its top level and in subfolders; "
@@ -288,7 +318,7 @@ def _load_folder(root: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor 
         try:
             with Image.open(p) as img:
                 a = np.asarray(img.convert(mode))
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a corrupt image
+        except _decode_errors() as e:
             raise UserInputError(f"cannot read image {p}: {_first_line(e)}") from None
         if first is None:
             first = (p, a.shape)
@@ -390,9 +420,11 @@ def make_loader(
     if batch_size < 1 or num_workers < 0:
         raise UserInputError(f"need batch_size >= 1, num_workers >= 0; got {batch_size}, "
                              f"{num_workers}")
+    if len(data) == 0:
+        raise data.empty_error()
     if drop_last and sampler is None and batch_size > len(data):
-        raise UserInputError(f"batch_size {batch_size} exceeds the {len(data)} images with "
-                             "drop_last")
+        raise UserInputError(f"batch_size {batch_size} is larger than the {len(data)} examples "
+                             f"of {data.origin} (with drop_last)")
     generator = torch.Generator().manual_seed(seed)
     # A flip seed drawn from the loader's generator keeps flips independent of the shuffle.
     flip_seed = int(torch.randint(0, 2**62, (), generator=generator))
@@ -442,8 +474,13 @@ class DeviceBatches:
         flip: bool = False,
         seed: int = 0,
     ) -> None:
-        if not 1 <= batch_size <= len(data):
-            raise UserInputError(f"batch_size must be in [1, {len(data)}], got {batch_size}")
+        if len(data) == 0:
+            raise data.empty_error()
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size > len(data):
+            raise UserInputError(f"batch_size {batch_size} is larger than the {len(data)} "
+                                 f"examples of {data.origin}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.flip = flip

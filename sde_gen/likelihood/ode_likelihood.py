@@ -63,6 +63,19 @@ def check_solve(sde: SDE, eps: float, rtol: float, atol: float) -> None:
             raise UserInputError(f"need {name} > 0, got {tol!r}")
 
 
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    """One-line error for NaN or infinite data (torchdiffeq would fail with a bare
+    ``AssertionError`` on its first step)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise UserInputError(f"{name} must be a floating-point tensor, got "
+                             f"{x.dtype if torch.is_tensor(x) else type(x).__name__}")
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1))
+    if bad.any():
+        rows = int(bad.any(dim=1).sum())
+        raise UserInputError(f"{name} has {int(bad.sum())} NaN or infinite values in {rows} of "
+                             f"its {bad.shape[0]} examples")
+
+
 def _draw_probes(x, n_probes, probe, generator):
     shape = (n_probes, *x.shape)
     if probe == "gaussian":
@@ -136,6 +149,7 @@ def log_likelihood(
     check_solve(sde, eps, rtol, atol)
     if x.ndim < 2:
         raise UserInputError(f"x must be a batch (B, *D), got shape {tuple(x.shape)}")
+    check_finite(x)
     counted = CountingModel(model)
     probes = _draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
     func = _divergence_fn(probability_flow(counted, sde), trace, probes)
@@ -163,6 +177,7 @@ def encode(
 ) -> torch.Tensor:
     """Latent ``z = x(T)`` of data ``x`` at ``eps`` (in ``(0, T)``) through the PF-ODE."""
     check_solve(sde, eps, rtol, atol)
+    check_finite(x)
     return _transport(model, sde, x, eps, sde.T, method=method, rtol=rtol, atol=atol)
 
 
@@ -173,6 +188,7 @@ def decode(
 ) -> torch.Tensor:
     """Data ``x(eps)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
     check_solve(sde, eps, rtol, atol)
+    check_finite(z, "z")
     return _transport(model, sde, z, sde.T, eps, method=method, rtol=rtol, atol=atol)
 
 
