@@ -32,6 +32,12 @@ SAMPLE_CASES = [
     ("sde", ["--steps", "5", "--no-denoise"], 5),
     ("sde", ["--steps", "5", "--method", "euler", "--spacing", "quadratic"], 6),  # torchsde
     ("dpm", ["--steps", "5", "--no-lower-order-final"], 6),  # a flag from the registry
+    ("dpm", ["--steps", "9", "--variant", "taylor3"], 10),
+    ("unipc", ["--steps", "9"], 10),  # UniC reuses the next step's call: 9 + 1
+    ("unipc", ["--steps", "5", "--variant", "bh1", "--order", "2", "--no-unic"], 6),
+    ("ipndm", ["--steps", "9"], 10),
+    ("ipndm", ["--steps", "5", "--order", "2", "--variable-step"], 6),
+    ("deis", ["--steps", "9", "--order", "2"], 10),
     # Regression: "999 intervals do not fit on the 1000-step discrete chain": the default
     # is now the chain's 991 steps from t = 0.01 (990 intervals + 1 denoise).
     ("ancestral", ["--eps", "0.01"], 991),

@@ -98,6 +98,9 @@ CONFIGS = {
     "ddim": Config("ddim", 4096, dict(steps=100)),  # eta = 0
     "dpm": Config("dpm", 4096, dict(steps=19)),  # 20 NFE with the final denoise
     "heun": Config("heun", 4096, dict(steps=19)),  # 39 NFE
+    "unipc": Config("unipc", 4096, dict(steps=19)),  # 20 NFE, UniPC-3 bh2 with UniC
+    "ipndm": Config("ipndm", 4096, dict(steps=19)),  # 20 NFE, AB4 in sigma/alpha
+    "deis": Config("deis", 4096, dict(steps=19)),  # 20 NFE, tAB3
     "ancestral": Config("ancestral", 2048),  # 999 intervals: 1000 NFE
     "sde": Config("sde", 2048),  # Euler-Maruyama, 999 intervals
     "pc": Config("pc", 2048),  # reverse diffusion + 1 Langevin: 1999 NFE
@@ -220,6 +223,26 @@ ENDPOINT_BOUND: dict[tuple[str, str, str], float] = {
     ("8d", "ve", "ddim"): 7.3e-2,  # 4.87e-2
     ("8d", "ve", "dpm"): 2.75e-2,  # 1.83e-2
     ("8d", "ve", "heun"): 5.3e-2,  # 3.51e-2
+    # unipc at its defaults (UniPC-3 bh2, UniC on), 19 log-SNR steps
+    ("2d", "vp", "unipc"): 2.0e-2,  # 1.36e-2
+    ("2d", "subvp", "unipc"): 5.6e-2,  # 3.72e-2
+    ("2d", "ve", "unipc"): 9.0e-3,  # 6.00e-3
+    ("8d", "vp", "unipc"): 3.9e-2,  # 2.57e-2
+    ("8d", "subvp", "unipc"): 1.28e-1,  # 8.52e-2
+    ("8d", "ve", "unipc"): 2.05e-2,  # 1.36e-2
+    # ipndm (AB4, fixed weights) and deis (tAB3), 19 log-SNR steps
+    ("2d", "vp", "ipndm"): 1.5e-2,  # 9.92e-3
+    ("2d", "subvp", "ipndm"): 2.8e-2,  # 1.86e-2
+    ("2d", "ve", "ipndm"): 8.3e-3,  # 5.50e-3
+    ("8d", "vp", "ipndm"): 4.4e-2,  # 2.92e-2
+    ("8d", "subvp", "ipndm"): 9.9e-2,  # 6.56e-2
+    ("8d", "ve", "ipndm"): 2.55e-2,  # 1.69e-2
+    ("2d", "vp", "deis"): 2.65e-2,  # 1.74e-2
+    ("2d", "subvp", "deis"): 5.2e-2,  # 3.47e-2
+    ("2d", "ve", "deis"): 1.16e-2,  # 7.71e-3
+    ("8d", "vp", "deis"): 6.3e-2,  # 4.19e-2
+    ("8d", "subvp", "deis"): 1.6e-1,  # 1.06e-1
+    ("8d", "ve", "deis"): 2.85e-2,  # 1.88e-2
 }
 
 

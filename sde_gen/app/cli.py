@@ -184,9 +184,10 @@ def with_solver_flags(command: Callable) -> Callable:
 @one_line_errors
 @with_solver_flags
 def sample(
-    solver: str = typer.Option("ode", "--solver", "-s", help=f"One of {', '.join(SOLVERS)} (sde_gen.sampling.SOLVERS; each flag below names the solvers it applies to)."),
+    solver: Optional[str] = typer.Option(None, "--solver", "-s", help=f"One of {', '.join(SOLVERS)} (sde_gen.sampling.SOLVERS; each flag below names the solvers it applies to). Default: ode, or the --grid file's solver."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (solver default if omitted)."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="A grid file from 'sde-gen optimize-grid' (its times, and its solver and options unless given)."),
     n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples (--num-samples under torchrun, whose parser takes --n for its own)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
@@ -207,7 +208,22 @@ def sample(
     if out is not None:  # before the checkpoint is even read
         check_out_path(out, ".png")
         check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
+    from ..sampling.optimized_grid import OptimizedGrid
+
+    tuned = None
+    if grid is not None:
+        given = [f for f, v in (("--steps", steps), ("--eps", eps), ("--spacing", spacing))
+                 if v is not None]
+        if given:
+            fail(f"--grid fixes the time grid; drop {', '.join(given)}")
+        tuned = OptimizedGrid.load(grid)
+        if solver is not None and solver != tuned.solver:
+            typer.echo(f"warning: {grid} was optimized for --solver {tuned.solver}, not {solver}",
+                       err=True)
+    solver = solver or (tuned.solver if tuned is not None else "ode")
     opts = solver_options(solver, solver_opts)
+    if tuned is not None and solver == tuned.solver:
+        opts = {**tuned.options, **opts}
     from .generate import generate
     from .outputs import write_samples
     from .runs import load_run
@@ -217,6 +233,8 @@ def sample(
 
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
+        if tuned is not None:  # made for this run's SDE? (checked before sampling)
+            opts["ts"] = OptimizedGrid.load(grid, run.sde).ts
         if out is None:  # checked before sampling, not after
             out = check_out_path(run.workdir / f"samples_{solver}.png", ".png")
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
@@ -303,6 +321,54 @@ def likelihood(
         typer.echo(f"true NLL {rep['true_nll_nats']:.4f} nats; gap (KL estimate) "
                    f"{rep['kl_gap_nats']:.4f} +- {rep['kl_gap_stderr']:.4f}")
     typer.echo(f"result: {path}")
+
+
+@app.command("optimize-grid")
+@one_line_errors
+@with_solver_flags
+def optimize_grid(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    solver: str = typer.Option("dpm", "--solver", "-s", help="A deterministic fixed-step solver (ddim with eta 0, dpm, heun, ...)."),
+    nfe: int = typer.Option(10, "--nfe", min=2, help="Model calls per sample, the final denoise included."),
+    search: str = typer.Option("gits", "--search", help="gits (dynamic programming over a fine grid, then descent) or descent (from the solver's default grid)."),
+    n: int = typer.Option(256, "--n", min=1, help="Prior draws to tune on (a tight ODE solve of each is the target)."),
+    n_heldout: int = typer.Option(256, "--n-heldout", min=1, help="Held-out prior draws the error is also reported on."),
+    evals: int = typer.Option(200, "--evals", min=0, help="Most solver runs of the descent."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help=f"The built-in grid to start from and compare with: {', '.join(SPACINGS)} (default: the solver's)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the tuning draws (held out: seed + 1)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Grid file (.json; default <run>/grid_<solver>_<nfe>nfe.json)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    **solver_opts,
+) -> None:
+    """Optimize the time grid of a solver at a fixed NFE for a trained model (GITS / descent)."""
+    from .factory import data_shape
+    from .outputs import check_out_path
+    from .runs import load_run
+    from .distributed import resolve_device
+    from ..sampling.grids import check_spacing
+    from ..sampling.optimized_grid import optimize_grid as run_optimize, steps_for_nfe
+
+    opts = solver_options(solver, solver_opts)
+    steps_for_nfe(solver, nfe, opts)  # a stochastic solver or an impossible NFE: before loading
+    if spacing is not None:
+        check_spacing(spacing)
+    if out is not None:
+        check_out_path(out, ".json")
+    dev = resolve_device(device)
+    run = load_run(ckpt, device=dev)
+    out = check_out_path(out or run.workdir / f"grid_{solver}_{nfe}nfe.json", ".json")
+    g = run_optimize(run.model, run.sde, data_shape(run.cfg.data), solver, nfe, method=search,
+                     n=n, n_heldout=n_heldout, eps=eps, spacing=spacing, seed=seed, evals=evals,
+                     device=dev, **opts)
+    path = g.save(out)
+    typer.echo(f"{solver} at {g.nfe} NFE, {search} on {n} draws, {g.seconds:.1f} s")
+    typer.echo(f"endpoint error, tuning draws: {g.error_before:.4g} -> {g.error_after:.4g} "
+               f"({g.error_after / g.error_before:.2f}x)")
+    typer.echo(f"endpoint error, held out:     {g.heldout_before:.4g} -> {g.heldout_after:.4g} "
+               f"({g.heldout_after / g.heldout_before:.2f}x)")
+    typer.echo("ts: " + " ".join(f"{t:.4g}" for t in g.ts.tolist()))
+    typer.echo(f"grid: {path} (use: sde-gen sample --grid {path})")
 
 
 @app.command("eval")

@@ -6,7 +6,9 @@ stochastic, model calls per step); benchmarks and tools iterate over it.
 
 from .ancestral import sample_ancestral
 from .ddim import sample_ddim
+from .deis import sample_deis
 from .dpm import sample_dpm
+from .ipndm import sample_ipndm
 from .grids import default_eps, make_grid
 from .ode import sample_heun, sample_ode
 from .result import CountingModel, SampleResult
@@ -14,9 +16,11 @@ from .sample import SAMPLERS, sample
 from .sde_solvers import sample_em, sample_pc, sample_sde
 from .solvers import SOLVERS, Option, SolverSpec
 from .torchsde_backend import sample_torchsde
+from .unipc import sample_unipc
 
 __all__ = [
     "SAMPLERS", "SOLVERS", "CountingModel", "Option", "SampleResult", "SolverSpec", "default_eps",
-    "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_dpm", "sample_em",
-    "sample_heun", "sample_ode", "sample_pc", "sample_sde", "sample_torchsde",
+    "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_deis", "sample_dpm",
+    "sample_em", "sample_heun", "sample_ipndm", "sample_ode", "sample_pc", "sample_sde",
+    "sample_torchsde", "sample_unipc",
 ]

@@ -9,10 +9,12 @@ values gives the updates below, with ``phi_1 = 1 - e^{-h}``, ``phi_2 = 1 - phi_1
 lambda_t)/h`` and ``(lambda - lambda_t)^2/(2 h^2)``, up to sign). 2M uses Alg. 2's midpoint
 form ``x_s = (sigma_s/sigma_t) x_t + alpha_s phi_1 (D_0 + (D_0 - D_1) / (2 r))``; 3M adds the
 second difference with ``phi_2`` and ``phi_3`` as DPM-Solver++, diffusers and k-diffusion write
-it. That second-difference term is weighted as ``h^2 D''`` while it estimates ``h^2 D''/2``, so
-3M is formally second order; measured on the exact-score mixtures it is still 2-3x more accurate
-than 2M from 20 to 80 steps, and more accurate than the truly third-order weighting below 40
-steps (tests/test_sampler_equivalence.py).
+it (``variant="standard"``). That second-difference term ``d2`` estimates ``h^2 D''/2`` but is
+weighted as if it were ``h^2 D''``, so this 3M is formally second order; measured on the
+exact-score mixtures it is still 2-3x more accurate than 2M from 20 to 80 steps.
+``variant="taylor3"`` weights it ``2 d2``, the third-order Taylor term of ``D`` in ``lambda``
+(with ``d1 ~ h D'`` and ``d2 ~ h^2 D''/2``, the update is ``alpha_s (phi_1 D_0 + phi_2 d1 -
+2 phi_3 d2)``): truly third order (error ratio ~8 per doubling, tests/test_sampler_equivalence.py).
 
 | symbol here | [Lu22pp] Alg. 2       | meaning                                |
 | ----------- | --------------------- | -------------------------------------- |
@@ -34,6 +36,10 @@ from .result import Callback
 from ..errors import UserInputError
 
 
+#: 3M's weightings of the second difference (see the module docstring).
+VARIANTS = ("standard", "taylor3")
+
+
 @torch.no_grad()
 def sample_dpm(
     model: EpsModel,
@@ -43,6 +49,7 @@ def sample_dpm(
     *,
     order: int = 3,
     lower_order_final: bool = True,
+    variant: str = "standard",
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +62,18 @@ def sample_dpm(
         lower_order_final: with fewer than 7 intervals, drop to first order on the last step and
             to second on the one before it. DPM-Solver applies it below 15; measured here it
             helps only at 5-6 NFE and costs 1.2-2.2x in error at 8-11 NFE.
+        variant: 3M's second-difference weight: ``"standard"`` (DPM-Solver++, diffusers,
+            k-diffusion; formally second order) or ``"taylor3"`` (truly third order).
 
     Returns:
         ``(x, x)`` at ``ts[-1]``.
     """
     if order not in (2, 3):
         raise UserInputError(f"DPM-Solver++ order must be 2 or 3, got {order}")
+    if variant not in VARIANTS:
+        raise UserInputError(f"unknown DPM-Solver++ variant {variant!r}; choose one of "
+                             f"{', '.join(VARIANTS)}")
+    d2_weight = 2.0 if variant == "taylor3" else 1.0
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
     lam = coeffs.log_snr
@@ -95,7 +108,7 @@ def sample_dpm(
                 d1_1 = (history[1] - history[2]) / r1[k]
                 d1 = d1_0 + (d1_0 - d1_1) * r0[k] / (r0[k] + r1[k])
                 d2 = (d1_0 - d1_1) / (r0[k] + r1[k])
-                x = x + a_phi2[k] * d1 - a_phi3[k] * d2
+                x = x + a_phi2[k] * d1 - (d2_weight * a_phi3[k]) * d2
         if callback is not None:
             callback(k, x, x)
     return x, x

@@ -21,10 +21,13 @@ import torch
 from ..errors import UserInputError
 from .ancestral import VARIANCES, sample_ancestral
 from .ddim import sample_ddim
-from .dpm import sample_dpm
+from .deis import sample_deis
+from .dpm import VARIANTS as DPM_VARIANTS, sample_dpm
+from .ipndm import sample_ipndm
 from .ode import ADAPTIVE, FIXED, sample_heun, sample_ode
 from .sde_solvers import CORRECTORS, PREDICTORS, sample_pc, sample_sde
 from .torchsde_backend import METHODS as TORCHSDE_METHODS
+from .unipc import VARIANTS as UNIPC_VARIANTS, sample_unipc
 
 SolverFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -250,12 +253,43 @@ SOLVERS: dict[str, SolverSpec] = {
             Option("order", int, 3, "multistep order", choices=(2, 3)),
             Option("lower_order_final", bool, True, "with fewer than 7 intervals, lower the "
                    "order on the last two steps"),
+            Option("variant", str, "standard", "3M's second-difference weight: standard "
+                   "(DPM-Solver++, diffusers, k-diffusion; formally 2nd order) or taylor3 "
+                   "(truly 3rd order)", choices=DPM_VARIANTS, noun="DPM-Solver++ variant"),
         ),
         steps=19, spacing="logsnr",
     ),
     "heun": SolverSpec(
         sample_heun, "Heun on the PF-ODE in (x/α, σ/α) = EDM Alg. 1",
         steps=19, spacing="karras", calls_per_step=lambda o: 2,
+    ),
+    "unipc": SolverSpec(
+        sample_unipc, "UniPC multistep predictor–corrector (UniP + UniC) in log-SNR time",
+        options=(
+            Option("order", int, 3, "multistep order of the predictor (UniC adds one)",
+                   choices=(1, 2, 3)),
+            Option("variant", str, "bh2", "B(h): bh1 (h) or bh2 (e^h - 1)",
+                   choices=UNIPC_VARIANTS, noun="UniPC variant"),
+            Option("unic", bool, True, "UniC corrector on every step but the last (no extra "
+                   "model call)"),
+            Option("lower_order_final", bool, True, "with fewer than 6 intervals (order 3) or "
+                   "10 (order 2), lower the order on the last two steps"),
+        ),
+        steps=19, spacing="logsnr",
+    ),
+    "ipndm": SolverSpec(
+        sample_ipndm, "iPNDM: Adams–Bashforth on eps in σ/α (DEIS paper, App.)",
+        options=(
+            Option("order", int, 4, "Adams–Bashforth order", choices=(1, 2, 3, 4)),
+            Option("variable_step", bool, False, "Adams–Bashforth weights for the grid's "
+                   "unequal steps in σ/α instead of the fixed equal-step ones"),
+        ),
+        steps=19, spacing="logsnr",
+    ),
+    "deis": SolverSpec(
+        sample_deis, "tAB-DEIS: eps extrapolated in t, exact exponential-integrator weights",
+        options=(Option("order", int, 3, "multistep order", choices=(1, 2, 3)),),
+        steps=19, spacing="logsnr",
     ),
 }
 
