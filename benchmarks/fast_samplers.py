@@ -44,6 +44,7 @@ import torch
 from benchmarks.peers import import_diffusers, import_kdiffusion, kdiffusion_denoiser, ve_sigma
 from benchmarks.samplers import (ROOT, PROBLEMS as TUNING_PROBLEMS, TimedModel, environment)
 from sde_gen.analytic import GaussianMixture
+from sde_gen.app.outputs import dumps_strict
 from sde_gen.sampling import SOLVERS, make_grid, sample
 from sde_gen.sampling.grids import SPACINGS, grid_coeffs
 from sde_gen.sampling.optimized_grid import optimize_grid
@@ -278,14 +279,23 @@ def gmean(values: list[float]) -> float:
     return math.exp(sum(map(math.log, vals)) / len(vals)) if len(vals) == len(values) else math.inf
 
 
-def choose_spacings(results: dict, methods: list[Method], tune_keys: list) -> dict:
-    """Per method and NFE, the spacing of least geometric-mean error over the tuning cases."""
+def choose_spacings(results: dict, methods: list[Method], cases: list[Case]) -> dict:
+    """Per method, NFE and SDE, the spacing of least geometric-mean error over the tuning cases
+    of that SDE (a spacing in t is a different grid on each SDE)."""
     chosen = {}
-    for m in methods:
-        for nfe in NFES:
-            chosen[(m.label, nfe)] = min(SPACINGS, key=lambda s: gmean(
-                [results[key][(m.label, s, nfe)][0] for key in tune_keys]))
+    for sde_name in SDES:
+        keys = [c.label for c in cases if c.role == "tune" and c.sde_name == sde_name]
+        if not keys:
+            continue
+        for m in methods:
+            for nfe in NFES:
+                chosen[(m.label, nfe, sde_name)] = min(SPACINGS, key=lambda s: gmean(
+                    [results[key][(m.label, s, nfe)][0] for key in keys]))
     return chosen
+
+
+def at_chosen(results: dict, case: Case, m: Method, nfe: int, chosen: dict) -> tuple[float, int]:
+    return results[case.label][(m.label, chosen[(m.label, nfe, case.sde_name)], nfe)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,10 +331,10 @@ def main(argv: list[str] | None = None) -> None:
                     r[(m.label, s, nfe)] = run_ours(case, m, nfe, spacing=s)
         for nfe in NFES:
             run_peers(r, case, kd, df, nfe)
-    tune_keys = [c.label for c in cases if c.role == "tune"]
-    chosen = choose_spacings(results, methods, tune_keys)
-    best = {nfe: min(methods, key=lambda m: gmean([results[k][(m.label, chosen[(m.label, nfe)],
-                                                                nfe)][0] for k in tune_keys]))
+    tune = [c for c in cases if c.role == "tune"]
+    chosen = choose_spacings(results, methods, cases)
+    best = {nfe: min(methods, key=lambda m: gmean([at_chosen(results, c, m, nfe, chosen)[0]
+                                                   for c in tune]))
             for nfe in NFES}
     optimized: dict = {}
     if not args.no_optimize:
@@ -334,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                 m = best[nfe]
                 g = optimize_grid(case.model, case.sde, tuple(case.x_T.shape[1:]), m.solver, nfe,
                                   n=256, n_heldout=16, seed=100, dtype=DTYPE,
-                                  spacing=chosen[(m.label, nfe)], **m.options)
+                                  spacing=chosen[(m.label, nfe, case.sde_name)], **m.options)
                 optimized[(case.label, nfe)] = run_ours(case, m, nfe, ts=g.ts), g.seconds
     if args.digits_run.is_dir() and not args.quick:
         print(f"[{time.perf_counter() - t0:6.0f}s] digits model", flush=True)
@@ -342,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[digits.label] = {}
         for m in methods:
             for nfe in NFES:
-                sp = chosen[(m.label, nfe)]
+                sp = chosen[(m.label, nfe, digits.sde_name)]
                 r[(m.label, sp, nfe)] = run_ours(digits, m, nfe, spacing=sp)
         for nfe in NFES:
             run_peers(r, digits, kd, df, nfe)
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                 m = best[nfe]
                 g = optimize_grid(digits.model, digits.sde, tuple(digits.x_T.shape[1:]), m.solver,
                                   nfe, n=64, n_heldout=16, seed=100, evals=100,
-                                  spacing=chosen[(m.label, nfe)], **m.options)
+                                  spacing=chosen[(m.label, nfe, digits.sde_name)], **m.options)
                 optimized[(digits.label, nfe)] = run_ours(digits, m, nfe, ts=g.ts), g.seconds
         cases.append(digits)
     write_report(args, cases, methods, results, chosen, best, optimized, kd, df, t0)
@@ -411,21 +421,24 @@ def write_report(args, cases, methods, results, chosen, best, optimized, kd, df,
     out += [f"- **draws per case**: {200 if args.quick else args.samples} prior samples "
             "(float64; the digits model: 256 in float32); error = mean L2 distance to the exact "
             "PF-ODE endpoint from the same draws, denoised at eps", ""]
-    tune_keys = [c.label for c in cases if c.role == "tune"]
+    tune = [c for c in cases if c.role == "tune"]
+    sdes = [n for n in SDES if any(c.sde_name == n for c in tune)]
     out += ["## Spacings and the recommended solver, chosen on the tuning cases only", "",
-            "The geometric mean of the error over the tuning cases (the project's three mixtures "
-            "under VP, sub-VP and VE) picks each method's spacing per NFE, and the best method "
-            "per NFE. No unseen case enters a choice.", "",
+            "For each method, NFE and SDE the spacing of least geometric-mean error over the "
+            "tuning cases of that SDE (the project's three mixtures) is chosen; the recommended "
+            "method per NFE is the one of least geometric mean over all tuning cases, each on "
+            "its chosen spacing. No unseen case enters a choice. Spacings are listed as "
+            + " / ".join(sdes) + ".", "",
             "| method | " + " | ".join(f"spacing @{n}" for n in NFES) + " | "
             + " | ".join(f"tuning gmean @{n}" for n in NFES) + " |",
             "| --- |" + " --- |" * len(NFES) + " ---: |" * len(NFES)]
     for m in methods:
-        g = [gmean([results[k][(m.label, chosen[(m.label, n)], n)][0] for k in tune_keys])
-             for n in NFES]
-        out.append(f"| {m.label} | " + " | ".join(chosen[(m.label, n)] for n in NFES) + " | "
-                   + " | ".join(fmt(v) for v in g) + " |")
+        g = [gmean([at_chosen(results, c, m, n, chosen)[0] for c in tune]) for n in NFES]
+        sp = [" / ".join(chosen[(m.label, n, sd)] for sd in sdes) for n in NFES]
+        out.append(f"| {m.label} | " + " | ".join(sp) + " | " + " | ".join(fmt(v) for v in g)
+                   + " |")
     out += ["", "Recommended (least tuning gmean): " + "; ".join(
-        f"{n} NFE: **{best[n].label}** on {chosen[(best[n].label, n)]}" for n in NFES), ""]
+        f"{n} NFE: **{best[n].label}**" for n in NFES), ""]
     peers = list(PEERS_KD) + ["diffusers " + k for k in DIFFUSERS] + ["diffusers iPNDM"]
     out += ["## Every case", "",
             "Ours at the spacing chosen above (`*`: recommended at some NFE; `(k)`: k calls, "
@@ -441,7 +454,7 @@ def write_report(args, cases, methods, results, chosen, best, optimized, kd, df,
         for m in methods:
             cells = []
             for n in NFES:
-                e, calls = r[(m.label, chosen[(m.label, n)], n)]
+                e, calls = at_chosen(results, case, m, n, chosen)
                 cells.append(fmt(e) + ("" if calls == n else f" ({calls})"))
             mark = " *" if any(best[n].label == m.label for n in NFES) else ""
             out.append(f"| ours {m.label}{mark} | " + " | ".join(cells) + " |")
@@ -465,11 +478,17 @@ def write_report(args, cases, methods, results, chosen, best, optimized, kd, df,
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(f"wrote {args.out}")
+    raw = {label: {f"{m}|{sp}|{n}": v[0] for (m, sp, n), v in r.items()}
+           for label, r in results.items()}
+    args.out.with_suffix(".json").write_text(dumps_strict(
+        {"results": raw, "chosen": {"|".join(map(str, k)): v for k, v in chosen.items()},
+         "recommended": {n: best[n].label for n in NFES}}, indent=1) + "\n")
+    print(f"wrote {args.out} and its .json (every method at every spacing)")
 
 
 def goal_row(case: Case, r: dict, chosen: dict, best: dict, optimized: dict) -> dict:
-    ours = {n: r[(best[n].label, chosen[(best[n].label, n)], n)][0] for n in NFES}
+    ours = {n: r[(best[n].label, chosen[(best[n].label, n, case.sde_name)], n)][0]
+            for n in NFES}
     opt = {n: optimized[(case.label, n)][0][0] if (case.label, n) in optimized else math.nan
            for n in NFES}
     df10 = [best_peer(r, "diffusers " + k, 10)[0] for k in DIFFUSERS]

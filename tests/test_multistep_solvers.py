@@ -72,7 +72,7 @@ def endpoint_error(sde_name: str, solver: str, steps: int, options: tuple = (),
     """Mean distance to the exact ODE endpoint at eps, ``steps`` log-SNR intervals, no denoise."""
     sde, x_T, ref = ode_reference(sde_name)
     res = sample(GM.eps_model(sde), sde, None, solver, x_T=x_T.to(dtype), steps=steps,
-                 denoise=False, **dict(options))
+                 spacing="logsnr", denoise=False, **dict(options))
     return float((res.x.to(F64) - ref).norm(dim=1).mean())
 
 

@@ -98,8 +98,8 @@ CONFIGS = {
     "ddim": Config("ddim", 4096, dict(steps=100)),  # eta = 0
     "dpm": Config("dpm", 4096, dict(steps=19)),  # 20 NFE with the final denoise
     "heun": Config("heun", 4096, dict(steps=19)),  # 39 NFE
-    "unipc": Config("unipc", 4096, dict(steps=19)),  # 20 NFE, UniPC-3 bh2 with UniC
-    "ipndm": Config("ipndm", 4096, dict(steps=19)),  # 20 NFE, AB4 in sigma/alpha
+    "unipc": Config("unipc", 4096, dict(steps=19)),  # 20 NFE, UniPC-2 bh2 with UniC
+    "ipndm": Config("ipndm", 4096, dict(steps=19)),  # 20 NFE, AB3 in sigma/alpha
     "deis": Config("deis", 4096, dict(steps=19)),  # 20 NFE, tAB3
     "ancestral": Config("ancestral", 2048),  # 999 intervals: 1000 NFE
     "sde": Config("sde", 2048),  # Euler-Maruyama, 999 intervals
@@ -223,26 +223,27 @@ ENDPOINT_BOUND: dict[tuple[str, str, str], float] = {
     ("8d", "ve", "ddim"): 7.3e-2,  # 4.87e-2
     ("8d", "ve", "dpm"): 2.75e-2,  # 1.83e-2
     ("8d", "ve", "heun"): 5.3e-2,  # 3.51e-2
-    # unipc at its defaults (UniPC-3 bh2, UniC on), 19 log-SNR steps
-    ("2d", "vp", "unipc"): 2.0e-2,  # 1.36e-2
-    ("2d", "subvp", "unipc"): 5.6e-2,  # 3.72e-2
-    ("2d", "ve", "unipc"): 9.0e-3,  # 6.00e-3
-    ("8d", "vp", "unipc"): 3.9e-2,  # 2.57e-2
-    ("8d", "subvp", "unipc"): 1.28e-1,  # 8.52e-2
-    ("8d", "ve", "unipc"): 2.05e-2,  # 1.36e-2
-    # ipndm (AB4, fixed weights) and deis (tAB3), 19 log-SNR steps
-    ("2d", "vp", "ipndm"): 1.5e-2,  # 9.92e-3
-    ("2d", "subvp", "ipndm"): 2.8e-2,  # 1.86e-2
-    ("2d", "ve", "ipndm"): 8.3e-3,  # 5.50e-3
-    ("8d", "vp", "ipndm"): 4.4e-2,  # 2.92e-2
-    ("8d", "subvp", "ipndm"): 9.9e-2,  # 6.56e-2
-    ("8d", "ve", "ipndm"): 2.55e-2,  # 1.69e-2
-    ("2d", "vp", "deis"): 2.65e-2,  # 1.74e-2
-    ("2d", "subvp", "deis"): 5.2e-2,  # 3.47e-2
-    ("2d", "ve", "deis"): 1.16e-2,  # 7.71e-3
-    ("8d", "vp", "deis"): 6.3e-2,  # 4.19e-2
-    ("8d", "subvp", "deis"): 1.6e-1,  # 1.06e-1
-    ("8d", "ve", "deis"): 2.85e-2,  # 1.88e-2
+    # unipc at its defaults (UniPC-2 bh2, UniC on), 19 steps, quadratic in t (VP, sub-VP) /
+    # log-SNR (VE): SOLVERS' per-SDE default spacing
+    ("2d", "vp", "unipc"): 1.60e-02,  # 1.05e-02
+    ("2d", "subvp", "unipc"): 2.40e-02,  # 1.57e-02
+    ("2d", "ve", "unipc"): 1.10e-02,  # 7.19e-03
+    ("8d", "vp", "unipc"): 4.00e-02,  # 2.64e-02
+    ("8d", "subvp", "unipc"): 6.60e-02,  # 4.42e-02
+    ("8d", "ve", "unipc"): 2.70e-02,  # 1.83e-02
+    # ipndm (AB3, fixed weights) and deis (tAB3), 19 steps on the same per-SDE default spacing
+    ("2d", "vp", "ipndm"): 7.60e-03,  # 5.04e-03
+    ("2d", "subvp", "ipndm"): 1.30e-02,  # 8.50e-03
+    ("2d", "ve", "ipndm"): 1.00e-02,  # 6.94e-03
+    ("8d", "vp", "ipndm"): 2.10e-02,  # 1.39e-02
+    ("8d", "subvp", "ipndm"): 3.30e-02,  # 2.21e-02
+    ("8d", "ve", "ipndm"): 2.60e-02,  # 1.76e-02
+    ("2d", "vp", "deis"): 1.10e-02,  # 7.10e-03
+    ("2d", "subvp", "deis"): 2.00e-02,  # 1.31e-02
+    ("2d", "ve", "deis"): 1.20e-02,  # 7.71e-03
+    ("8d", "vp", "deis"): 5.10e-02,  # 3.41e-02
+    ("8d", "subvp", "deis"): 6.10e-02,  # 4.07e-02
+    ("8d", "ve", "deis"): 2.80e-02,  # 1.88e-02
 }
 
 

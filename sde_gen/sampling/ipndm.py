@@ -74,7 +74,7 @@ def sample_ipndm(
     x_T: torch.Tensor,
     ts: torch.Tensor,
     *,
-    order: int = 4,
+    order: int = 3,
     variable_step: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -82,7 +82,7 @@ def sample_ipndm(
     """iPNDM from ``ts[0]`` to ``ts[-1]``, one model call per interval.
 
     Args:
-        order: 4 (default), 3, 2 or 1: Adams-Bashforth order; the first steps warm up with
+        order: 3 (default), 4, 2 or 1: Adams-Bashforth order; the first steps warm up with
             lower orders. Order 1 is DDIM (eta = 0).
         variable_step: Adams-Bashforth weights for the grid's unequal steps in ``rho`` instead
             of the fixed equal-step ones.

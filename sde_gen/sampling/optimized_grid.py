@@ -304,7 +304,7 @@ def optimize_grid(
         return endpoint_error(model, sde, draws[which], refs[which], solver,
                               ts.to(draws[which].device), opts)
 
-    default = make_grid(sde, steps, eps=eps, spacing=spacing or spec.spacing,
+    default = make_grid(sde, steps, eps=eps, spacing=spacing or spec.spacing_for(sde),
                         device=draws[0].device)
     init = _gits_grid(model, sde, draws[0], eps, steps, candidates) if method == "gits" \
         else default

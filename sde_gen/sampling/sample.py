@@ -155,7 +155,7 @@ def _grid(
     t_end = check_end_time(sde, default_eps(sde) if eps is None else eps)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise UserInputError(f"steps must be a positive integer, got {steps!r}")
-    spacing = check_spacing(spec.spacing if spacing is None else spacing)
+    spacing = check_spacing(spec.spacing_for(sde) if spacing is None else spacing)
     n = spec.steps if steps is None else steps
     if not discrete:
         return make_grid(sde, max(sde.N - 1, 1) if n is None else n, eps=t_end, spacing=spacing,

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ..errors import UserInputError
+from ..sde import SDE, SDES
 from .ancestral import VARIANCES, sample_ancestral
 from .ddim import sample_ddim
 from .deis import sample_deis
@@ -119,7 +120,10 @@ class SolverSpec:
         options: its keyword options; ``sample()`` accepts these and no others.
         steps: default grid intervals; ``None``: ``N - 1`` (every step of the N-step chain; on
             the discrete chain, every chain step from the one nearest ``eps`` up to ``T``).
-        spacing: default grid spacing (:data:`~sde_gen.sampling.grids.SPACINGS`).
+        spacing: default grid spacing (:data:`~sde_gen.sampling.grids.SPACINGS`), or one per
+            SDE: a mapping from the names of :data:`~sde_gen.sde.SDES` (``vp``, ``subvp``,
+            ``ve``) to spacings, read with :meth:`spacing_for` (a spacing in ``t`` means a
+            different grid on each SDE: quadratic in ``t`` suits VP, log-SNR suits VE).
         stochastic: whether it draws noise after the prior: ``True``, ``False``, or the name of
             a float option that adds noise when positive (DDIM's ``eta``).
         calls_per_step: model calls per grid interval for given (complete) options, ``None``
@@ -130,9 +134,23 @@ class SolverSpec:
     summary: str
     options: tuple[Option, ...] = ()
     steps: int | None = None
-    spacing: str = "uniform"
+    spacing: str | Mapping[str, str] = "uniform"
     stochastic: bool | str = False
     calls_per_step: Callable[[dict[str, Any]], int | None] = lambda options: 1
+
+    def spacing_for(self, sde: SDE) -> str:
+        """The default spacing of this solver on ``sde`` (see ``spacing``)."""
+        if isinstance(self.spacing, str):
+            return self.spacing
+        name = next((k for k, cls in SDES.items() if type(sde) is cls), None)
+        if name is None:  # a subclass or a user's SDE: the first registered base class
+            name = next((k for k, cls in SDES.items() if isinstance(sde, cls)), None)
+        return self.spacing.get(name, self.spacing.get("default", "logsnr"))
+
+    @property
+    def spacings(self) -> tuple[str, ...]:
+        """Every spacing this solver may default to."""
+        return (self.spacing,) if isinstance(self.spacing, str) else tuple(self.spacing.values())
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -187,6 +205,11 @@ def _discrete(default: bool) -> Option:
 _ODE_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
 #: Model calls per step of the ``sde`` methods (None: the loop; not listed: the method decides).
 _SDE_CALLS = {None: 1, "euler": 1, "milstein": 1, "euler_heun": 1, "midpoint": 2, "heun": 2}
+
+#: Quadratic in t for VP and sub-VP (DDIM's CIFAR grid, [Song21ddim] App. D.2), log-SNR for VE
+#: (where t is linear in log sigma): the best built-in spacing of unipc, ipndm and deis at 5-20
+#: NFE on the tuning mixtures of benchmarks/results/fast_samplers.md, by 1.5-3x on VP.
+QUADRATIC_IN_T = {"vp": "quadratic", "subvp": "quadratic", "ve": "logsnr"}
 
 #: The solvers, by the name ``sample()`` and ``sde-gen sample --solver`` take.
 SOLVERS: dict[str, SolverSpec] = {
@@ -266,7 +289,7 @@ SOLVERS: dict[str, SolverSpec] = {
     "unipc": SolverSpec(
         sample_unipc, "UniPC multistep predictor–corrector (UniP + UniC) in log-SNR time",
         options=(
-            Option("order", int, 3, "multistep order of the predictor (UniC adds one)",
+            Option("order", int, 2, "multistep order of the predictor (UniC adds one)",
                    choices=(1, 2, 3)),
             Option("variant", str, "bh2", "B(h): bh1 (h) or bh2 (e^h - 1)",
                    choices=UNIPC_VARIANTS, noun="UniPC variant"),
@@ -275,21 +298,21 @@ SOLVERS: dict[str, SolverSpec] = {
             Option("lower_order_final", bool, True, "with fewer than 6 intervals (order 3) or "
                    "10 (order 2), lower the order on the last two steps"),
         ),
-        steps=19, spacing="logsnr",
+        steps=19, spacing=QUADRATIC_IN_T,
     ),
     "ipndm": SolverSpec(
         sample_ipndm, "iPNDM: Adams–Bashforth on eps in σ/α (DEIS paper, App.)",
         options=(
-            Option("order", int, 4, "Adams–Bashforth order", choices=(1, 2, 3, 4)),
+            Option("order", int, 3, "Adams–Bashforth order", choices=(1, 2, 3, 4)),
             Option("variable_step", bool, False, "Adams–Bashforth weights for the grid's "
                    "unequal steps in σ/α instead of the fixed equal-step ones"),
         ),
-        steps=19, spacing="logsnr",
+        steps=19, spacing=QUADRATIC_IN_T,
     ),
     "deis": SolverSpec(
         sample_deis, "tAB-DEIS: eps extrapolated in t, exact exponential-integrator weights",
         options=(Option("order", int, 3, "multistep order", choices=(1, 2, 3)),),
-        steps=19, spacing="logsnr",
+        steps=19, spacing=QUADRATIC_IN_T,
     ),
 }
 
@@ -355,14 +378,24 @@ _SPACING_TEXT = {"uniform": "uniform", "quadratic": "quadratic", "logsnr": "log-
                  "karras": "Karras ρ=7"}
 
 
+def _spacing_text(spec: SolverSpec) -> str:
+    if isinstance(spec.spacing, str):
+        return _SPACING_TEXT[spec.spacing]
+    by = {}
+    for sde, sp in spec.spacing.items():
+        by.setdefault(_SPACING_TEXT[sp], []).append({"vp": "VP", "subvp": "sub-VP",
+                                                     "ve": "VE"}.get(sde, sde))
+    return " / ".join(f"{sp} ({', '.join(names)})" for sp, names in by.items())
+
+
 def _grid_text(spec: SolverSpec) -> str:
     per_step = spec.calls_per_step({o.name: o.default for o in spec.options})
     if spec.steps is None:
         where = ("every discrete-chain step from eps to T" if spec.discrete_default
-                 else f"N−1 {_SPACING_TEXT[spec.spacing]} intervals")
+                 else f"N−1 {_spacing_text(spec)} intervals")
         nfe = {1: "N", 2: "2N−1"}.get(per_step, f"{per_step}(N−1)+1")
         return f"{where} (NFE {nfe})"
-    grid = f"{spec.steps} {_SPACING_TEXT[spec.spacing]} intervals"
+    grid = f"{spec.steps} {_spacing_text(spec)} intervals"
     if per_step is None:
         return f"{grid} (adaptive: the tolerances set the NFE)"
     return f"{grid} (NFE {per_step * spec.steps + 1})"
