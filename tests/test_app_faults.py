@@ -21,6 +21,8 @@ from sde_gen.app.runs import load_run
 from sde_gen.app.train import train
 from sde_gen.errors import UserInputError
 
+from helpers import one_error_line
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
         "train.batch_size=32", "train.plot_samples=0", "train.log_every=5", "train.warmup=2",
@@ -34,15 +36,6 @@ def _sets(sets):
 def _cli_train(workdir, *extra):
     return CliRunner().invoke(app, ["train", "--workdir", str(workdir), "--no-progress",
                                     *_sets(FAST + list(extra))])
-
-
-def _one_error_line(res) -> str:
-    """The single ``error: ...`` line of a failed command (exit code 2, no traceback)."""
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +65,7 @@ def test_a_corrupt_earlier_metrics_line_is_one_line_error(tmp_path):
     train(load_config(None, FAST + ["train.steps=10"]), tmp_path, progress=False)
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("garbage\n" + metrics.read_text())
-    line = _one_error_line(_cli_train(tmp_path, "train.steps=15"))
+    line = one_error_line(_cli_train(tmp_path, "train.steps=15"))
     assert f"{metrics} line 1 is not a metrics record" in line
 
 
@@ -94,7 +87,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    line = _one_error_line(_cli_train(tmp_path, "train.steps=10"))
+    line = one_error_line(_cli_train(tmp_path, "train.steps=10"))
     target = tmp_path / "checkpoints" / "ckpt_000000010.pt"
     assert line == f"error: cannot write checkpoint {target}: {reason}; earlier checkpoints are " \
                    "unchanged"
@@ -122,17 +115,17 @@ def test_incomplete_checkpoint_is_one_line_error(run_dir, tmp_path, change, mess
     ckpt.parent.mkdir()
     torch.save(state, ckpt)
     expected = f"{ckpt} is not a complete sde-gen checkpoint: {message}"
-    resume = _one_error_line(_cli_train(tmp_path, "train.steps=12"))
+    resume = one_error_line(_cli_train(tmp_path, "train.steps=12"))
     assert expected in resume
     if "noise_rng" not in message:  # only resuming reads the RNG states
         with pytest.raises(CheckpointError, match="is not a complete sde-gen checkpoint"):
             load_run(ckpt)
         res = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "4", "--steps", "2",
                                        "--device", "cpu", "--no-progress"])
-        assert expected in _one_error_line(res)
+        assert expected in one_error_line(res)
         res = CliRunner().invoke(app, ["export", "--ckpt", str(ckpt), "--out",
                                        str(tmp_path / "m.safetensors")])
-        assert expected in _one_error_line(res)
+        assert expected in one_error_line(res)
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -146,14 +139,14 @@ def test_device_errors_are_one_line_in_train_and_sample(run_dir, tmp_path):
     # Regression: torch tracebacks ("META device type not an accelerator", "Expected one of
     # cpu, cuda, ...").
     for device in ("foo", "meta"):
-        line = _one_error_line(_cli_train(tmp_path / device, f"train.device={device}"))
+        line = one_error_line(_cli_train(tmp_path / device, f"train.device={device}"))
         assert f"unknown device '{device}'" in line and "cuda:N" in line
         assert not (tmp_path / device).exists()  # checked before the workdir is made
         res = CliRunner().invoke(app, ["sample", "--ckpt", str(run_dir), "--n", "4",
                                        "--device", device, "--out", str(tmp_path / "s.png")])
-        assert f"unknown device '{device}'" in _one_error_line(res)
+        assert f"unknown device '{device}'" in one_error_line(res)
     if not torch.cuda.is_available():
-        line = _one_error_line(_cli_train(tmp_path / "c", "train.device=cuda"))
+        line = one_error_line(_cli_train(tmp_path / "c", "train.device=cuda"))
         assert "CUDA is not available" in line
 
 
@@ -161,7 +154,7 @@ def test_device_errors_are_one_line_in_train_and_sample(run_dir, tmp_path):
 def test_resuming_past_train_steps_is_one_line_error(run_dir):
     # Regression: it printed "step 10: loss nan" and overwrote config.yaml with the lower steps.
     config = (run_dir / "config.yaml").read_text()
-    line = _one_error_line(_cli_train(run_dir, "train.steps=8"))
+    line = one_error_line(_cli_train(run_dir, "train.steps=8"))
     assert f"the run in {run_dir} is already at step 10, past train.steps=8" in line
     assert (run_dir / "config.yaml").read_text() == config
 
@@ -189,7 +182,7 @@ def test_bug_keeps_its_traceback_while_user_error_is_one_line(tmp_path, monkeypa
         raise UserInputError("a mistake the user can fix\nsecond line")
 
     monkeypatch.setattr(train_mod, "train", user_error)
-    line = _one_error_line(CliRunner().invoke(app, ["train", "--workdir", str(tmp_path)]))
+    line = one_error_line(CliRunner().invoke(app, ["train", "--workdir", str(tmp_path)]))
     assert line == "error: a mistake the user can fix"
 
 
@@ -211,6 +204,6 @@ def test_bug_traceback_reaches_the_console(tmp_path):
 
 def test_eval_of_a_2d_run_is_one_line_error(run_dir, tmp_path):
     res = CliRunner().invoke(app, ["eval", "--ckpt", str(run_dir), "--device", "cpu"])
-    assert "sde-gen eval is for image runs" in _one_error_line(res)
+    assert "sde-gen eval is for image runs" in one_error_line(res)
     res = CliRunner().invoke(app, ["eval", "--ckpt", str(run_dir), "--out", str(tmp_path / "x")])
-    assert "--out must be a .json path" in _one_error_line(res)
+    assert "--out must be a .json path" in one_error_line(res)

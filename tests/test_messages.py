@@ -28,6 +28,8 @@ from sde_gen.app.train import train
 from sde_gen.data.images import DeviceBatches, ImageData, load_images, make_loader
 from sde_gen.errors import CheckpointError, UserInputError
 
+from helpers import one_error_line
+
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
         "train.batch_size=32", "train.plot_samples=0", "train.log_every=5", "train.warmup=2",
         "train.device=cpu", "train.ckpt_every=5", "train.keep=10"]
@@ -37,15 +39,6 @@ UNET = ["model.name=unet", "model.ch=16", "model.ch_mult=[1,2]", "model.num_res_
 
 def _sets(sets):
     return [a for s in sets for a in ("--set", s)]
-
-
-def _one_error_line(res) -> str:
-    """The single ``error: ...`` line of a failed command (exit code 2, no traceback)."""
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,7 @@ def test_empty_npz_is_rejected_when_loaded(tmp_path):
         load_images("npz", path=jpeg)
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "w"), "--no-progress",
                                    *_sets(UNET + ["data.name=npz", f"data.path={path}"])])
-    assert f"the dataset in {path} is empty" in _one_error_line(res)
+    assert f"the dataset in {path} is empty" in one_error_line(res)
 
 
 def test_empty_folder_says_empty(tmp_path):
@@ -112,7 +105,7 @@ def test_batch_larger_than_the_data_names_the_source(tmp_path):
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "w"), "--no-progress",
                                    *_sets(UNET + ["data.name=npz", f"data.path={path}",
                                                   "train.batch_size=64"])])
-    assert f"batch_size 64 is larger than the 10 examples of {path}" in _one_error_line(res)
+    assert f"batch_size 64 is larger than the 10 examples of {path}" in one_error_line(res)
 
 
 # ---------------------------------------------------------------------- corrupt image files
@@ -231,7 +224,7 @@ def test_export_of_an_export(run_dir, tmp_path):
     assert load_run(second).cfg == load_run(run_dir).cfg
 
     res = CliRunner().invoke(app, ["export", "--ckpt", str(first), "--out", str(first)])
-    assert _one_error_line(res) == f"error: --out {first} is the input file {first}; choose " \
+    assert one_error_line(res) == f"error: --out {first} is the input file {first}; choose " \
                                    "another output path"
     assert load_file(str(first)).keys() == a.keys()  # untouched
 
@@ -242,7 +235,7 @@ def test_foreign_safetensors_is_not_an_sde_gen_export(tmp_path):
     expected = f"{path} is not an sde-gen export (no sde-gen metadata)"
     for cmd in (["export", "--ckpt", str(path), "--out", str(tmp_path / "o.safetensors")],
                 ["sample", "--ckpt", str(path), "--n", "4", "--no-progress"]):
-        assert _one_error_line(CliRunner().invoke(app, cmd)) == f"error: {expected}"
+        assert one_error_line(CliRunner().invoke(app, cmd)) == f"error: {expected}"
 
 
 # ----------------------------------------------------------------- weights that do not fit
@@ -273,7 +266,7 @@ def test_weights_that_do_not_fit_are_one_line(run_dir, tmp_path):
     assert ": checkpoint (16, " in msg and "vs model (24, " in msg and "more)" in msg
     assert "\n" not in msg and "Error(s)" not in msg
     res = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "4", "--no-progress"])
-    assert "size mismatch for" in _one_error_line(res)
+    assert "size mismatch for" in one_error_line(res)
 
     state = torch.load(list_checkpoints(run_dir)[-1], weights_only=True)
     name = sorted(state["ema"])[0]

@@ -29,41 +29,19 @@ from functools import lru_cache
 import pytest
 import torch
 
-from sde_gen.analytic import GaussianMixture
 from sde_gen.sampling import sample
 from sde_gen.sampling.deis import (eps_multistep, lagrange_coefficients, sample_deis,
                                    tab_coefficients, time_from_log_snr)
 from sde_gen.sampling.grids import default_eps, grid_coeffs, make_grid
 from sde_gen.sampling.ipndm import ipndm_coefficients, sample_ipndm
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, SubVPSDE
+
+from helpers import SDES, mixture, ode_reference, seeded
 
 F64, F32 = torch.float64, torch.float32
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-N_ODE = 256
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture() -> GaussianMixture:
-    """Asymmetric 3-component mixture in 2-D: full covariances, weights 0.2 / 0.3 / 0.5."""
-    means = torch.tensor([[-1.5, 0.5], [1.2, 1.0], [0.3, -1.4]], dtype=F64)
-    a = torch.tensor([[[0.3, 0.1], [0.0, 0.15]], [[0.2, -0.1], [0.1, 0.3]],
-                      [[0.4, 0.0], [0.2, 0.1]]], dtype=F64)
-    covs = a @ a.transpose(-1, -2) + 0.01 * torch.eye(2, dtype=F64)
-    return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
 GM = mixture()
-
-
-@lru_cache(maxsize=None)
-def ode_reference(sde_name: str) -> tuple[SDE, torch.Tensor, torch.Tensor]:
-    """x_T (256 prior samples) and the exact PF-ODE solution at eps (dopri5, tol 1e-10)."""
-    sde = SDES[sde_name]()
-    x_T = sde.prior_sampling((N_ODE, 2), generator=seeded(3), dtype=F64)
-    return sde, x_T, GM.ode_endpoint(sde, x_T, default_eps(sde))
 
 
 @lru_cache(maxsize=None)

@@ -5,13 +5,11 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import sde_gen.app.cli as cli_mod
 import sde_gen.app.train as train_mod
 from sde_gen.app.checkpoint import list_checkpoints
 from sde_gen.app.cli import app
@@ -22,6 +20,8 @@ from sde_gen.app.train import NonFiniteLossError, train
 from sde_gen.errors import UserInputError
 from sde_gen.likelihood import log_likelihood
 from sde_gen.sde import VPSDE
+
+from helpers import one_error_line
 
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
         "train.batch_size=32", "train.plot_samples=0", "train.log_every=1", "train.warmup=2",
@@ -37,13 +37,6 @@ def _strict_loads(text: str):
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
     return json.loads(text, parse_constant=refuse)
-
-
-def _one_error_line(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def test_a_run_whose_every_step_was_skipped_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "dsm_loss", _nan_loss_on(range(1, 100)))
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "cli"), "--no-progress",
                                    *_sets(FAST + ["train.steps=3"])])
-    assert "nothing was trained" in _one_error_line(res)
+    assert "nothing was trained" in one_error_line(res)
 
 
 def test_a_run_with_some_skipped_steps_still_succeeds(tmp_path, monkeypatch):
@@ -166,7 +159,7 @@ def test_likelihood_out_is_checked_before_computing(run_dir, tmp_path, monkeypat
                        (tmp_path / "afile" / "r.json", "is a file, not a directory")):
         res = CliRunner().invoke(app, ["likelihood", "--ckpt", str(run_dir), "--n", "4",
                                        "--no-progress", "--out", str(out)])
-        assert match in _one_error_line(res)
+        assert match in one_error_line(res)
 
 
 def test_sample_out_that_is_a_directory_fails_before_sampling(run_dir, tmp_path, monkeypatch):
@@ -177,7 +170,7 @@ def test_sample_out_that_is_a_directory_fails_before_sampling(run_dir, tmp_path,
     (tmp_path / "DIR.png").mkdir()
     res = CliRunner().invoke(app, ["sample", "--ckpt", str(run_dir), "--n", "4", "--solver", "ddim",
                                    "--steps", "3", "--no-progress", "--out", str(tmp_path / "DIR.png")])
-    assert "is a directory" in _one_error_line(res)
+    assert "is a directory" in one_error_line(res)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR.png"]
 
 
@@ -219,7 +212,7 @@ def test_a_nonfinite_likelihood_exits_nonzero_and_writes_nothing(run_dir, tmp_pa
     out = tmp_path / "l.json"
     res = CliRunner().invoke(app, ["likelihood", "--ckpt", str(run_dir), "--method", "vlb",
                                    "--n", "4", "--no-progress", "--out", str(out)])
-    assert "vlb_nats=nan" in _one_error_line(res) and not out.exists()
+    assert "vlb_nats=nan" in one_error_line(res) and not out.exists()
 
 
 def test_log_likelihood_names_nonfinite_data():

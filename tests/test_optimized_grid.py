@@ -8,7 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sde_gen.analytic import GaussianMixture
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
 from sde_gen.app.train import train
@@ -18,15 +17,9 @@ from sde_gen.sampling.optimized_grid import (OptimizedGrid, _gits_path, optimize
                                              steps_for_nfe)
 from sde_gen.sde import VESDE, VPSDE
 
+from helpers import mixture
+
 F64 = torch.float64
-
-
-def mixture() -> GaussianMixture:
-    means = torch.tensor([[-1.5, 0.5], [1.2, 1.0], [0.3, -1.4]], dtype=F64)
-    a = torch.tensor([[[0.3, 0.1], [0.0, 0.15]], [[0.2, -0.1], [0.1, 0.3]],
-                      [[0.4, 0.0], [0.2, 0.1]]], dtype=F64)
-    covs = a @ a.transpose(-1, -2) + 0.01 * torch.eye(2, dtype=F64)
-    return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
 def test_gits_dynamic_programme_finds_the_cheapest_k_edge_path():

@@ -16,32 +16,17 @@ Model: the exact eps of a 2-D, 3-component Gaussian mixture with unequal weights
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import pytest
 import torch
 
-from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import sample, sample_ancestral, sample_ddim
-from sde_gen.sampling.grids import default_eps
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import VPSDE
+
+from helpers import SDES, mixture, ode_reference, seeded
 
 F64 = torch.float64
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture() -> GaussianMixture:
-    """Asymmetric 3-component mixture in 2-D: full covariances, weights 0.2 / 0.3 / 0.5."""
-    means = torch.tensor([[-1.5, 0.5], [1.2, 1.0], [0.3, -1.4]], dtype=F64)
-    a = torch.tensor([[[0.3, 0.1], [0.0, 0.15]], [[0.2, -0.1], [0.1, 0.3]],
-                      [[0.4, 0.0], [0.2, 0.1]]], dtype=F64)
-    covs = a @ a.transpose(-1, -2) + 0.01 * torch.eye(2, dtype=F64)
-    return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
 GM = mixture()
@@ -180,15 +165,6 @@ def test_50_step_ddim_is_diffusers_ddim_scheduler(eta: float) -> None:
 
 # -------------------------------------------------------------------------------------------------
 # (c), (e) convergence to the exact probability-flow ODE endpoint
-N_ODE = 256
-
-
-@lru_cache(maxsize=None)
-def ode_reference(sde_name: str) -> tuple[SDE, torch.Tensor, torch.Tensor]:
-    """x_T (256 prior samples) and the exact PF-ODE solution at eps (dopri5, tol 1e-10)."""
-    sde = SDES[sde_name]()
-    x_T = sde.prior_sampling((N_ODE, 2), generator=seeded(3), dtype=F64)
-    return sde, x_T, GM.ode_endpoint(sde, x_T, default_eps(sde))
 
 
 def endpoint_errors(sde_name: str, solver: str, steps_list, **options) -> list[float]:

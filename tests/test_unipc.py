@@ -24,28 +24,15 @@ from functools import lru_cache
 import pytest
 import torch
 
-from sde_gen.analytic import GaussianMixture
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import make_grid, sample
 from sde_gen.sampling.grids import default_eps
 from sde_gen.sampling.unipc import FEW_STEPS, _step_orders, _unipc_coeffs, sample_unipc
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE
+
+from helpers import SDES, mixture, ode_reference, seeded
 
 F64 = torch.float64
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture() -> GaussianMixture:
-    """Asymmetric 3-component mixture in 2-D: full covariances, weights 0.2 / 0.3 / 0.5."""
-    means = torch.tensor([[-1.5, 0.5], [1.2, 1.0], [0.3, -1.4]], dtype=F64)
-    a = torch.tensor([[[0.3, 0.1], [0.0, 0.15]], [[0.2, -0.1], [0.1, 0.3]],
-                      [[0.4, 0.0], [0.2, 0.1]]], dtype=F64)
-    covs = a @ a.transpose(-1, -2) + 0.01 * torch.eye(2, dtype=F64)
-    return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
 GM = mixture()
@@ -71,14 +58,6 @@ def test_order_1_without_unic_is_ddim(sde_name: str, spacing: str, steps: int) -
 
 # -------------------------------------------------------------------------------------------------
 # (b), (c) convergence to the exact probability-flow ODE endpoint
-N_ODE = 256
-
-
-@lru_cache(maxsize=None)
-def ode_reference(sde_name: str) -> tuple[SDE, torch.Tensor, torch.Tensor]:
-    sde = SDES[sde_name]()
-    x_T = sde.prior_sampling((N_ODE, 2), generator=seeded(3), dtype=F64)
-    return sde, x_T, GM.ode_endpoint(sde, x_T, default_eps(sde))
 
 
 @lru_cache(maxsize=None)
@@ -88,7 +67,8 @@ def endpoint_errors(sde_name: str, steps_list: tuple[int, ...], **options) -> tu
     model = GM.eps_model(sde)
     errs = []
     for steps in steps_list:
-        res = sample(model, sde, None, "unipc", x_T=x_T, steps=steps, denoise=False, **options)
+        res = sample(model, sde, None, "unipc", x_T=x_T, steps=steps, denoise=False,
+                     **{"spacing": "logsnr", **options})
         assert res.nfe == steps
         errs.append(float((res.x - ref).norm(dim=1).mean()))
     return tuple(errs)
