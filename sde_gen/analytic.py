@@ -76,14 +76,66 @@ class GaussianMixture:
                               * self.means[:, None, :])
         return second - torch.outer(m, m)
 
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """Exact samples ``(n, D)`` from the data distribution."""
+        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+        return_labels: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Exact samples ``(n, D)`` from the data distribution; with ``return_labels`` also the
+        component index of each, ``(n,)`` int64 (the same draws either way)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        x = self.means[k] + torch.einsum("nij,nj->ni", self.chol0[k], z)
-        return x.to(dtype)
+        x = (self.means[k] + torch.einsum("nij,nj->ni", self.chol0[k], z)).to(dtype)
+        return (x, k) if return_labels else x
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone: the exact class-conditional law when the label is the index."""
+        if not 0 <= int(k) < self.num_components:
+            raise UserInputError(f"component {k} is outside 0..{self.num_components - 1}")
+        return GaussianMixture(self.means[k:k + 1], self.covs[k:k + 1])
+
+    def conditional(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
+        """The exact law of the unknown coordinates given ``x[known] = values``: a mixture.
+
+        For ``x = (a, b)`` with ``a`` known, component ``k`` gives ``b | a ~ N(mu_b + S_ba S_aa^-1
+        (a - mu_a), S_bb - S_ba S_aa^-1 S_ab)`` and its weight becomes ``w_k N(a; mu_a, S_aa)``
+        renormalized (Bishop 2006, Eq. 2.81-2.82).
+
+        Args:
+            known: ``(D,)`` bool mask, true where the coordinate is observed (some, not all).
+            values: the observed coordinates, ``(D,)`` (entries where ``known`` is false are
+                ignored) or ``(n_known,)``.
+
+        Returns:
+            A mixture over the ``D - n_known`` unknown coordinates, in their original order.
+        """
+        known = torch.as_tensor(known, dtype=torch.bool).reshape(-1)
+        if known.shape != (self.dim,) or bool(known.all()) or not bool(known.any()):
+            raise UserInputError(f"known must be a ({self.dim},) mask with some but not all true")
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        a = values[known] if values.shape == (self.dim,) else values
+        if a.shape != (int(known.sum()),):
+            raise UserInputError(f"values must have {self.dim} or {int(known.sum())} entries, "
+                                 f"got {tuple(values.shape)}")
+        ia, ib = known.nonzero().squeeze(1), (~known).nonzero().squeeze(1)
+        s_aa = self.covs[:, ia][:, :, ia]
+        s_ba = self.covs[:, ib][:, :, ia]
+        s_bb = self.covs[:, ib][:, :, ib]
+        chol = torch.linalg.cholesky(s_aa)
+        diff = (a[None] - self.means[:, ia]).unsqueeze(-1)  # (K, A, 1)
+        gain = torch.cholesky_solve(s_ba.transpose(1, 2), chol).transpose(1, 2)  # S_ba S_aa^-1
+        means = self.means[:, ib] + (gain @ diff).squeeze(-1)
+        covs = s_bb - gain @ s_ba.transpose(1, 2)
+        white = torch.linalg.solve_triangular(chol, diff, upper=False).squeeze(-1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_w = torch.log(self.weights) - 0.5 * (logdet + white.pow(2).sum(-1))
+        weights = torch.softmax(log_w, dim=0)
+        keep = weights > 0  # components the observation rules out entirely
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        return GaussianMixture(means[keep], covs[keep], weights[keep])
 
     # -- perturbed marginals ----------------------------------------------------------------------
     def _components_t(
@@ -165,3 +217,33 @@ class GaussianMixture:
             return self.eps(x, t, sde).to(x.dtype)
 
         return model
+
+    def class_conditional_model(self, sde: SDE) -> "ExactClassModel":
+        """A perfect class-conditional eps-model: label ``k`` is component ``k``."""
+        return ExactClassModel(self, sde)
+
+
+class ExactClassModel:
+    """``model(x, t, y=None) -> eps``: the exact eps of component ``y`` of a mixture, or of the
+    whole mixture for the null label ``num_classes`` (or ``y=None``), per example.
+
+    The oracle for classifier-free guidance: with the null label it is the unconditional model
+    that label dropout trains.
+    """
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
+        self.mixture, self.sde = mixture, sde
+        self.num_classes = mixture.num_components
+        self.parts = [mixture.component(k) for k in range(self.num_classes)]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None:
+            return self.mixture.eps(x, t, self.sde).to(x.dtype)
+        y = torch.as_tensor(y, device=x.device).reshape(-1).expand(x.shape[0])
+        out = torch.empty_like(x, dtype=torch.float64)
+        for k in torch.unique(y).tolist():
+            rows = y == k
+            part = self.mixture if k == self.num_classes else self.parts[k]
+            out[rows] = part.eps(x[rows], t[rows], self.sde)
+        return out.to(x.dtype)
+
