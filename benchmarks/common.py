@@ -19,13 +19,22 @@ def device_name(device: torch.device | str = "cpu") -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
 
 
+def command() -> str:
+    """The command line that ran, with a benchmark script named as ``-m benchmarks.NAME``."""
+    argv = list(sys.argv)
+    script = Path(argv[0]).resolve() if argv and argv[0].endswith(".py") else None
+    if script is not None and script.parent == Path(__file__).resolve().parent:
+        argv[0] = f"-m benchmarks.{script.stem}"
+    return " ".join(argv)
+
+
 def header(title: str, device: torch.device | str = "cpu") -> str:
     return (
         f"# {title}\n\n"
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
         f"- device: {device_name(device)}\n"
         f"- torch {torch.__version__}, Python {platform.python_version()}\n"
-        f"- command: `python {' '.join(sys.argv)}`\n"
+        f"- command: `python {command()}`\n"
     )
 
 

@@ -1,9 +1,10 @@
 """sde-gen: score-based generative modelling with stochastic differential equations."""
 
+from . import guidance
 from .analytic import GaussianMixture
 from .losses import dsm_loss
 from .parameterization import ScoreModel, denoise_fn, score_fn
-from .sampling import SampleResult, sample
+from .sampling import SampleResult, colorize, impute, sample
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
@@ -17,8 +18,11 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "VPSDE",
+    "colorize",
     "denoise_fn",
     "dsm_loss",
+    "guidance",
+    "impute",
     "sample",
     "score_fn",
 ]

@@ -102,7 +102,7 @@ class GaussianMixture:
 
         For ``x = (a, b)`` with ``a`` known, component ``k`` gives ``b | a ~ N(mu_b + S_ba S_aa^-1
         (a - mu_a), S_bb - S_ba S_aa^-1 S_ab)`` and its weight becomes ``w_k N(a; mu_a, S_aa)``
-        renormalized (Bishop 2006, Eq. 2.81-2.82).
+        renormalized ([Bishop06] Eq. (2.81)-(2.82)).
 
         Args:
             known: ``(D,)`` bool mask, true where the coordinate is observed (some, not all).

@@ -168,6 +168,7 @@ def hybrid_loss(
     chain: DiscreteChain | None = None,
     generator: torch.Generator | None = None,
     shard: slice | None = None,
+    y: torch.Tensor | None = None,
 ) -> HybridLoss:
     """L_hybrid per example ([Nichol21] Sec. 3.1), with the mean stopped in its L_vlb term.
 
@@ -185,6 +186,8 @@ def hybrid_loss(
         generator: source of the steps and noise.
         shard: evaluate only these rows (steps and noise are drawn for the whole batch first, as
             in :func:`~sde_gen.losses.dsm_loss`).
+        y: class labels for a class-conditional model, ``model(x_t, t, y, with_variance=True)``
+            (``(B,)`` int64); ``None`` leaves them out of the call.
 
     Returns:
         :class:`HybridLoss`.
@@ -205,10 +208,12 @@ def hybrid_loss(
     i, x0_, r_ = steps, x0, r
     if shard is not None:
         i, x0_, z, r_ = steps[shard], x0[shard], z[shard], r[shard]
+        y = None if y is None else y[shard]
     nd = x0_.ndim
     alpha, sigma = append_dims(ch.alpha[i].to(dt), nd), append_dims(ch.sigma[i].to(dt), nd)
     x_t = alpha * x0_ + sigma * z
-    eps, v = model(x_t, ch.t[i].to(dt), with_variance=True)
+    cond = () if y is None else (y,)
+    eps, v = model(x_t, ch.t[i].to(dt), *cond, with_variance=True)
     if v is None:
         raise UserInputError("hybrid_loss needs a model with a learned variance (learn_variance=True)")
     eps, v = eps.to(dt), v.to(dt)

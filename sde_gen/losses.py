@@ -136,11 +136,12 @@ def dsm_loss(
     discrete: bool = False,
     generator: torch.Generator | None = None,
     shard: slice | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoising score-matching loss per example, unreduced over the batch.
 
     Args:
-        model: eps-model ``model(x_t, t)``.
+        model: eps-model ``model(x_t, t)``; with labels ``y``, ``model(x_t, t, y)``.
         sde: forward SDE.
         x0: clean data. Shapes: ``(B, *D)``.
         weighting: a name of :data:`WEIGHTINGS` (default parameters; see :func:`make_weighting`)
@@ -152,6 +153,8 @@ def dsm_loss(
         generator: source of the times and noise.
         shard: evaluate only these rows. Times and noise are drawn for the whole batch first, so
             a global batch split over data-parallel ranks gives exactly the single-process draws.
+        y: class labels of ``x0`` for a class-conditional model (``(B,)`` int64, the null label
+            where dropped, [Ho22] Alg. 1); ``None`` calls ``model(x_t, t)``. They change no draw.
 
     Returns:
         ``(B,)`` loss (``(len(shard),)`` with ``shard``). Refs: [Song21] Eq. (7); [Ho20] Alg. 1.
@@ -166,6 +169,8 @@ def dsm_loss(
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if shard is not None:
         x0, z, t, alpha_t, sigma_t, r = (v[shard] for v in (x0, z, t, alpha_t, sigma_t, r))
+        y = None if y is None else y[shard]
     x_t = append_dims(alpha_t, x0.ndim) * x0 + append_dims(sigma_t, x0.ndim) * z
-    err = REDUCTIONS[reduce]((model(x_t, t) - z) ** 2)
+    eps = model(x_t, t) if y is None else model(x_t, t, y)
+    err = REDUCTIONS[reduce]((eps - z) ** 2)
     return w(sde, t) * r * err

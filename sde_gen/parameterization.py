@@ -163,8 +163,16 @@ class ScoreModel(nn.Module):
     float32 model samples a float64 (or float16) solver state; for a half-precision network,
     convert the model (``model.half()``) or use autocast.
 
+    Class conditioning: a network with an integer ``num_classes`` attribute (the MLP and U-Net
+    built with ``num_classes``) makes a class-conditional model, ``model(x, t, y)`` with labels
+    ``y`` in ``0..num_classes - 1`` or the null label ``num_classes`` ("no class", the
+    unconditional model that label dropout trains for classifier-free guidance, [Ho22] Sec. 3.2);
+    ``y=None`` means the null label for every example, so every sampler, which calls
+    ``model(x, t)``, draws from the unconditional model. :mod:`sde_gen.guidance` binds labels.
+
     Args:
-        net: ``net(x_in, c_noise) -> output`` of the shape of ``x``.
+        net: ``net(x_in, c_noise) -> output`` of the shape of ``x`` (``net(x_in, c_noise, y)``
+            when it has a ``num_classes``).
         sde: the forward SDE whose ``marginal_coeffs`` define the conversions.
         prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"edm"``.
         sigma_data: data standard deviation used in the input scaling and EDM's coefficients.
@@ -188,14 +196,57 @@ class ScoreModel(nn.Module):
             raise UserInputError("learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t")
         self.noise_cond, self.learn_variance = noise_cond, bool(learn_variance)
 
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model (its null label is this number),
+        or ``None`` for an unconditional one."""
+        n = getattr(self.net, "num_classes", None)
+        return int(n) if n else None
+
+    def labels(self, y: torch.Tensor | int | None, batch: int,
+               device: torch.device | None = None) -> torch.Tensor | None:
+        """``y`` checked and made a ``(batch,)`` int64 tensor (an int or a 0-d tensor is
+        broadcast; ``None`` becomes the null label); ``None`` for an unconditional model.
+
+        Raises:
+            UserInputError: labels for an unconditional model, labels that are not integers, of
+                the wrong shape, or outside ``0..num_classes`` (``num_classes``: the null label).
+        """
+        k = self.num_classes
+        if k is None:
+            if y is not None:
+                raise UserInputError("this model is unconditional (trained without "
+                                     "model.class_cond); it takes no class labels")
+            return None
+        if y is None:
+            return torch.full((batch,), k, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise UserInputError(f"class labels must be integers, got {y.dtype}")
+        if y.ndim == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise UserInputError(f"class labels must have shape ({batch},), got {tuple(y.shape)}")
+        compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)()
+        if not compiling and batch:
+            lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host sync (not under compile)
+            if lo < 0 or hi > k:
+                raise UserInputError(f"class label {lo if lo < 0 else hi} is outside the "
+                                     f"model's classes 0..{k - 1} ({k} is the null label)")
+        return y.long()
+
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, *, with_variance: bool = False
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | int | None = None, *,
+        with_variance: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """eps_hat(x, t); with ``with_variance=True`` the pair ``(eps_hat, v)`` (``v`` None
-        without a learned variance). The keyword exists so that wrappers of ``forward`` (DDP,
-        ``torch.compile``) see the call. Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
+        """eps_hat(x, t) (a class-conditional model: eps_hat(x, t, y)); with
+        ``with_variance=True`` the pair ``(eps_hat, v)`` (``v`` None without a learned variance).
+        The keyword exists so that wrappers of ``forward`` (DDP, ``torch.compile``) see the call.
+        Shapes: ``x (B, *D)``, ``t (B,)``, ``y (B,)`` int64 or None -> ``(B, *D)``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise UserInputError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        y = self.labels(y, x.shape[0], x.device)
+        cond = () if y is None else (y,)
         alpha_t, sigma_t = self.sde.marginal_coeffs(t)
         s_d = self.sigma_data
         c_in = torch.rsqrt(alpha_t**2 * s_d**2 + sigma_t**2)
@@ -205,9 +256,9 @@ class ScoreModel(nn.Module):
         if weights is not None and weights.dtype != x.dtype and x.is_floating_point():
             # The solver's state may be wider or narrower than the weights (sample(dtype=...)):
             # the network computes in its own dtype, the conversions around it in x's.
-            out = self.net(x_in.to(weights.dtype), c_noise.to(weights.dtype)).to(x.dtype)
+            out = self.net(x_in.to(weights.dtype), c_noise.to(weights.dtype), *cond).to(x.dtype)
         else:
-            out = self.net(x_in, c_noise)
+            out = self.net(x_in, c_noise, *cond)
         v = None
         if self.learn_variance:
             if out.shape[1] != 2 * x.shape[1]:
@@ -231,17 +282,19 @@ class ScoreModel(nn.Module):
         return append_dims(sigma / rho, n).to(x.dtype) * x_in - append_dims(s_d / rho, n).to(x.dtype) * out
 
     def eps_and_variance(
-        self, x: torch.Tensor, t: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(eps_hat, v)``: ``v`` the raw variance output of [Nichol21] Eq. (15), or None when the
         variance is not learned. Shapes: ``(B, *D)`` each."""
-        return self(x, t, with_variance=True)
+        return self(x, t, y, with_variance=True)
 
-    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, t: torch.Tensor,
+              y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Score ``-eps_hat / sigma_t``."""
-        return eps_to_score(self(x, t), self.sde.marginal_coeffs(t)[1])
+        return eps_to_score(self(x, t, y), self.sde.marginal_coeffs(t)[1])
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Tweedie estimate of x0."""
         alpha_t, sigma_t = self.sde.marginal_coeffs(t)
-        return eps_to_x0(x, self(x, t), alpha_t, sigma_t)
+        return eps_to_x0(x, self(x, t, y), alpha_t, sigma_t)

@@ -162,22 +162,65 @@ def solver_options(solver: str, given: dict) -> dict:
     return opts
 
 
-def with_solver_flags(command: Callable) -> Callable:
-    """Give ``command(..., **solver_opts)`` one typer option per entry of :data:`SOLVER_FLAGS`.
+def with_solver_flags(command: Callable | None = None, *,
+                      exclude: tuple[str, ...] = ()) -> Callable:
+    """Give ``command(..., **solver_opts)`` one typer option per entry of :data:`SOLVER_FLAGS`
+    (but those named in ``exclude``: ``@with_solver_flags(exclude=("method",))`` for a command
+    whose own option has that name).
 
     The flags, their help and their ranges come from the solver registry, so a new solver option
     is a new flag without an edit here; ``command`` receives them in ``solver_opts`` (``None``
     where not given).
     """
+    if command is None:
+        return functools.partial(with_solver_flags, exclude=exclude)
     signature = inspect.signature(command)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
     for flag in SOLVER_FLAGS.values():
+        if flag.name in exclude:
+            continue
         bounds = {k: v for k, v in (("min", flag.min), ("max", flag.max)) if v is not None}
         option = typer.Option(None, flag.decls, help=flag.help + ".", **bounds)
         params.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=Optional[flag.type]))
     command.__signature__ = signature.replace(parameters=params)
     return command
+
+
+def parse_class(text: str | None, guidance: float | None) -> int | str | None:
+    """``--class``: ``None``, a label ``K >= 0`` or ``"all"``; ``--guidance`` needs it."""
+    if text is None:
+        if guidance is not None:
+            fail("--guidance needs --class K (the class to guide towards) or --class all")
+        return None
+    text = text.strip().lower()
+    if text == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        fail(f"--class must be a class label 0, 1, ... or all, got {text!r}")
+    return k
+
+
+def class_labels(model, label: int | str | None, n: int):
+    """The labels ``(y, nrow)`` for ``--class`` (``"all"``: ``n`` of each class in order, one
+    grid row per class), checked against the model's classes; ``(None, None)`` without it."""
+    import torch
+
+    if label is None:
+        return None, None
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        fail("--class and --guidance need a class-conditional run (trained with "
+             "model.class_cond=true); this one is unconditional")
+    if label == "all":
+        return torch.arange(k).repeat_interleave(n), n
+    if label >= k:
+        fail(f"--class {label} is outside this run's classes 0..{k - 1}")
+    return torch.full((n,), label, dtype=torch.long), None
 
 
 @app.command()
@@ -188,15 +231,17 @@ def sample(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (solver default if omitted)."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A grid file from 'sde-gen optimize-grid' (its times, and its solver and options unless given)."),
-    n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples (--num-samples under torchrun, whose parser takes --n for its own)."),
+    n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples, per class with --class all (--num-samples under torchrun, whose parser takes --n for its own)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>.png."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>[_class<K>|_all_classes].png."),
     eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
     spacing: Optional[str] = typer.Option(None, "--spacing", help=f"Grid: {', '.join(SPACINGS)} (default: the solver's)."),
     denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class-conditional runs: the class label K (0..classes-1), or all: --n samples of each class, one grid row per class."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale w >= 0 with --class: (1 + w) eps(x, t, K) - w eps(x, t, null) (0: the conditional model)."),
     **solver_opts,
 ) -> None:
     """Sample a trained model; write a PNG and an .npz of raw samples.
@@ -205,6 +250,7 @@ def sample(
     """
     from .outputs import check_out_path
 
+    label = parse_class(class_, guidance)
     if out is not None:  # before the checkpoint is even read
         check_out_path(out, ".png")
         check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
@@ -235,21 +281,130 @@ def sample(
         run = load_run(ckpt, device=di.device)
         if tuned is not None:  # made for this run's SDE? (checked before sampling)
             opts["ts"] = OptimizedGrid.load(grid, run.sde).ts
+        y, nrow = class_labels(run.model, label, n)
         if out is None:  # checked before sampling, not after
-            out = check_out_path(run.workdir / f"samples_{solver}.png", ".png")
+            tag = "" if label is None else ("_all_classes" if label == "all" else f"_class{label}")
+            out = check_out_path(run.workdir / f"samples_{solver}{tag}.png", ".png")
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
-        gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver,
+        total = n if y is None else len(y)
+        gen = generate(run.model, run.sde, total, data_shape(run.cfg.data), solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
-                       steps=steps, eps=eps, spacing=spacing, denoise=denoise, **opts)
+                       steps=steps, eps=eps, spacing=spacing, denoise=denoise, y=y,
+                       guidance=guidance, **opts)
         if gen.n_nonfinite:
-            fail(f"{gen.n_nonfinite} of {n} samples are NaN or infinite (the model or the solver "
-                 f"diverged); nothing was written")
+            fail(f"{gen.n_nonfinite} of {total} samples are NaN or infinite (the model or the "
+                 f"solver diverged); nothing was written")
         if not di.is_main:
             return
-    png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE")
-    typer.echo(f"{n} samples with {solver}: {gen.nfe} NFE per batch, {gen.seconds:.2f} s")
+    what = "" if label is None else (
+        f", {'every class' if label == 'all' else f'class {label}'}"
+        + (f", guidance {guidance:g}" if guidance else ""))
+    png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
+                             nrow=nrow, labels=y)
+    typer.echo(f"{total} samples with {solver}{what}: {gen.nfe} NFE per batch, "
+               f"{gen.seconds:.2f} s")
     typer.echo(f"plot: {png}")
     typer.echo(f"samples: {npz}")
+
+
+EDIT_METHODS = ("replacement", "smc")
+
+
+def _edit_options(solver: str, steps, eps, resample: int, solver_opts: dict, denoise: bool,
+                  method: str, particles: int | None) -> dict:
+    """The sampler options of ``inpaint`` / ``colorize``, checked before any file is read."""
+    opts = solver_options(solver, solver_opts)
+    if method not in EDIT_METHODS:
+        fail(f"unknown --method {method!r}; choose replacement or smc")
+    if particles is not None and method != "smc":
+        fail("--particles applies to --method smc")
+    if method == "smc":
+        if particles is None:
+            fail("--method smc needs --particles K (particles per image)")
+        if resample != 1:
+            fail("--resample applies to --method replacement (SMC resamples particles)")
+        if opts:
+            flags = ", ".join("--" + k.replace("_", "-") for k in opts)
+            fail(f"{flags} does not apply to --method smc (its own ancestral kernel)")
+        opts = {"method": "smc", "particles": particles}
+    else:
+        opts = {**opts, "method": "replacement", "solver": solver, "resample": resample}
+    opts.update({k: v for k, v in (("steps", steps), ("eps", eps)) if v is not None})
+    return {**opts, "denoise": denoise}
+
+
+@app.command()
+@one_line_errors
+@with_solver_flags(exclude=("method",))
+def inpaint(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory of an image run (default: the latest run under runs/)."),
+    image: Path = typer.Option(..., "--image", help="The PNG to complete, of the run's size and channels."),
+    mask: Path = typer.Option(..., "--mask", help="PNG of the run's size, black (0) where pixels are to be filled in, white (1 or 255) where known."),
+    out: Path = typer.Option(..., "--out", help="Output PNG path (the known pixels are the input's)."),
+    solver: str = typer.Option("pc", "--solver", "-s", help=f"Sampler of --method replacement: one of {', '.join(SOLVERS)}."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (the sampler's default if omitted)."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
+    resample: int = typer.Option(1, "--resample", min=1, max=100, help="RePaint resampling: each step is repeated this many times, re-noising in between (1: plain replacement)."),
+    method: str = typer.Option("replacement", "--method", help="replacement (the known pixels' forward marginal replaces theirs at every step) or smc (a particle filter exact as --particles grows)."),
+    particles: Optional[int] = typer.Option(None, "--particles", min=1, max=100000, help="--method smc: particles per image."),
+    class_: Optional[int] = typer.Option(None, "--class", min=0, help="Class-conditional runs: the class label to condition on."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale w >= 0 with --class."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sampler."),
+    denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    **solver_opts,
+) -> None:
+    """Inpaint an image: fill in the masked-out (black) pixels with the run's model."""
+    from .distributed import resolve_device
+    from .editing import inpaint_file
+    from .outputs import check_out_path
+    from .runs import load_run
+
+    opts = _edit_options(solver, steps, eps, resample, solver_opts, denoise, method, particles)
+    out = check_out_path(out, ".png")  # before the checkpoint is even read
+    dev = resolve_device(device)
+    run = load_run(ckpt, device=dev)
+    path = inpaint_file(run, image, mask, out, label=class_, guidance=guidance, seed=seed,
+                        device=dev, **opts)
+    typer.echo(f"inpainted with {method}" + ("" if method == "smc" else f" ({solver})")
+               + f": {path}")
+
+
+@app.command()
+@one_line_errors
+@with_solver_flags(exclude=("method",))
+def colorize(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory of a colour image run (default: the latest run under runs/)."),
+    image: Path = typer.Option(..., "--image", help="A greyscale PNG (one channel, or equal R, G, B) of the run's size."),
+    out: Path = typer.Option(..., "--out", help="Output (RGB) PNG path."),
+    solver: str = typer.Option("pc", "--solver", "-s", help=f"Sampler: one of {', '.join(SOLVERS)}."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Grid intervals (the sampler's default if omitted)."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
+    resample: int = typer.Option(1, "--resample", min=1, max=100, help="RePaint resampling of each step (1: plain replacement)."),
+    method: str = typer.Option("replacement", "--method", help="replacement or smc (a particle filter), in the colour basis."),
+    particles: Optional[int] = typer.Option(None, "--particles", min=1, max=100000, help="--method smc: particles per image."),
+    class_: Optional[int] = typer.Option(None, "--class", min=0, help="Class-conditional runs: the class label to condition on."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale w >= 0 with --class."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sampler."),
+    denoise: bool = typer.Option(True, "--denoise/--no-denoise", help="Final Tweedie denoising step."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    **solver_opts,
+) -> None:
+    """Colorize a greyscale image with the run's model (imputation in a colour basis whose first
+    axis is the grey level)."""
+    from .distributed import resolve_device
+    from .editing import colorize_file
+    from .outputs import check_out_path
+    from .runs import load_run
+
+    opts = _edit_options(solver, steps, eps, resample, solver_opts, denoise, method, particles)
+    out = check_out_path(out, ".png")
+    dev = resolve_device(device)
+    run = load_run(ckpt, device=dev)
+    path = colorize_file(run, image, out, label=class_, guidance=guidance, seed=seed,
+                         device=dev, **opts)
+    typer.echo(f"colorized with {method}" + ("" if method == "smc" else f" ({solver})")
+               + f": {path}")
 
 
 @app.command()
@@ -431,6 +586,23 @@ def export(
 
     path = export_safetensors(ckpt, out)
     typer.echo(f"exported: {path}")
+
+
+@app.command()
+@one_line_errors
+def figures(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the PNGs (created)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Examples per figure: image rows (default 6) or 2-D points (default 1000)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of every draw."),
+    prefix: str = typer.Option("", "--prefix", help="Prepended to each file name."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Write the run's figures (forward process, progressive generation, DDIM consistency, interpolation) as PNGs."""
+    from .figures import figures_command
+
+    for path in figures_command(ckpt, out, n=n, seed=seed, device=device, prefix=prefix):
+        typer.echo(f"figure: {path}")
 
 
 @app.command("show-config")

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..data.registry import DATASETS
+from ..data.registry import DATASETS, TOY
+from ..data.toy2d import TOY2D_CLASSES
 from ..errors import ConfigError
 from ..nets import NETWORKS
 from ..sde import SDES, vp_min_chain_steps
@@ -30,7 +31,7 @@ __all__ = ["RESUMABLE_KEYS", "Config", "ConfigError", "DataConfig", "ModelConfig
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help text and validation rules (``min``, ``max``, ``gt``,
+    """A dataclass field with a help text and validation rules (``min``, ``max``, ``gt``, ``lt``,
     ``choices``, ``even``). A float field always has to be finite."""
     return field(default=default, metadata={"help": help, **rules})
 
@@ -70,6 +71,9 @@ class ModelConfig:
     learn_variance: bool = _f(False, "learn the reverse variance: the net also outputs v, "
                               "Sigma = exp(v log beta + (1 - v) log beta~) ([Nichol21] Eq. 15); "
                               "trains the hybrid loss")
+    class_cond: bool = _f(False, "class-conditional model (labels: the 2-D mixtures' components, "
+                          "the pinwheel's arms, image classes); label dropout trains the null "
+                          "label for classifier-free guidance")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class TrainConfig:
     sample_n: int = _f(64, "images in a sample grid", min=1, max=4096)
     max_nonfinite: int = _f(10, "stop after this many consecutive NaN/Inf steps", min=1)
     max_seconds: float = _f(0.0, "wall-clock budget: checkpoint and stop after it (0: none)", min=0.0)
+    label_dropout: float = _f(0.1, "model.class_cond: probability that a label is replaced by "
+                              "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, rules['choices']))}")
     if "gt" in rules and not value > rules["gt"]:
         raise ConfigError(f"{key}: {value!r} must be greater than {rules['gt']}")
+    if "lt" in rules and not value < rules["lt"]:
+        raise ConfigError(f"{key}: {value!r} must be below {rules['lt']}")
     if "min" in rules and value < rules["min"]:
         raise ConfigError(f"{key}: {value!r} is below the minimum {rules['min']}")
     if "max" in rules and value > rules["max"]:
@@ -265,6 +273,20 @@ def _check_combination(cfg: Config) -> None:
     elif cfg.train.vlb_importance:
         raise ConfigError("train.vlb_importance=true samples the steps of the hybrid loss; it "
                           "needs model.learn_variance=true")
+    _check_class_cond(cfg)
+
+
+def _check_class_cond(cfg: Config) -> None:
+    """``model.class_cond`` needs labelled data (2-D sets are known here; image sets are checked
+    when built), and ``train.label_dropout`` applies only to a class-conditional model."""
+    if cfg.model.class_cond:
+        if DATASETS[cfg.data.name] == TOY and cfg.data.name not in TOY2D_CLASSES:
+            raise ConfigError(f"model.class_cond=true needs labelled data; data.name="
+                              f"{cfg.data.name} has no classes (labelled 2-D sets: "
+                              f"{', '.join(TOY2D_CLASSES)}; or labelled images)")
+    elif cfg.train.label_dropout != TrainConfig().label_dropout:
+        raise ConfigError(f"train.label_dropout={cfg.train.label_dropout} applies only to a "
+                          "class-conditional model; set model.class_cond=true")
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

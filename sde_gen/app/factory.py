@@ -111,8 +111,29 @@ def _check_unet(c: ModelConfig, shape: tuple[int, ...]) -> None:
         res //= 2
 
 
+def num_classes(cfg: Config) -> int | None:
+    """The number of classes of a class-conditional model (``model.class_cond``): the 2-D set's
+    (:data:`~sde_gen.data.toy2d.TOY2D_CLASSES`) or the image set's labels; ``None`` when the
+    model is unconditional.
+
+    Raises:
+        UserInputError: ``model.class_cond`` on data without labels.
+    """
+    if not cfg.model.class_cond:
+        return None
+    data = build_data(cfg.data)
+    k = data.num_classes
+    if k is None or (not isinstance(data, Toy2D) and data.y is None):
+        where = "" if isinstance(data, Toy2D) else f" ({data.origin})"
+        raise UserInputError(f"model.class_cond=true needs labelled data; data.name="
+                             f"{cfg.data.name}{where} has no class labels (a folder dataset gets "
+                             f"them from class subfolders, an .npz from y_train/y_test)")
+    return k
+
+
 def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
-    """The eps-model ``ScoreModel(net, sde)`` for a config."""
+    """The eps-model ``ScoreModel(net, sde)`` for a config (class-conditional with
+    ``model.class_cond``: the net gets ``num_classes`` from the data, :func:`num_classes`)."""
     sde = sde if sde is not None else build_sde(cfg.sde)
     shape = data_shape(cfg.data)
     if (len(shape) == 3) != (cfg.model.name == "unet"):
@@ -120,6 +141,10 @@ def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
                              f"(use unet for images, mlp for 2-D data)")
     if cfg.model.name == "unet":
         _check_unet(cfg.model, shape)
-    net: nn.Module = NETWORKS[cfg.model.name](**NET_ARGS[cfg.model.name](cfg.model, shape))
+    kwargs = NET_ARGS[cfg.model.name](cfg.model, shape)
+    classes = num_classes(cfg)
+    if classes is not None:
+        kwargs["num_classes"] = classes
+    net: nn.Module = NETWORKS[cfg.model.name](**kwargs)
     return ScoreModel(net, sde, prediction=cfg.model.prediction, sigma_data=cfg.model.sigma_data,
                       noise_cond=cfg.model.noise_cond, learn_variance=cfg.model.learn_variance)

@@ -79,6 +79,36 @@ def _size(b: float) -> str:
     return f"{b:.1f} PB"
 
 
+def check_labels(model: Any, y: torch.Tensor, n: int) -> None:
+    """``y`` is ``(n,)`` integer labels of ``model``'s classes ``0..K-1`` (the null label ``K``
+    allowed), and ``model`` is class-conditional (``model.num_classes``).
+
+    Raises:
+        UserInputError: one line naming the problem.
+    """
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        raise UserInputError("this model is unconditional (trained without model.class_cond); "
+                             "it takes no class labels or guidance")
+    if not torch.is_tensor(y) or y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
+        raise UserInputError(f"labels must be an integer tensor of shape ({n},), got "
+                             f"{getattr(y, 'dtype', type(y).__name__)} "
+                             f"{tuple(getattr(y, 'shape', ()))}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi > k:
+        raise UserInputError(f"class {lo if lo < 0 else hi} is outside the model's classes "
+                             f"0..{k - 1}")
+
+
+def _bind_labels(model: Any, y: torch.Tensor, guidance: float | None) -> EpsModel:
+    """``model(x, t, y)`` as an eps-model ``(x, t) -> eps``, guided when ``guidance > 0``."""
+    from ..guidance import classifier_free, conditional
+
+    if guidance:
+        return classifier_free(model, y, guidance)
+    return conditional(model, y)
+
+
 def generate(
     model: EpsModel,
     sde: SDE,
@@ -90,6 +120,8 @@ def generate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    y: torch.Tensor | None = None,
+    guidance: float | None = None,
     **options: Any,
 ) -> Generated:
     """Draw ``n`` samples of per-example ``shape`` with :func:`~sde_gen.sampling.sample`.
@@ -99,12 +131,24 @@ def generate(
     group, rank r draws the batches ``i = r mod W`` and every rank gets all samples: the result
     is the same for any number of processes.
 
+    Class-conditional models: ``y`` gives the label of each sample (``(n,)`` int64); batch ``i``
+    samples :func:`sde_gen.guidance.conditional` of its labels, or with ``guidance`` ``w > 0``
+    :func:`sde_gen.guidance.classifier_free` (``(1 + w) eps(x, t, y) - w eps(x, t, null)``, one
+    batched call per step: the NFE is that of unguided sampling). ``y=None`` samples the model
+    as it is (a conditional model: its null label, the unconditional model).
+
     Raises:
-        UserInputError: ``n`` samples would not fit in memory (:func:`check_memory`), checked
-            before the first model call.
+        UserInputError: ``n`` samples would not fit in memory (:func:`check_memory`); labels of
+            the wrong shape or outside the model's classes, labels for an unconditional model,
+            or ``guidance`` without labels or below 0; all checked before the first model call.
     """
     if n < 1 or batch_size < 1:
         raise UserInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+    if guidance is not None and (y is None or not guidance >= 0):
+        raise UserInputError("guidance needs class labels and a scale w >= 0, got "
+                             f"labels={'none' if y is None else 'given'}, w={guidance}")
+    if y is not None:
+        check_labels(model, y, n)
     check_memory(n, shape)
     mine: dict[int, torch.Tensor] = {}
     nfe = 0
@@ -115,7 +159,9 @@ def generate(
     for i in tqdm(todo, desc=f"sample ({solver})", disable=not progress or rank > 0, unit="batch"):
         b = min(batch_size, n - i * batch_size)
         g = torch.Generator(device=device).manual_seed(seed + i)
-        res = sample(model, sde, (b, *shape), solver, generator=g, device=device, **options)
+        eps_model = model if y is None else _bind_labels(
+            model, y[i * batch_size:i * batch_size + b].to(device), guidance)
+        res = sample(eps_model, sde, (b, *shape), solver, generator=g, device=device, **options)
         mine[i] = res.x.float().cpu()
         nfe = max(nfe, res.nfe)
     if torch.device(device).type == "cuda":

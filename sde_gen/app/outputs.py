@@ -19,7 +19,9 @@ import torch
 from ..errors import UserInputError
 from .config import Config
 from .factory import build_data
-from .plots import scatter_compare
+from .plots import image_grid, save_grid, scatter_compare
+
+MAX_GRID = 256  # images drawn in a sample grid, at most (the .npz keeps them all)
 
 
 def check_out_path(path: str | os.PathLike, suffix: str, *, flag: str = "--out") -> Path:
@@ -69,29 +71,46 @@ def _atomic_all(items: list[tuple[Path, Any]]) -> list[Path]:
     return [path for path, _ in items]
 
 
-def write_samples(x: torch.Tensor, cfg: Config, out: str | os.PathLike, *, title: str) -> tuple[Path, Path]:
-    """Save ``x`` as ``<out>.npz`` (key ``samples``) and a PNG at ``out``.
+def write_samples(
+    x: torch.Tensor, cfg: Config, out: str | os.PathLike, *, title: str, nrow: int | None = None,
+    labels: torch.Tensor | None = None,
+) -> tuple[Path, Path]:
+    """Save ``x`` as ``<out>.npz`` (key ``samples``; ``labels`` too, the class of each sample,
+    when given) and a PNG at ``out``. 2-D samples with labels are coloured by class, beside
+    data coloured by its own labels.
 
-    2-D data: a scatter beside fresh data samples; images: a grid (the ``.npz`` then holds the
-    8-bit pixels under ``images`` beside the raw model-range ``samples``). Both files are
-    written to temp files and renamed together: a failure leaves neither.
+    2-D data: a scatter beside fresh data samples; images: a grid of the first 256, each
+    upscaled by nearest-neighbour to at least 64 px with a 2 px separator (:func:`~.plots.image_grid`;
+    ``nrow`` images a row, default a square-ish grid of at most 16 a row), and the ``.npz``
+    then holds the 8-bit pixels under ``images`` beside the raw model-range ``samples``. Both
+    files are written to temp files and renamed together: a failure leaves neither.
     """
     out = check_out_path(out, ".png")
     npz = check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
+    if nrow is not None and nrow < 1:
+        raise UserInputError(f"nrow must be a positive number of images a row, got {nrow}")
+    if labels is not None and tuple(labels.shape) != (x.shape[0],):
+        raise UserInputError(f"labels must be ({x.shape[0]},), got {tuple(labels.shape)}")
+    extra = {} if labels is None else {"labels": labels.cpu().numpy()}
     if x.ndim == 4:
-        from torchvision.utils import save_image
-
         from ..scaling import from_model, model_to_uint8
 
         pixels = model_to_uint8(x).numpy()
-        nrow = max(1, int(x.shape[0] ** 0.5))
-        write_npz = lambda p: _savez(p, samples=x.numpy(), images=pixels)  # noqa: E731
-        write_png = lambda p: save_image(from_model(x[:256]), p, nrow=min(nrow, 16),  # noqa: E731
-                                         format="png")
+        shown = x[:MAX_GRID]
+        if nrow is None:
+            nrow = min(16, math.ceil(math.sqrt(shown.shape[0])))
+        write_npz = lambda p: _savez(p, samples=x.numpy(), images=pixels, **extra)
+        write_png = lambda p: save_grid(image_grid(from_model(shown), nrow=nrow), p)
     else:
-        data = build_data(cfg.data).sample(x.shape[0], generator=torch.Generator().manual_seed(0))
-        write_npz = lambda p: _savez(p, samples=x.numpy())  # noqa: E731
-        write_png = lambda p: scatter_compare(x, data, p, title)  # noqa: E731
+        source, g = build_data(cfg.data), torch.Generator().manual_seed(0)
+        data_labels = None
+        if labels is not None and getattr(source, "num_classes", None):
+            data, data_labels = source.sample(x.shape[0], generator=g, return_labels=True)
+        else:
+            data = source.sample(x.shape[0], generator=g)
+        write_npz = lambda p: _savez(p, samples=x.numpy(), **extra)
+        write_png = lambda p: scatter_compare(x, data, p, title, labels=labels,
+                                              data_labels=data_labels)
     npz, png = _atomic_all([(npz, write_npz), (out, write_png)])
     return png, npz
 

@@ -2,7 +2,10 @@
 
 A model with a learned variance (``model.learn_variance``) trains Improved DDPM's hybrid loss
 (:mod:`.hybrid_loss`) instead of :func:`~sde_gen.losses.dsm_loss`; its importance sampler's history
-(``train.vlb_importance``) is part of the checkpoint.
+(``train.vlb_importance``) is part of the checkpoint. A class-conditional model
+(``model.class_cond``) trains on the data's labels, each replaced by the null label with
+probability ``train.label_dropout`` ([Ho22] Alg. 1); the batcher's label-dropout generator is part
+of the checkpoint.
 
 Resuming restores the model, EMA, optimizer, step and every RNG the loop draws from, so a run that
 is stopped and restarted ends with the same parameters, bit for bit, as one that never stopped.
@@ -173,19 +176,17 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
 
 
 def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device) -> None:
-    """EMA sample grid with DDIM (50 NFE), written atomically."""
-    from torchvision.utils import save_image
-
+    """EMA sample grid with DDIM (50 NFE), nearest-neighbour upscaled, written atomically."""
     from ..scaling import from_model
     from ..sampling import sample
+    from .plots import image_grid, save_grid
 
     g = torch.Generator(device=device).manual_seed(cfg.train.seed)
     x = sample(model, sde, (cfg.train.sample_n, *shape), "ddim", steps=49, generator=g,
                device=device).x
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".tmp_" + path.name)
-    save_image(from_model(x.float().cpu()), tmp, nrow=int(math.sqrt(cfg.train.sample_n)),
-               format="png")
+    save_grid(image_grid(from_model(x.float().cpu()), nrow=int(math.sqrt(cfg.train.sample_n))), tmp)
     os.replace(tmp, path)
 
 
@@ -305,13 +306,17 @@ class _Trainer:
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr,
                                      weight_decay=tc.weight_decay, **fused)
+        # Class-conditional batches are (x0, y) with labels dropped to the null label.
+        self.num_classes = self.model.num_classes
+        labels = ({} if self.num_classes is None else
+                  dict(num_classes=self.num_classes, label_dropout=tc.label_dropout))
         if images:
             self.batches = ImageBatches(self.data, batch_size=tc.batch_size, device=device,
                                         seed=tc.seed, flip=cfg.data.flip,
-                                        channels_last=channels_last)
+                                        channels_last=channels_last, **labels)
         else:
             self.batches = ToyBatches(self.data, batch_size=tc.batch_size, device=device,
-                                      seed=tc.seed)
+                                      seed=tc.seed, **labels)
         self.noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
         wrapped = self.model
         if di.enabled:
@@ -370,20 +375,22 @@ class _Trainer:
         self.s_last = self.step
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def _loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, HybridLoss | None]:
-        """The batch's mean training loss (and the hybrid loss's terms, for a learned variance)."""
+    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, HybridLoss | None]:
+        """The batch's mean training loss (and the hybrid loss's terms, for a learned variance);
+        ``y``: the labels of a class-conditional model."""
         tc = self.cfg.train
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.hybrid:
                 terms = hybrid_loss(
                     self.forward, self.sde, x0, vlb_weight=tc.vlb_weight, reduce=tc.reduce,
                     discrete_data=self.images, sampler=self.vlb_sampler, chain=self.chain,
-                    generator=self.noise_gen, shard=self.shard)
+                    generator=self.noise_gen, shard=self.shard, y=y)
                 return terms.loss.mean(), terms
             return dsm_loss(
                 self.forward, self.sde, x0, weighting=self.weighting,
                 time_sampling=self.time_sampling, t_eps=tc.t_eps, reduce=tc.reduce,
-                discrete=tc.discrete, generator=self.noise_gen, shard=self.shard,
+                discrete=tc.discrete, generator=self.noise_gen, shard=self.shard, y=y,
             ).mean(), None
 
     def step_once(self, stop: _StopFlag) -> tuple[torch.Tensor, HybridLoss | None]:
@@ -392,7 +399,8 @@ class _Trainer:
         tc = self.cfg.train
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, self.cfg)
-        loss, terms = self._loss(self.batches.next())
+        batch = self.batches.next()
+        loss, terms = self._loss(*batch) if self.num_classes is not None else self._loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf

@@ -3,6 +3,9 @@
 The mixtures (``8gaussians``, ``25gaussians``) are :class:`~sde_gen.analytic.GaussianMixture`
 objects, so their exact log-density is known; the others are sample-only. All are scaled to a
 per-coordinate standard deviation near 1.
+
+Three have class labels for class-conditional training (:data:`TOY2D_CLASSES`): a mixture's
+label is the component an example was drawn from, the pinwheel's the arm.
 """
 
 from __future__ import annotations
@@ -72,16 +75,22 @@ def circles(n: int, g: torch.Generator | None = None) -> torch.Tensor:
     return r[:, None] * torch.stack([torch.cos(a), torch.sin(a)], 1) + 0.04 * _normal((n, 2), g)
 
 
-def pinwheel(n: int, g: torch.Generator | None = None) -> torch.Tensor:
-    """Five curved arms ([Grathwohl19] FFJORD's pinwheel), rescaled."""
-    arms, rate = 5, 0.25
+PINWHEEL_ARMS = 5
+
+
+def pinwheel(n: int, g: torch.Generator | None = None, *, return_labels: bool = False
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Five curved arms ([Grathwohl19] FFJORD's pinwheel), rescaled; with ``return_labels`` also
+    the arm of each point, ``(n,)`` int64 (the same draws either way)."""
+    arms, rate = PINWHEEL_ARMS, 0.25
     labels = torch.randint(0, arms, (n,), generator=g)
     feats = _normal((n, 2), g) * torch.tensor([0.3, 0.05], dtype=torch.float64)
     feats[:, 0] += 1.0
     angles = 2 * math.pi * labels.double() / arms + rate * torch.exp(feats[:, 0])
     c, s = torch.cos(angles), torch.sin(angles)
     rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-    return 1.2 * torch.einsum("nij,nj->ni", rot, feats)
+    x = 1.2 * torch.einsum("nij,nj->ni", rot, feats)
+    return (x, labels) if return_labels else x
 
 
 MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
@@ -96,6 +105,8 @@ SAMPLERS: dict[str, Sampler] = {
     "pinwheel": pinwheel,
 }
 TOY2D = tuple(MIXTURES) + tuple(SAMPLERS)
+#: The number of classes of each labelled 2-D dataset (the others have no labels).
+TOY2D_CLASSES: dict[str, int] = {"8gaussians": 8, "25gaussians": 25, "pinwheel": PINWHEEL_ARMS}
 
 
 class Toy2D:
@@ -112,12 +123,30 @@ class Toy2D:
     def has_density(self) -> bool:
         return self.mixture is not None
 
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes (:data:`TOY2D_CLASSES`), or ``None`` for an unlabelled dataset."""
+        return TOY2D_CLASSES.get(self.name)
+
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """``(n, 2)`` fresh samples."""
+        self, n: int, *, generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32, return_labels: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(n, 2)`` fresh samples; with ``return_labels`` also their classes ``(n,)`` int64
+        (labelled datasets only), from the same draws as without.
+
+        Raises:
+            UserInputError: ``return_labels`` for a dataset without labels.
+        """
+        if return_labels and self.num_classes is None:
+            raise UserInputError(f"dataset {self.name!r} has no class labels; labelled 2-D "
+                                 f"datasets: {', '.join(TOY2D_CLASSES)}")
         if self.mixture is not None:
-            return self.mixture.sample(n, generator=generator, dtype=dtype)
+            return self.mixture.sample(n, generator=generator, dtype=dtype,
+                                       return_labels=return_labels)
+        if return_labels:
+            x, y = SAMPLERS[self.name](n, generator, return_labels=True)
+            return x.to(dtype), y
         return SAMPLERS[self.name](n, generator).to(dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

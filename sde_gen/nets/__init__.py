@@ -1,4 +1,4 @@
-"""Networks ``net(x, t)``; they know nothing about SDEs."""
+"""Networks ``net(x, t)`` (class-conditional: ``net(x, t, y)``); they know nothing about SDEs."""
 
 from torch import nn
 

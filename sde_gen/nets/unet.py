@@ -192,6 +192,8 @@ class UNet(nn.Module):
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(y)
+        elif y is not None:
+            raise UserInputError("this UNet is unconditional (num_classes=None); it takes no labels")
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:

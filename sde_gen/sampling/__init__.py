@@ -1,15 +1,18 @@
 """Samplers behind one entry point, :func:`sample`; each solver is also a plain function.
 
 :data:`SOLVERS` lists them (name -> :class:`SolverSpec`: function, options, default grid, whether
-stochastic, model calls per step); benchmarks and tools iterate over it.
+stochastic, model calls per step); benchmarks and tools iterate over it. Conditional sampling
+with an unconditional model: :func:`impute` (imputation, inpainting) and :func:`colorize`.
 """
 
 from .ancestral import sample_ancestral
+from .colorize import colorize
 from .ddim import sample_ddim
 from .deis import sample_deis
 from .dpm import sample_dpm
 from .ipndm import sample_ipndm
 from .grids import default_eps, make_grid
+from .impute import impute
 from .ode import sample_heun, sample_ode
 from .result import CountingModel, SampleResult
 from .sample import SAMPLERS, sample
@@ -19,8 +22,8 @@ from .torchsde_backend import sample_torchsde
 from .unipc import sample_unipc
 
 __all__ = [
-    "SAMPLERS", "SOLVERS", "CountingModel", "Option", "SampleResult", "SolverSpec", "default_eps",
-    "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_deis", "sample_dpm",
+    "SAMPLERS", "SOLVERS", "CountingModel", "Option", "SampleResult", "SolverSpec", "colorize",
+    "default_eps", "impute", "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_deis", "sample_dpm",
     "sample_em", "sample_heun", "sample_ipndm", "sample_ode", "sample_pc", "sample_sde",
     "sample_torchsde", "sample_unipc",
 ]

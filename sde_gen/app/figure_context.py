@@ -1,0 +1,139 @@
+"""What every figure of :mod:`.figures` needs: the model, its SDE and data, seeded generators,
+the chains and the PF-ODE encoder, and the times and step counts the figures show.
+
+Refs: [Ho20] Eq. (4), Sec. 4.4; [Song21ddim] Eq. (12), Sec. 5.3.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import UserInputError
+from ..likelihood import decode, encode, slerp
+from ..parameterization import denoise_fn
+from ..sampling import sample
+from ..sampling.grids import chain_times, default_eps
+from .factory import build_data, is_image
+
+#: The figures of an image run and of a 2-D run, each written as ``<prefix><name>.png``.
+IMAGE_FIGURES = ("forward", "progressive", "ddim_consistency", "interpolation_ode",
+                 "interpolation_ddpm")
+TOY_FIGURES = ("forward", "progressive", "trajectories", "ddim_consistency", "interpolation")
+DDIM_STEPS = (10, 20, 50, 100)
+FORWARD_TIMES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+PROGRESSIVE_TIMES = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+INTERP_LEVELS = (0.1, 0.2, 0.3)  # DDPM interpolation: the noise levels t / T of its rows
+ODE_TOL = 1e-5  # rtol = atol of the PF-ODE encoder and decoder
+
+
+class FigureContext:
+    """What every figure needs: the model, its SDE and data, seeded generators, the chains."""
+
+    def __init__(self, model, sde, cfg, device, seed, ancestral_steps, interpolation_steps):
+        if ancestral_steps is not None and ancestral_steps < 1:
+            raise UserInputError(f"ancestral_steps must be positive, got {ancestral_steps}")
+        if interpolation_steps < 1:
+            raise UserInputError(f"interpolation_steps must be positive, got {interpolation_steps}")
+        self.model, self.sde, self.cfg, self.device, self.seed = model, sde, cfg, device, seed
+        self.ancestral_steps, self.interpolation_steps = ancestral_steps, interpolation_steps
+        self.eps = default_eps(sde)
+        self.x0_hat = denoise_fn(model, sde)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator on the model's device seeded ``seed + offset`` (one offset per use)."""
+        return torch.Generator(device=self.device).manual_seed(self.seed + offset)
+
+    def data(self, k: int, offset: int = 0) -> torch.Tensor:
+        """``k`` data examples in the model's range: held-out images (the test split where there
+        is one), or fresh 2-D samples."""
+        g = torch.Generator().manual_seed(self.seed + offset)
+        if not is_image(self.cfg.data):
+            return build_data(self.cfg.data).sample(k, generator=g).to(self.device)
+        from ..scaling import uint8_to_model
+
+        try:
+            images = build_data(self.cfg.data, "test")
+        except UserInputError:
+            images = build_data(self.cfg.data, "train")
+        if len(images) < k:
+            raise UserInputError(f"the figures need {k} images; {images.origin} has {len(images)}")
+        idx = torch.randperm(len(images), generator=g)[:k]
+        return uint8_to_model(images.x[idx]).to(self.device)
+
+    def prior(self, shape: tuple[int, ...], offset: int) -> torch.Tensor:
+        return self.sde.prior_sampling(shape, generator=self.generator(offset), device=self.device)
+
+    def diffuse(self, x0: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
+        """``x_t = alpha_t x0 + sigma_t noise`` ([Ho20] Eq. (4))."""
+        alpha, sigma = self.sde.marginal_coeffs(torch.full((x0.shape[0],), t, device=x0.device))
+        return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * noise
+
+    def ancestral(self, x_T: torch.Tensor, offset: int, **kw: Any):
+        """DDPM's ancestral chain from ``x_T`` ([Ho20] Alg. 2), denoised at the end."""
+        steps = {} if "ts" in kw else {"steps": self.ancestral_steps}
+        return sample(self.model, self.sde, None, "ancestral", x_T=x_T, discrete=True,
+                      generator=self.generator(offset), **steps, **kw)
+
+    def ddim(self, x_T: torch.Tensor, steps: int, **kw: Any):
+        """Deterministic DDIM (eta = 0) on the discrete chain ([Song21ddim] Eq. (12))."""
+        return sample(self.model, self.sde, None, "ddim", x_T=x_T, steps=steps, discrete=True,
+                      eta=0.0, **kw)
+
+    def chain_from(self, t: float, steps: int | None = None) -> torch.Tensor:
+        """A respaced DDPM chain from the step nearest ``t`` down to the one nearest ``eps``:
+        ``steps`` intervals of the chain's steps (default ``ceil(interpolation_steps * t / T)``),
+        at most every step."""
+        chain = chain_times(self.sde, self.eps, device=self.device)
+        chain = chain[chain <= t + 1e-9]
+        if steps is None:
+            steps = math.ceil(self.interpolation_steps * t / self.sde.T)
+        k = min(len(chain) - 1, max(1, steps))
+        if len(chain) < 2:
+            raise UserInputError(f"no chain step between t = {t:g} and eps = {self.eps:g}")
+        idx = torch.linspace(0, len(chain) - 1, k + 1).round().long().unique()
+        return chain[idx]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return encode(self.model, self.sde, x, eps=self.eps, rtol=ODE_TOL, atol=ODE_TOL)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return decode(self.model, self.sde, z, eps=self.eps, rtol=ODE_TOL, atol=ODE_TOL)
+
+    def ddpm_interpolation(self, x0: torch.Tensor, x1: torch.Tensor, t: float,
+                           weights: torch.Tensor, offset: int) -> torch.Tensor:
+        """[Ho20] Sec. 4.4: ``x_t, x'_t`` from the same noise, mixed ``(1 - lam) x_t + lam x'_t``
+        for each weight, then the reverse chain from ``t`` with its noise fixed across the
+        weights. Returns ``(len(weights), B, *D)``."""
+        noise = torch.randn(x0.shape, generator=self.generator(offset), device=x0.device)
+        x_t, x1_t = self.diffuse(x0, t, noise), self.diffuse(x1, t, noise)
+        ts = self.chain_from(t)
+        out = [self.ancestral((1 - float(w)) * x_t + float(w) * x1_t, offset + 1, ts=ts).x
+               for w in weights]
+        return torch.stack(out)
+
+    def ode_interpolation(self, x0: torch.Tensor, x1: torch.Tensor,
+                          weights: torch.Tensor) -> torch.Tensor:
+        """[Song21ddim] Sec. 5.3: encode both by the PF-ODE, slerp the latents, decode. Returns
+        ``(len(weights), B, *D)``."""
+        b = x0.shape[0]
+        z = self.encode(torch.cat([x0, x1]))
+        z0, z1 = z[:b], z[b:]
+        mixed = torch.cat([slerp(z0, z1, float(w)) for w in weights])
+        return self.decode(mixed).reshape(len(weights), *x0.shape)
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape[0], *([1] * (x.ndim - 1)))
+
+
+def time_label(t: float) -> str:
+    """``"t = 0.25"``: a column title."""
+    return f"t = {round(float(t), 3):g}"
+
+
+def nearest_index(ts: torch.Tensor, t: float) -> int:
+    """The index of the grid time nearest ``t``."""
+    return int((ts.double() - t).abs().argmin())
