@@ -3,12 +3,15 @@ and the CLI's one-line error check."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 
+import pytest
 import torch
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.sde import SubVPSDE, VESDE, VPSDE
+from sde_gen.errors import UserInputError
+from sde_gen.sde import VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -27,7 +30,7 @@ def mixture() -> GaussianMixture:
     return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
-@lru_cache(maxsize=None)
+@cache
 def ode_reference(sde_name: str, n: int = 256):
     """``(sde, x_T, x_eps)``: n prior samples (seed 3) and their exact PF-ODE solution at the
     default end time (dopri5, tol 1e-10) for :func:`mixture`."""
@@ -43,3 +46,12 @@ def one_error_line(res) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert "Traceback" not in res.output
     return lines[0]
+
+
+def user_error(fn: Callable[[], object]) -> str:
+    """The message of the :class:`UserInputError` that ``fn()`` raises, checked to be one line."""
+    with pytest.raises(UserInputError) as err:
+        fn()
+    text = str(err.value)
+    assert "\n" not in text and text
+    return text

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.errors import UserInputError
 from sde_gen.guidance import classifier_free, conditional
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import ScoreModel
 from sde_gen.sampling import SOLVERS, sample
-from tests.helpers import F64, SDES, mixture, seeded
+from tests.helpers import F64, SDES, mixture, seeded, user_error
 
 
 def _inputs(n: int = 9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,32 +149,24 @@ def test_positive_scale_sharpens_the_class() -> None:
     assert abs(hits[0] - bayes) < 0.04 and hits[1] > hits[0] + 0.05, (hits, bayes)
 
 
-def _message(fn) -> str:
-    with pytest.raises(UserInputError) as err:
-        fn()
-    text = str(err.value)
-    assert "\n" not in text and text
-    return text
-
-
 def test_bad_input_gives_one_line_errors() -> None:
     sde = SDES["vp"]()
     model = mixture().class_conditional_model(sde)
     plain = mixture().eps_model(sde)
     x, t = _inputs(4)
-    assert "class-conditional" in _message(lambda: classifier_free(plain, 0, 1.0))
-    assert "class-conditional" in _message(lambda: conditional(plain, 0))
-    assert "class-conditional" in _message(lambda: classifier_free(conditional(model, 0), 0, 1.0))
-    assert "outside" in _message(lambda: conditional(model, 4))
-    assert "outside" in _message(lambda: conditional(model, torch.tensor([0, -1])))
-    assert "null label" in _message(lambda: classifier_free(model, 3, 1.0))
-    assert "integers" in _message(lambda: conditional(model, torch.tensor([0.0, 1.0])))
-    assert "integers" in _message(lambda: conditional(model, True))
-    assert "shape" in _message(lambda: conditional(model, torch.zeros(2, 2, dtype=torch.long)))
+    assert "class-conditional" in user_error(lambda: classifier_free(plain, 0, 1.0))
+    assert "class-conditional" in user_error(lambda: conditional(plain, 0))
+    assert "class-conditional" in user_error(lambda: classifier_free(conditional(model, 0), 0, 1.0))
+    assert "outside" in user_error(lambda: conditional(model, 4))
+    assert "outside" in user_error(lambda: conditional(model, torch.tensor([0, -1])))
+    assert "null label" in user_error(lambda: classifier_free(model, 3, 1.0))
+    assert "integers" in user_error(lambda: conditional(model, torch.tensor([0.0, 1.0])))
+    assert "integers" in user_error(lambda: conditional(model, True))
+    assert "shape" in user_error(lambda: conditional(model, torch.zeros(2, 2, dtype=torch.long)))
     for scale in (-0.5, float("nan"), float("inf"), "2", True, None):
-        assert "scale" in _message(lambda scale=scale: classifier_free(model, 0, scale))
+        assert "scale" in user_error(lambda scale=scale: classifier_free(model, 0, scale))
     guided = classifier_free(model, torch.tensor([0, 1, 2]), 1.0)
-    assert "3 class labels for a batch of 4" in _message(lambda: guided(x, t))
+    assert "3 class labels for a batch of 4" in user_error(lambda: guided(x, t))
 
 
 def test_learned_variance_passes_through_the_wrappers() -> None:

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.errors import UserInputError
 from sde_gen.sampling import colorize, impute
 from sde_gen.sampling.colorize import (
     COLOUR_BASIS,
@@ -18,7 +17,7 @@ from sde_gen.sampling.colorize import (
     from_decorrelated,
     to_decorrelated,
 )
-from tests.helpers import F64, SDES, seeded
+from tests.helpers import F64, SDES, seeded, user_error
 
 #: (solver, options) of every solver the replacement method runs.
 STOCHASTIC = [("pc", {}), ("pc", {"predictor": "euler_maruyama", "n_corrector": 2}),
@@ -240,14 +239,6 @@ def test_colorize_is_imputation_in_the_colour_basis() -> None:
 # -- bad input -------------------------------------------------------------------------------
 
 
-def _message(fn) -> str:
-    with pytest.raises(UserInputError) as err:
-        fn()
-    text = str(err.value)
-    assert "\n" not in text and text
-    return text
-
-
 def test_bad_input_gives_one_line_errors() -> None:
     sde = SDES["vp"]()
     model = gaussian().eps_model(sde)
@@ -257,44 +248,44 @@ def test_bad_input_gives_one_line_errors() -> None:
         mask = torch.tensor([1, 0]) if mask is None else mask
         return impute(model, sde, x_known, mask, **{"steps": 3, **kw})
 
-    assert "broadcast" in _message(lambda: run(mask=torch.tensor([1, 0, 1])))
-    assert "broadcast" in _message(lambda: run(mask=torch.ones(2, 2)))
-    assert "only 0 and 1" in _message(lambda: run(mask=torch.tensor([1.0, 0.5])))
-    assert "only 0 and 1" in _message(lambda: run(mask=torch.tensor([1.0, float("nan")])))
-    assert "only 0 and 1" in _message(lambda: run(mask=torch.tensor([2, 0])))
-    assert "every coordinate known" in _message(lambda: run(mask=torch.tensor([1, 1])))
-    assert "no coordinate known" in _message(lambda: run(mask=torch.tensor([False, False])))
+    assert "broadcast" in user_error(lambda: run(mask=torch.tensor([1, 0, 1])))
+    assert "broadcast" in user_error(lambda: run(mask=torch.ones(2, 2)))
+    assert "only 0 and 1" in user_error(lambda: run(mask=torch.tensor([1.0, 0.5])))
+    assert "only 0 and 1" in user_error(lambda: run(mask=torch.tensor([1.0, float("nan")])))
+    assert "only 0 and 1" in user_error(lambda: run(mask=torch.tensor([2, 0])))
+    assert "every coordinate known" in user_error(lambda: run(mask=torch.tensor([1, 1])))
+    assert "no coordinate known" in user_error(lambda: run(mask=torch.tensor([False, False])))
     nan_known = torch.tensor([[float("nan"), 0.0]] * 3)
-    assert "known coordinate" in _message(lambda: run(x_known=nan_known))
-    assert "(B, *D)" in _message(lambda: run(x_known=torch.zeros(2)))
-    assert "floating" in _message(lambda: run(x_known=torch.zeros(3, 2, dtype=torch.long)))
+    assert "known coordinate" in user_error(lambda: run(x_known=nan_known))
+    assert "(B, *D)" in user_error(lambda: run(x_known=torch.zeros(2)))
+    assert "floating" in user_error(lambda: run(x_known=torch.zeros(3, 2, dtype=torch.long)))
     for solver in ("ode", "dpm", "heun"):
-        assert "deterministic" in _message(lambda solver=solver: run(solver=solver))
-    assert "eta=0" in _message(lambda: run(solver="ddim"))
-    assert "unknown solver" in _message(lambda: run(solver="nope"))
-    assert "eta" in _message(lambda: run(solver="ddim", eta=2.0))
+        assert "deterministic" in user_error(lambda solver=solver: run(solver=solver))
+    assert "eta=0" in user_error(lambda: run(solver="ddim"))
+    assert "unknown solver" in user_error(lambda: run(solver="nope"))
+    assert "eta" in user_error(lambda: run(solver="ddim", eta=2.0))
     for resample in (0, 1.5, True):
-        assert "resample" in _message(lambda resample=resample: run(resample=resample))
-    assert "unknown imputation method" in _message(lambda: run(method="gibbs"))
-    assert "sde_method" in _message(lambda: run(method="midpoint"))
-    assert "sde_method" in _message(lambda: run(solver="pc", sde_method="midpoint"))
-    assert "particles" in _message(lambda: run(particles=4))
-    assert "particles" in _message(lambda: run(method="smc"))
-    assert "resample" in _message(lambda: run(method="smc", particles=2, resample=2))
-    assert "unknown option" in _message(lambda: run(method="smc", particles=2, eta=0.5))
-    assert "steps" in _message(lambda: run(steps=0))
-    assert "eps" in _message(lambda: run(eps=2.0))
+        assert "resample" in user_error(lambda resample=resample: run(resample=resample))
+    assert "unknown imputation method" in user_error(lambda: run(method="gibbs"))
+    assert "sde_method" in user_error(lambda: run(method="midpoint"))
+    assert "sde_method" in user_error(lambda: run(solver="pc", sde_method="midpoint"))
+    assert "particles" in user_error(lambda: run(particles=4))
+    assert "particles" in user_error(lambda: run(method="smc"))
+    assert "resample" in user_error(lambda: run(method="smc", particles=2, resample=2))
+    assert "unknown option" in user_error(lambda: run(method="smc", particles=2, eta=0.5))
+    assert "steps" in user_error(lambda: run(steps=0))
+    assert "eps" in user_error(lambda: run(eps=2.0))
 
 
 def test_bad_grey_gives_one_line_errors() -> None:
     sde = SDES["vp"]()
     model = pixelwise(colour_gaussian(), sde)
     grey = torch.zeros(2, 1, 2, 2)
-    assert "(B, 1, H, W)" in _message(lambda: colorize(model, sde, torch.zeros(2, 2, 2, 2)))
-    assert "(B, 1, H, W)" in _message(lambda: colorize(model, sde, torch.zeros(2, 2, 2)))
+    assert "(B, 1, H, W)" in user_error(lambda: colorize(model, sde, torch.zeros(2, 2, 2, 2)))
+    assert "(B, 1, H, W)" in user_error(lambda: colorize(model, sde, torch.zeros(2, 2, 2)))
     unequal = torch.zeros(2, 3, 2, 2)
     unequal[:, 0] = 0.5
-    assert "equal channels" in _message(lambda: colorize(model, sde, unequal))
-    assert "[-1, 1]" in _message(lambda: colorize(model, sde, grey + 1.5))
-    assert "NaN" in _message(lambda: colorize(model, sde, grey * float("nan")))
-    assert "deterministic" in _message(lambda: colorize(model, sde, grey, solver="ode"))
+    assert "equal channels" in user_error(lambda: colorize(model, sde, unequal))
+    assert "[-1, 1]" in user_error(lambda: colorize(model, sde, grey + 1.5))
+    assert "NaN" in user_error(lambda: colorize(model, sde, grey * float("nan")))
+    assert "deterministic" in user_error(lambda: colorize(model, sde, grey, solver="ode"))
