@@ -18,6 +18,7 @@ below the decoder's bin width and the posterior standard deviations it is compar
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 

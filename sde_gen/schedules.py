@@ -91,6 +91,71 @@ class CosineBeta:
         return angle * (2 / math.pi) * (1 + self.s) - self.s
 
 
+class TableBeta:
+    """A VP schedule given by a discrete chain's ``beta_i`` table (diffusers' ``betas``).
+
+    The chain's step ``i`` (0-based) sits at ``t_i = (i + 1) T / N`` (``VPSDE.index_to_time``);
+    ``B(t) = -log abar(t)`` is piecewise linear in ``t`` through ``B(0) = 0`` and
+    ``B(t_i) = -sum_{j <= i} log(1 - beta_j)``, so ``marginal_coeffs(t_i)`` is exactly
+    ``(sqrt(abar_i), sqrt(1 - abar_i))`` of the table, and ``beta(t)`` is piecewise constant,
+    ``-log(1 - beta_i) N / T`` on ``(t_{i-1}, t_i]``. Past ``T`` the last piece is extended.
+
+    Args:
+        betas: ``(N,)`` the chain's ``beta_i``, each in ``(0, 1)``; kept in float64.
+        T: end time.
+
+    Refs: [Ho20] Eq. (4); [Song21] Eq. (29).
+    """
+
+    def __init__(self, betas: torch.Tensor, T: float = 1.0) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+        if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise UserInputError("a beta table must be a non-empty list of numbers in (0, 1)")
+        n, self.T = betas.numel(), check_finite("T", T)
+        self.betas = betas
+        self._knots_t = torch.arange(0, n + 1, dtype=torch.float64) * (self.T / n)
+        self._knots_B = torch.cat([torch.zeros(1, dtype=torch.float64),
+                                   torch.cumsum(-torch.log1p(-betas), 0)])
+        self._slopes = (self._knots_B[1:] - self._knots_B[:-1]) / (self._knots_t[1:] - self._knots_t[:-1])
+
+    def _piece(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The piece ``k`` (1-based knot index) each ``t`` falls in, and the knot tables on ``t``'s device."""
+        kt, kb = self._knots_t.to(t.device), self._knots_B.to(t.device)
+        k = torch.searchsorted(kt, t.detach().to(torch.float64).contiguous()).clamp(1, kt.numel() - 1)
+        return k, kt, kb
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        k, _, _ = self._piece(t)
+        return self._slopes.to(t.device)[k - 1].to(t.dtype)
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor:
+        k, kt, kb = self._piece(t)
+        t64 = t.to(torch.float64)
+        b = kb[k - 1] + (t64 - kt[k - 1]) * self._slopes.to(t.device)[k - 1]
+        b = torch.where(t64 == kt[k], kb[k], b)  # a knot: the table's own value, no round-off
+        return b.to(t.dtype)
+
+    def inverse_integral(self, b: torch.Tensor) -> torch.Tensor:
+        kt, kb = self._knots_t.to(b.device), self._knots_B.to(b.device)
+        b64 = b.to(torch.float64)
+        k = torch.searchsorted(kb, b64.detach().contiguous()).clamp(1, kb.numel() - 1)
+        t = kt[k - 1] + (b64 - kb[k - 1]) / self._slopes.to(b.device)[k - 1]
+        return t.to(b.dtype)
+
+
+def scaled_linear_betas(beta_start: float, beta_end: float, n: int) -> torch.Tensor:
+    """``linspace(sqrt(beta_start), sqrt(beta_end), n)^2`` (Stable Diffusion's ``scaled_linear``)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+
+
+def cosine_betas(n: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's ``beta_i = min(1 - abar((i+1)/n) / abar(i/n), max_beta)`` with
+    ``abar(u) = cos^2((u + s)/(1 + s) pi/2)`` (diffusers' ``squaredcos_cap_v2``). [Nichol21] Eq. (17)."""
+    u = torch.arange(n + 1, dtype=torch.float64) / n
+    abar = torch.cos((u + s) / (1 + s) * (math.pi / 2)) ** 2
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
 def time_grid(
     steps: int,
     *,

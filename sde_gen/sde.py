@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .schedules import BetaSchedule, CosineBeta, LinearBeta, check_finite
+from .schedules import BetaSchedule, CosineBeta, LinearBeta, TableBeta, check_finite
 from .tensor_utils import append_dims, sum_flat
 from .errors import UserInputError
 
@@ -221,8 +221,14 @@ class VPSDE(SDE):
     Args:
         beta_min, beta_max: linear schedule end points (0.1, 20 reproduce DDPM).
         N: number of discrete steps.
-        schedule: ``"linear"`` or ``"cosine"`` ([Nichol21]).
-        T: end time; defaults to 1 for linear and 0.9946 for cosine (where ``beta`` stays finite).
+        schedule: ``"linear"``, ``"cosine"`` ([Nichol21]) or ``"table"``: the discrete chain
+            is ``betas`` exactly (float64; ``N = len(betas)``; ``beta_min``, ``beta_max`` are
+            ignored) and the continuous marginal interpolates ``log abar`` piecewise-linearly
+            between the chain's step times (:class:`~sde_gen.schedules.TableBeta`), so it equals
+            the chain at every ``t_i``. :func:`sde_gen.interop.load_diffusers` builds these.
+        betas: the ``(N,)`` table of ``schedule="table"`` (each in ``(0, 1)``).
+        T: end time; defaults to 1 for linear and table, 0.9946 for cosine (where ``beta`` stays
+            finite).
 
     Any ``N`` gives a valid continuous SDE, but the linear chain needs ``N > beta_max``
     (:attr:`min_chain_steps`, so that every ``beta_i < 1``): on a shorter chain its uses
@@ -239,16 +245,23 @@ class VPSDE(SDE):
         N: int = 1000,
         *,
         schedule: str = "linear",
+        betas: torch.Tensor | None = None,
         T: float | None = None,
     ) -> None:
         schedules: dict[str, Callable[[], BetaSchedule]] = {
             "linear": lambda: LinearBeta(beta_min, beta_max),
             "cosine": lambda: CosineBeta(),
+            "table": lambda: TableBeta(betas, self.T),
         }
         if schedule not in schedules:
             raise UserInputError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
+        if (betas is not None) != (schedule == "table"):
+            raise UserInputError("pass betas exactly when schedule='table'")
+        if betas is not None:
+            betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+            N = betas.numel()
         beta_min, beta_max = check_finite("beta_min", beta_min), check_finite("beta_max", beta_max)
-        super().__init__(N, T if T is not None else (1.0 if schedule == "linear" else 0.9946))
+        super().__init__(N, T if T is not None else (0.9946 if schedule == "cosine" else 1.0))
         self.beta_min, self.beta_max, self.schedule_name = beta_min, beta_max, schedule
         self.schedule = schedules[schedule]()
         betas = self._betas64 = self._discrete_betas()
@@ -289,6 +302,8 @@ class VPSDE(SDE):
         return self._alphas_cumprod32
 
     def _discrete_betas(self) -> torch.Tensor:
+        if self.schedule_name == "table":  # the given chain, exactly
+            return self.schedule.betas.clone()
         if self.schedule_name == "linear":  # [Ho20] Sec. 4
             return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N,
                                   dtype=torch.float64)

@@ -204,8 +204,8 @@ def test_eval_loads_the_classifier_before_sampling(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(sq, "generate", sampling)
     with pytest.raises(RuntimeError, match="sampling started"):
-        sq.evaluate_run(SimpleNamespace(cfg=cfg, model=None, sde=None), n=4, classifier_steps=2,
-                        progress=False)
+        sq.evaluate_run(SimpleNamespace(cfg=cfg, model=None, sde=None, shape=(1, 8, 8)), n=4,
+                        classifier_steps=2, progress=False)
     assert "retraining it" in capsys.readouterr().err  # the cache was checked first ...
     assert torch.load(path, weights_only=True)["num_classes"] == 2  # ... and rewritten
 

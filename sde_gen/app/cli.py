@@ -162,6 +162,18 @@ def solver_options(solver: str, given: dict) -> dict:
     return opts
 
 
+def checkpoint_sampler_defaults(run, solver: str, opts: dict) -> dict:
+    """``opts`` with a diffusers checkpoint's scheduler settings (``clip_sample``, ``threshold``,
+    ``variance``) filled in where the solver takes them and the user did not set them; a note
+    on stderr where the checkpoint clips x0 and the solver (sde, pc, ode) does not."""
+    defaults = getattr(run.model, "sampler_defaults", None) or {}
+    names = SOLVER_OPTIONS[solver]
+    if defaults.get("clip_sample") and "clip_sample" not in names:
+        typer.echo(f"note: --solver {solver} integrates the score and does not clip x0 as this "
+                   f"checkpoint's scheduler does (clip_sample/thresholding)", err=True)
+    return {**{k: v for k, v in defaults.items() if k in names}, **opts}
+
+
 def with_solver_flags(command: Callable | None = None, *,
                       exclude: tuple[str, ...] = ()) -> Callable:
     """Give ``command(..., **solver_opts)`` one typer option per entry of :data:`SOLVER_FLAGS`
@@ -275,8 +287,6 @@ def sample(
     from .runs import load_run
     from .distributed import resolve_device
 
-    from .factory import data_shape
-
     with process_group(resolve_device(device)) as di:
         run = load_run(ckpt, device=di.device)
         if tuned is not None:  # made for this run's SDE? (checked before sampling)
@@ -287,7 +297,8 @@ def sample(
             out = check_out_path(run.workdir / f"samples_{solver}{tag}.png", ".png")
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         total = n if y is None else len(y)
-        gen = generate(run.model, run.sde, total, data_shape(run.cfg.data), solver,
+        opts = checkpoint_sampler_defaults(run, solver, opts)
+        gen = generate(run.model, run.sde, total, run.shape, solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
                        steps=steps, eps=eps, spacing=spacing, denoise=denoise, y=y,
                        guidance=guidance, **opts)
@@ -411,6 +422,7 @@ def colorize(
 @one_line_errors
 def likelihood(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this data instead of the run's: a built-in image set (mnist, cifar10, ...), a .npz file or an image folder (a diffusers folder's default: the built-in set of its UNet's shape)."),
     split: str = typer.Option("test", "--split", help="train or test."),
     n: int = typer.Option(2048, "--n", "--num-samples", min=1, help="Number of examples (--num-samples under torchrun)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Examples per ODE solve."),
@@ -434,13 +446,13 @@ def likelihood(
     from .likelihood_report import evaluate_likelihood, evaluate_vlb
     from .outputs import check_out_path, write_json
     from ..parameterization import learned_variance_fn
-    from .runs import load_run
+    from .runs import load_run, with_data
     from .distributed import resolve_device
 
     if out is not None:  # before any work: a bad path must not cost the whole computation
         check_out_path(out, ".json")
     with process_group(resolve_device(device)) as di:
-        run = load_run(ckpt, device=di.device)
+        run = with_data(load_run(ckpt, device=di.device), data)
         out = check_out_path(out or run.workdir / f"likelihood_{split}.json", ".json")
         if method in ("vlb", "both") and variance == "learned":
             learned_variance_fn(run.model)  # fail before the ODE solves, not after
@@ -497,7 +509,6 @@ def optimize_grid(
     **solver_opts,
 ) -> None:
     """Optimize the time grid of a solver at a fixed NFE for a trained model (GITS / descent)."""
-    from .factory import data_shape
     from .outputs import check_out_path
     from .runs import load_run
     from .distributed import resolve_device
@@ -513,7 +524,7 @@ def optimize_grid(
     dev = resolve_device(device)
     run = load_run(ckpt, device=dev)
     out = check_out_path(out or run.workdir / f"grid_{solver}_{nfe}nfe.json", ".json")
-    g = run_optimize(run.model, run.sde, data_shape(run.cfg.data), solver, nfe, method=search,
+    g = run_optimize(run.model, run.sde, run.shape, solver, nfe, method=search,
                      n=n, n_heldout=n_heldout, eps=eps, spacing=spacing, seed=seed, evals=evals,
                      device=dev, **opts)
     path = g.save(out)
@@ -530,6 +541,7 @@ def optimize_grid(
 @one_line_errors
 def eval_(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint file or run directory (default: the latest run under runs/)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this data instead of the run's: a built-in image set (mnist, cifar10, ...), a .npz file or an image folder (a diffusers folder's default: the built-in set of its UNet's shape)."),
     n: int = typer.Option(1000, "--n", "--num-samples", min=2, help="Generated images for FID / FD-classifier (--num-samples under torchrun)."),
     solver: str = typer.Option("ddim", "--solver", help="Sampler for the generated images."),
     steps: Optional[int] = typer.Option(49, "--steps", min=1, help="Sampler grid intervals."),
@@ -546,7 +558,7 @@ def eval_(
     from .factory import is_image
     from .sample_quality import evaluate_run
     from .outputs import check_out_path, write_json
-    from .runs import load_run
+    from .runs import load_run, with_data
     from .distributed import resolve_device
 
     if out is not None:
@@ -555,10 +567,11 @@ def eval_(
     run = load_run(ckpt, device=dev)
     if not is_image(run.cfg.data):
         fail("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+    run = with_data(run, data)
     out = check_out_path(out or run.workdir / "eval.json", ".json")
     rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
                        seed=seed, classifier_steps=classifier_steps, device=dev,
-                       progress=progress)
+                       progress=progress, options=checkpoint_sampler_defaults(run, solver, {}))
     bad = nonfinite_keys(rep, ("fid", "fd_classifier", "bpd"))
     if bad:
         fail(f"the evaluation is not finite ({', '.join(f'{k}={rep[k]}' for k in bad)}); "

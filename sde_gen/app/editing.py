@@ -26,7 +26,7 @@ import torch
 from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..scaling import model_to_uint8, uint8_to_model
-from .factory import data_shape, is_image
+from .factory import is_image
 from .runs import LoadedRun
 
 #: PIL modes read as greyscale and as colour (an alpha band is dropped); others are refused.
@@ -72,7 +72,7 @@ def _run_shape(run: LoadedRun, command: str) -> tuple[int, int, int]:
     if not is_image(run.cfg.data):
         raise UserInputError(f"sde-gen {command} is for image runs; {run.workdir} was trained on "
                              f"the 2-D data {run.cfg.data.name!r}")
-    return data_shape(run.cfg.data)
+    return run.shape
 
 
 def _check_size(a: np.ndarray, shape: tuple[int, int, int], path: Path, flag: str) -> None:

@@ -1,18 +1,19 @@
-"""Load trained runs: config, SDE and EMA model from a checkpoint or a run directory."""
+"""Load trained runs: config, SDE and EMA model from a checkpoint or a run directory, or a local
+diffusers pipeline folder (:func:`load_diffusers_run`)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, UserInputError
 from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
-from .config import Config, from_dict
+from .config import Config, DataConfig, from_dict
 from .export import load_safetensors
 from .factory import build_model, build_sde
 from ..parameterization import ScoreModel
@@ -28,10 +29,24 @@ class LoadedRun:
     model: ScoreModel
     checkpoint: Path
     step: int
+    #: ``(C, H, W)`` of a diffusers folder's UNet (``None``: from ``cfg.data``).
+    image_shape: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example (a diffusers run: its UNet's, without loading the data)."""
+        if self.image_shape is not None:
+            return self.image_shape
+        from .factory import data_shape
+
+        return data_shape(self.cfg.data)
 
     @property
     def workdir(self) -> Path:
-        """The run directory (for an exported file: the folder it is in)."""
+        """The run directory (for an exported file: the folder it is in; a diffusers folder:
+        the folder)."""
+        if self.image_shape is not None:
+            return self.checkpoint
         if self.checkpoint.suffix == ".safetensors":
             return self.checkpoint.parent
         return self.checkpoint.parent.parent
@@ -96,6 +111,11 @@ def load_run(
         CheckpointError: no run, an unreadable or incomplete checkpoint, or weights that do not
             fit the checkpoint's own config.
     """
+    if path is not None and Path(path).is_dir():
+        from ..interop.diffusers import is_diffusers_folder
+
+        if is_diffusers_folder(path):
+            return load_diffusers_run(path, device=device)
     ckpt = find_checkpoint(latest_run() if path is None else path)
     if ckpt.suffix == ".safetensors":
         state = load_safetensors(ckpt)
@@ -112,3 +132,64 @@ def load_run(
     load_weights(model, weights, ckpt)
     model.to(device).eval().requires_grad_(False)
     return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]))
+
+
+def load_diffusers_run(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LoadedRun:
+    """A local diffusers pipeline (or UNet2DModel) folder as a :class:`LoadedRun`.
+
+    The model and SDE come from :func:`sde_gen.interop.load_diffusers`; ``cfg.data`` is the
+    built-in image set of the UNet's shape (``digits`` 1x8x8, ``mnist`` 1x28x28, ``cifar10``
+    3x32x32; data in [-1, 1], as diffusers' DDPM pipelines), used by ``likelihood`` and ``eval``;
+    other shapes get ``npz`` (sampling works; the likelihood then needs the data). ``step`` is 0.
+
+    Raises:
+        UserInputError: see :func:`~sde_gen.interop.load_diffusers`.
+    """
+    from ..data.registry import IMAGE_SHAPES
+    from ..interop.diffusers import load_diffusers
+
+    model, sde = load_diffusers(path, device=device)
+    shape = model.image_shape
+    name = next((k for k, v in IMAGE_SHAPES.items() if v == shape), "npz")
+    cfg = Config()
+    cfg = replace(cfg, data=DataConfig(name=name, channels=shape[0] if shape[0] in (1, 3) else 3),
+                  sde=replace(cfg.sde, name="vp", N=sde.N))
+    return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=Path(path), step=0,
+                     image_shape=shape)
+
+
+def with_data(run: LoadedRun, data: str | None) -> LoadedRun:
+    """``run`` evaluated on other data: ``data`` is a built-in image set (``mnist``, ``cifar10``,
+    ...), a ``.npz`` file or an image folder (``None``: the run's own ``cfg.data``). A diffusers
+    folder has no data of its own: its default is the built-in set of its UNet's shape.
+
+    Raises:
+        UserInputError: ``data`` is none of those, its images are not the model's shape, or a
+            diffusers model whose shape matches no built-in set is given no ``data``.
+    """
+    from ..data.registry import IMAGE_SHAPES
+    from .factory import data_shape, is_image
+
+    if data is None:
+        if run.image_shape is not None and run.cfg.data.name == "npz" and not run.cfg.data.path:
+            shape = "x".join(map(str, run.image_shape))
+            raise UserInputError(f"the model's {shape} images match no built-in dataset; pass "
+                                 f"--data FILE.npz or --data FOLDER")
+        return run
+    if not is_image(run.cfg.data):
+        raise UserInputError("--data applies to image runs only")
+    p = Path(data).expanduser()
+    if data in IMAGE_SHAPES:
+        cfg = replace(run.cfg.data, name=data, path="")
+    elif p.suffix == ".npz" and p.is_file():
+        cfg = replace(run.cfg.data, name="npz", path=str(p))
+    elif p.is_dir():
+        cfg = replace(run.cfg.data, name="folder", path=str(p), channels=run.shape[0])
+    else:
+        raise UserInputError(f"--data {data}: not a built-in image set "
+                             f"({', '.join(IMAGE_SHAPES)}), an existing .npz file or a folder")
+    shape = data_shape(cfg)
+    if tuple(shape) != tuple(run.shape):
+        raise UserInputError(f"--data {data} has {'x'.join(map(str, shape))} images; the model "
+                             f"makes {'x'.join(map(str, run.shape))}")
+    return replace(run, cfg=replace(run.cfg, data=cfg))

@@ -21,7 +21,7 @@ from .checkpoint import save_checkpoint
 from ..errors import CheckpointError, UserInputError
 from ..data.images import ImageData
 from ..scaling import from_model, uint8_to_model
-from .factory import build_data, data_shape, is_image
+from .factory import build_data, is_image
 from .generate import generate
 from .likelihood_report import evaluate_likelihood
 from ..metrics import frechet_distance
@@ -128,8 +128,10 @@ def try_fid(samples: torch.Tensor, real_uint8: torch.Tensor) -> tuple[float | No
 def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: int | None = 49,
                  n_bpd: int = 256, batch_size: int = 256, seed: int = 0,
                  classifier_steps: int = 1500, device: torch.device | str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
-    """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim."""
+                 progress: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim.
+
+    ``options``: the solver's options (a diffusers checkpoint's ``clip_sample``, ...)."""
     if not is_image(run.cfg.data):
         raise UserInputError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
     train = build_data(run.cfg.data, "train")
@@ -137,8 +139,8 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
     # data or the cache shows up before the long part.
     net = (load_or_train_classifier(train, device=device, steps=classifier_steps)
            if train.y is not None else None)
-    gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), solver, batch_size=batch_size,
-                   seed=seed, device=device, progress=progress, steps=steps)
+    gen = generate(run.model, run.sde, n, run.shape, solver, batch_size=batch_size,
+                   seed=seed, device=device, progress=progress, steps=steps, **(options or {}))
     real = train.x[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]]
     report: dict[str, Any] = {"n_samples": n, "solver": solver, "nfe": gen.nfe,
                               "sample_seconds": gen.seconds}

@@ -31,6 +31,7 @@ from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_var
 from ..sde import SDE
 from .grids import grid_coeffs, posterior_coeffs, snap_to_steps
 from .result import Callback
+from .thresholding import check_x0_options, process_x0
 
 __all__ = ["VARIANCES", "posterior_coeffs", "sample_ancestral"]  # posterior_coeffs: from grids
 
@@ -46,6 +47,8 @@ def sample_ancestral(
     *,
     variance: str = "beta",
     discrete: bool = True,
+    clip_sample: float | None = None,
+    threshold: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +61,15 @@ def sample_ancestral(
             (``learn_variance=True``), else ``ValueError``.
         discrete: use the discrete chain's coefficients (DDPM's ``abar_i``), with ``ts`` snapped
             to step times; otherwise the continuous ``marginal_coeffs``.
+        clip_sample, threshold: clip or dynamically threshold ``x0_hat`` before forming the
+            posterior mean (:func:`~.thresholding.process_x0`), as diffusers' DDPMScheduler.
 
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
     if variance not in VARIANCES:
         raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    check_x0_options(clip_sample, threshold)
     eps_and_v = learned_variance_fn(model) if variance == "learned" else None
     if discrete:
         ts = snap_to_steps(sde, ts)
@@ -83,6 +89,7 @@ def sample_ancestral(
             eps, v_out = eps_and_v(x, t)
             scale = torch.exp(0.5 * log_variance_from_v(v_out, v[k], var_tilde[k]))
         x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = c_x[k].to(dtype) * x + c_x0[k].to(dtype) * x0  # Eq. (7) [Ho20]
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
         x = x_mean + scale * z

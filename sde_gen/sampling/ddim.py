@@ -20,6 +20,7 @@ from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
 from .grids import grid_coeffs, snap_to_steps
 from .result import Callback
+from .thresholding import check_x0_options, process_x0
 from ..errors import UserInputError
 
 
@@ -32,6 +33,8 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     discrete: bool = False,
+    clip_sample: float | None = None,
+    threshold: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,12 +44,16 @@ def sample_ddim(
         eta: stochasticity in ``[0, 1]``.
         discrete: use the discrete chain's ``abar_i`` at snapped step times (DDPM checkpoints,
             diffusers' DDIMScheduler); default the continuous ``marginal_coeffs``.
+        clip_sample, threshold: clip or dynamically threshold ``x0_hat`` before the step
+            (:func:`~.thresholding.process_x0`); the eps direction stays the model's, as in
+            diffusers' DDIMScheduler (``use_clipped_model_output=False``).
 
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
     if not 0.0 <= eta <= 1.0:
         raise UserInputError(f"eta must be in [0, 1], got {eta}")
+    check_x0_options(clip_sample, threshold)
     if discrete:
         ts = snap_to_steps(sde, ts)
     alpha, sigma = coeffs = grid_coeffs(sde, ts, discrete=discrete)
@@ -58,6 +65,7 @@ def sample_ddim(
         t = ts[k].to(dtype).expand(x.shape[0])
         eps = model(x, t)
         x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = alpha[k + 1].to(dtype) * x0 + c_eps[k].to(dtype) * eps  # Eq. (12) [Song21ddim]
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)

@@ -16,6 +16,7 @@ from .grids import (check_end_time, check_grid, check_spacing, chain_times, defa
                     discrete_grid, grid_coeffs, make_grid, snap_to_steps)
 from .result import CountingModel, SampleResult
 from .solvers import SOLVERS, SolverFn, SolverSpec
+from .thresholding import clip_x0_model, process_x0
 
 #: Each solver's function by name, derived from :data:`~.solvers.SOLVERS`.
 SAMPLERS: dict[str, SolverFn] = {name: spec.fn for name, spec in SOLVERS.items()}
@@ -127,12 +128,21 @@ def sample(
             bar.update(1)
 
     watch = callback if return_trajectory or bar is not None else None
-    x, x_mean = spec.fn(counted, sde, x_T, ts, generator=generator, callback=watch, **options)
+    solver_model, solver_options = counted, options
+    if spec.x0_by_model:  # the solver steps on x0 = (x - sigma eps) / alpha: clip through eps
+        solver_options = {k: v for k, v in options.items() if k not in ("clip_sample", "threshold")}
+        solver_model = clip_x0_model(counted, sde, clip_sample=options.get("clip_sample"),
+                                     threshold=options.get("threshold"))
+    x, x_mean = spec.fn(solver_model, sde, x_T, ts, generator=generator, callback=watch,
+                        **solver_options)
     if bar is not None:
         bar.close()
     if denoise:  # Tweedie at ts[-1] with the solver's own coefficients
         alpha, sigma = (c[-1].to(x.dtype) for c in grid_coeffs(sde, ts[-1:], discrete=discrete))
         x = eps_to_x0(x, counted(x, ts[-1].to(x.dtype).expand(x.shape[0])), alpha, sigma)
+        # the solvers that clip x0 clip the last one too (diffusers' final step is x0_hat)
+        x = process_x0(x, clip_sample=options.get("clip_sample"),
+                       threshold=options.get("threshold"))
     if return_trajectory and len(trajectory) != len(ts):
         raise RuntimeError(f"solver {solver!r} reported {len(trajectory) - 1} of its "
                            f"{len(ts) - 1} steps")

@@ -128,6 +128,9 @@ class SolverSpec:
             a float option that adds noise when positive (DDIM's ``eta``).
         calls_per_step: model calls per grid interval for given (complete) options, ``None``
             where the method decides (adaptive ODE solvers, most torchsde methods).
+        x0_by_model: its ``clip_sample``/``threshold`` options are applied by ``sample()``,
+            which wraps the model (:func:`~.thresholding.clip_x0_model`; exact for a solver that
+            steps on the x0 prediction), instead of by ``fn`` itself (``ancestral``, ``ddim``).
     """
 
     fn: SolverFn
@@ -137,6 +140,7 @@ class SolverSpec:
     spacing: str | Mapping[str, str] = "uniform"
     stochastic: bool | str = False
     calls_per_step: Callable[[dict[str, Any]], int | None] = lambda options: 1
+    x0_by_model: bool = False
 
     def spacing_for(self, sde: SDE) -> str:
         """The default spacing of this solver on ``sde`` (see ``spacing``)."""
@@ -195,6 +199,18 @@ class SolverSpec:
         return None if per_step is None else per_step * steps + int(denoise)
 
 
+def _x0_options() -> tuple[Option, Option]:
+    """``clip_sample`` and ``threshold`` (:mod:`~.thresholding`) of the solvers that form x0."""
+    return (
+        Option("clip_sample", float, None, "clip the x0 prediction to [-c, c] before each step "
+               "(diffusers' clip_sample, c = clip_sample_range; 0: off; default: the loaded "
+               "diffusers scheduler's setting, else off)", min=0.0),
+        Option("threshold", float, None, "dynamic thresholding of x0 (Saharia et al. 2022) at "
+               "this quantile of |x0|, s_max = clip_sample (default: the loaded diffusers "
+               "scheduler's setting, else off)", min=0.0, max=1.0, min_open=True),
+    )
+
+
 def _discrete(default: bool) -> Option:
     return Option("discrete", bool, default, "DDPM's discrete abar_i at snapped step times "
                   "(DDPM checkpoints, diffusers' schedulers) instead of the continuous "
@@ -221,6 +237,7 @@ SOLVERS: dict[str, SolverSpec] = {
                    "beta_tilde, or learned (a model trained with model.learn_variance=true)",
                    choices=VARIANCES),
             _discrete(True),
+            *_x0_options(),
         ),
         steps=None, stochastic=True,
     ),
@@ -230,6 +247,7 @@ SOLVERS: dict[str, SolverSpec] = {
             Option("eta", float, 0.0, "stochasticity: 0 is deterministic, 1 is ancestral with "
                    "beta~", min=0.0, max=1.0),
             _discrete(False),
+            *_x0_options(),
         ),
         steps=49, stochastic="eta",
     ),
@@ -279,12 +297,14 @@ SOLVERS: dict[str, SolverSpec] = {
             Option("variant", str, "standard", "3M's second-difference weight: standard "
                    "(DPM-Solver++, diffusers, k-diffusion; formally 2nd order) or taylor3 "
                    "(truly 3rd order)", choices=DPM_VARIANTS, noun="DPM-Solver++ variant"),
+            *_x0_options(),
         ),
-        steps=19, spacing="logsnr",
+        steps=19, spacing="logsnr", x0_by_model=True,
     ),
     "heun": SolverSpec(
         sample_heun, "Heun on the PF-ODE in (x/α, σ/α) = EDM Alg. 1",
-        steps=19, spacing="karras", calls_per_step=lambda o: 2,
+        options=_x0_options(),
+        steps=19, spacing="karras", calls_per_step=lambda o: 2, x0_by_model=True,
     ),
     "unipc": SolverSpec(
         sample_unipc, "UniPC multistep predictor–corrector (UniP + UniC) in log-SNR time",
@@ -297,8 +317,9 @@ SOLVERS: dict[str, SolverSpec] = {
                    "model call)"),
             Option("lower_order_final", bool, True, "with fewer than 6 intervals (order 3) or "
                    "10 (order 2), lower the order on the last two steps"),
+            *_x0_options(),
         ),
-        steps=19, spacing=QUADRATIC_IN_T,
+        steps=19, spacing=QUADRATIC_IN_T, x0_by_model=True,
     ),
     "ipndm": SolverSpec(
         sample_ipndm, "iPNDM: Adams–Bashforth on eps in σ/α (DEIS paper, App.)",
@@ -306,13 +327,15 @@ SOLVERS: dict[str, SolverSpec] = {
             Option("order", int, 3, "Adams–Bashforth order", choices=(1, 2, 3, 4)),
             Option("variable_step", bool, False, "Adams–Bashforth weights for the grid's "
                    "unequal steps in σ/α instead of the fixed equal-step ones"),
+            *_x0_options(),
         ),
-        steps=19, spacing=QUADRATIC_IN_T,
+        steps=19, spacing=QUADRATIC_IN_T, x0_by_model=True,
     ),
     "deis": SolverSpec(
         sample_deis, "tAB-DEIS: eps extrapolated in t, exact exponential-integrator weights",
-        options=(Option("order", int, 3, "multistep order", choices=(1, 2, 3)),),
-        steps=19, spacing=QUADRATIC_IN_T,
+        options=(Option("order", int, 3, "multistep order", choices=(1, 2, 3)),
+                 *_x0_options()),
+        steps=19, spacing=QUADRATIC_IN_T, x0_by_model=True,
     ),
 }
 
