@@ -94,20 +94,25 @@ class CosineBeta:
 class TableBeta:
     """A VP schedule given by a discrete chain's ``beta_i`` table (diffusers' ``betas``).
 
-    The chain's step ``i`` (0-based) sits at ``t_i = (i + 1) T / N`` (``VPSDE.index_to_time``);
-    ``B(t) = -log abar(t)`` is piecewise linear in ``t`` through ``B(0) = 0`` and
-    ``B(t_i) = -sum_{j <= i} log(1 - beta_j)``, so ``marginal_coeffs(t_i)`` is exactly
-    ``(sqrt(abar_i), sqrt(1 - abar_i))`` of the table, and ``beta(t)`` is piecewise constant,
-    ``-log(1 - beta_i) N / T`` on ``(t_{i-1}, t_i]``. Past ``T`` the last piece is extended.
+    The chain's step ``i`` (0-based) sits at ``t_i = (i + 1) T / N`` (``VPSDE.index_to_time``).
+    ``B(t) = -log abar(t)`` is the monotone cubic (PCHIP, [Fritsch84]; scipy's
+    ``PchipInterpolator``) through ``B(0) = 0`` and ``B(t_i) = -sum_{j <= i} log(1 - beta_j)``, so
+    ``marginal_coeffs(t_i)`` is exactly ``(sqrt(abar_i), sqrt(1 - abar_i))`` of the table, and
+    ``beta(t) = B'(t)`` is continuous and positive. (A piecewise-linear ``B`` would give the same
+    knots, but its ``beta`` jumps at every step: an adaptive probability-flow solve then loses two
+    orders of accuracy at the same tolerance, tests/test_likelihood.py.) Past ``T``, ``B`` is
+    extended linearly.
 
     Args:
         betas: ``(N,)`` the chain's ``beta_i``, each in ``(0, 1)``; kept in float64.
         T: end time.
 
-    Refs: [Ho20] Eq. (4); [Song21] Eq. (29).
+    Refs: [Ho20] Eq. (4); [Song21] Eq. (29); [Fritsch84].
     """
 
     def __init__(self, betas: torch.Tensor, T: float = 1.0) -> None:
+        from scipy.interpolate import PchipInterpolator
+
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise UserInputError("a beta table must be a non-empty list of numbers in (0, 1)")
@@ -116,30 +121,57 @@ class TableBeta:
         self._knots_t = torch.arange(0, n + 1, dtype=torch.float64) * (self.T / n)
         self._knots_B = torch.cat([torch.zeros(1, dtype=torch.float64),
                                    torch.cumsum(-torch.log1p(-betas), 0)])
-        self._slopes = (self._knots_B[1:] - self._knots_B[:-1]) / (self._knots_t[1:] - self._knots_t[:-1])
+        if n == 1:  # two knots: the line through them
+            slope = float(self._knots_B[1] / self._knots_t[1])
+            coeffs = torch.tensor([[0.0], [0.0], [slope], [0.0]], dtype=torch.float64)
+        else:
+            pchip = PchipInterpolator(self._knots_t.numpy(), self._knots_B.numpy())
+            coeffs = torch.from_numpy(pchip.c.copy())  # (4, n): s^3, s^2, s, 1 on each piece
+        self._coeffs = coeffs
+        self._end_slope = float(coeffs[2, -1] + 2 * coeffs[1, -1] * (self.T / n)
+                                + 3 * coeffs[0, -1] * (self.T / n) ** 2)
+        self._cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Knots and cubic coefficients on ``device`` (copied once per device)."""
+        if device not in self._cache:
+            self._cache[device] = (self._knots_t.to(device), self._knots_B.to(device),
+                                   self._coeffs.to(device))
+        return self._cache[device]
 
     def _piece(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The piece ``k`` (1-based knot index) each ``t`` falls in, and the knot tables on ``t``'s device."""
-        kt, kb = self._knots_t.to(t.device), self._knots_B.to(t.device)
-        k = torch.searchsorted(kt, t.detach().to(torch.float64).contiguous()).clamp(1, kt.numel() - 1)
-        return k, kt, kb
+        """``(s, c, past)``: the offset of each ``t`` in its piece, that piece's ``(4, ...)``
+        coefficients, and whether ``t`` is ``T`` or past it (float64)."""
+        kt, _, c = self._tables(t.device)
+        t64 = t.to(torch.float64)
+        k = torch.searchsorted(kt, t64.detach().contiguous(), right=True).clamp(1, kt.numel() - 1)
+        return t64 - kt[k - 1], c[:, k - 1], t64 >= self.T
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
-        k, _, _ = self._piece(t)
-        return self._slopes.to(t.device)[k - 1].to(t.dtype)
+        s, c, past = self._piece(t)
+        b = c[2] + s * (2 * c[1] + s * 3 * c[0])
+        return torch.where(past, torch.full_like(b, self._end_slope), b).to(t.dtype)
 
     def integral(self, t: torch.Tensor) -> torch.Tensor:
-        k, kt, kb = self._piece(t)
-        t64 = t.to(torch.float64)
-        b = kb[k - 1] + (t64 - kt[k - 1]) * self._slopes.to(t.device)[k - 1]
-        b = torch.where(t64 == kt[k], kb[k], b)  # a knot: the table's own value, no round-off
-        return b.to(t.dtype)
+        s, c, past = self._piece(t)
+        b = c[3] + s * (c[2] + s * (c[1] + s * c[0]))  # equals B(t_i) exactly at a knot (s = 0)
+        beyond = float(self._knots_B[-1]) + (t.to(torch.float64) - self.T) * self._end_slope  # B(T) at T
+        return torch.where(past, beyond, b).to(t.dtype)
 
     def inverse_integral(self, b: torch.Tensor) -> torch.Tensor:
-        kt, kb = self._knots_t.to(b.device), self._knots_B.to(b.device)
-        b64 = b.to(torch.float64)
-        k = torch.searchsorted(kb, b64.detach().contiguous()).clamp(1, kb.numel() - 1)
-        t = kt[k - 1] + (b64 - kb[k - 1]) / self._slopes.to(b.device)[k - 1]
+        """``t`` with ``B(t) = b``: the piece by its knot values, then 60 bisections in it (B is
+        increasing), exact to float64 round-off; past ``B(T)``, the linear extension."""
+        kt, kb, c = self._tables(b.device)
+        b64 = b.detach().to(torch.float64)
+        k = torch.searchsorted(kb, b64.contiguous(), right=True).clamp(1, kb.numel() - 1)
+        c, target = c[:, k - 1], b64 - kb[k - 1]
+        lo, hi = torch.zeros_like(b64), (kt[k] - kt[k - 1])
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = mid * (c[2] + mid * (c[1] + mid * c[0])) > target
+            lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
+        t = torch.where(target == 0, kt[k - 1], kt[k - 1] + (lo + hi) / 2)  # a knot: exactly
+        t = torch.where(b64 >= kb[-1], self.T + (b64 - kb[-1]) / self._end_slope, t)
         return t.to(b.dtype)
 
 

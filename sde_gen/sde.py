@@ -223,8 +223,8 @@ class VPSDE(SDE):
         N: number of discrete steps.
         schedule: ``"linear"``, ``"cosine"`` ([Nichol21]) or ``"table"``: the discrete chain
             is ``betas`` exactly (float64; ``N = len(betas)``; ``beta_min``, ``beta_max`` are
-            ignored) and the continuous marginal interpolates ``log abar`` piecewise-linearly
-            between the chain's step times (:class:`~sde_gen.schedules.TableBeta`), so it equals
+            ignored) and the continuous marginal interpolates ``-log abar`` by a monotone
+            cubic through the chain's step times (:class:`~sde_gen.schedules.TableBeta`), so it equals
             the chain at every ``t_i``. :func:`sde_gen.interop.load_diffusers` builds these.
         betas: the ``(N,)`` table of ``schedule="table"`` (each in ``(0, 1)``).
         T: end time; defaults to 1 for linear and table, 0.9946 for cosine (where ``beta`` stays

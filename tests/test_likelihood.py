@@ -11,6 +11,7 @@ from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
 from sde_gen.app.cli import app
 from sde_gen.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
 from sde_gen.likelihood import bits_per_dim, decode, encode, log_likelihood, slerp
+from sde_gen.schedules import scaled_linear_betas
 
 F64 = torch.float64
 
@@ -29,7 +30,9 @@ def anisotropic_8d() -> GaussianMixture:
     return GaussianMixture(means, covs, torch.tensor([0.2, 0.5, 0.3]))
 
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=15.0)}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=15.0),
+        # a 100-step chain given by its beta table (a diffusers scheduler's): piecewise beta(t)
+        "vp_table": lambda: VPSDE(schedule="table", betas=scaled_linear_betas(1e-3, 0.2, 100))}
 
 
 def reference_logp(gm, sde, x, z, eps):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sde_gen.schedules import CosineBeta, LinearBeta, time_grid
+from sde_gen.schedules import (CosineBeta, LinearBeta, TableBeta, cosine_betas,
+                               scaled_linear_betas, time_grid)
 from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
 
 F64 = torch.float64
@@ -26,8 +27,11 @@ def make_sde(name: str) -> SDE:
 # -------------------------------------------------------------------------------------------------
 # continuous schedules
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("schedule", [LinearBeta(), LinearBeta(0.5, 3.0), CosineBeta()],
-                         ids=["linear", "linear_custom", "cosine"])
+@pytest.mark.parametrize("schedule", [LinearBeta(), LinearBeta(0.5, 3.0), CosineBeta(),
+                                      TableBeta(scaled_linear_betas(1e-3, 0.2, 100)),
+                                      TableBeta(cosine_betas(37)), TableBeta(torch.tensor([0.3]))],
+                         ids=["linear", "linear_custom", "cosine", "table", "table_cosine",
+                              "table_one_step"])
 def test_schedule_integral_derivative_and_inverse(schedule) -> None:
     t = torch.linspace(0.0, 0.99, 50, dtype=F64, requires_grad=True)
     big_b = schedule.integral(t)
@@ -41,6 +45,48 @@ def test_schedule_integral_derivative_and_inverse(schedule) -> None:
     # atol 1e-10.
     torch.testing.assert_close(schedule.inverse_integral(big_b), t.detach(), rtol=0,
                                atol=1e-10)
+
+
+@pytest.mark.parametrize("betas", [scaled_linear_betas(1e-4, 0.02, 1000), cosine_betas(50),
+                                   torch.linspace(1e-4, 0.02, 1000, dtype=F64)])
+def test_table_schedule_is_the_chain_at_every_step(betas) -> None:
+    """``VPSDE(schedule="table")``: the chain is the table, the continuous marginal passes through
+    every step exactly, beta(t) is continuous and positive, and past T B is extended linearly."""
+    sde = VPSDE(schedule="table", betas=betas)
+    assert sde.N == len(betas) and torch.equal(sde._betas64, betas.double())
+    i = torch.arange(sde.N)
+    abar = torch.cumprod(1 - betas.double(), 0)
+    alpha, sigma = sde.marginal_coeffs(sde.index_to_time(i).double())
+    torch.testing.assert_close(alpha**2, abar, rtol=1e-13, atol=0)
+    torch.testing.assert_close(sigma**2, 1 - abar, rtol=1e-11, atol=1e-300)
+    sched = sde.schedule
+    t = torch.linspace(0, sde.T, 20001, dtype=F64)
+    beta = sched.beta(t)
+    assert (beta > 0).all()
+    # continuous: no jump between neighbours beyond what the slope explains (a piecewise-
+    # constant beta jumps by ~beta_i at every knot)
+    jumps = beta.diff().abs().max() / beta.max()
+    assert jumps < 0.05, jumps
+    past = torch.tensor([sde.T, sde.T + 0.1], dtype=F64)
+    b = sched.integral(past)
+    torch.testing.assert_close(b[1] - b[0], 0.1 * sched.beta(past[:1])[0], rtol=1e-12, atol=0)
+    # the linear DDPM table is close to the linear VP SDE (not equal: -log(1 - beta_i) > beta_i
+    # and the steps sit at (i + 1) / N; measured max |d alpha| 9.9e-4)
+    if len(betas) == 1000 and torch.allclose(betas, torch.linspace(1e-4, 0.02, 1000, dtype=F64)):
+        linear = VPSDE()
+        tt = torch.linspace(0.01, 1, 97, dtype=F64)
+        torch.testing.assert_close(sde.marginal_coeffs(tt)[0], linear.marginal_coeffs(tt)[0],
+                                   rtol=0, atol=2e-3)
+
+
+def test_table_schedule_bad_input() -> None:
+    for bad in ([], [0.5, 1.0], [0.0, 0.1], [float("nan")]):
+        with pytest.raises(ValueError, match="beta table"):
+            TableBeta(torch.tensor(bad, dtype=F64))
+    with pytest.raises(ValueError, match="betas exactly when"):
+        VPSDE(schedule="linear", betas=torch.tensor([0.1]))
+    with pytest.raises(ValueError, match="betas exactly when"):
+        VPSDE(schedule="table")
 
 
 def test_linear_beta_closed_form_and_bad_args() -> None:
