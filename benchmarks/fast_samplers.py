@@ -46,7 +46,8 @@ from benchmarks.samplers import (ROOT, PROBLEMS as TUNING_PROBLEMS, TimedModel, 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.app.outputs import dumps_strict
 from sde_gen.sampling import SOLVERS, make_grid, sample
-from sde_gen.sampling.grids import SPACINGS, grid_coeffs
+from sde_gen.chain import grid_coeffs
+from sde_gen.sampling.grids import SPACINGS
 from sde_gen.sampling.optimized_grid import optimize_grid
 from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 from sde_gen.tensor_utils import append_dims
@@ -87,7 +88,7 @@ class Case:
                  ref: torch.Tensor) -> None:
         self.name, self.role, self.sde_name, self.sde = name, role, sde_name, sde
         self.model, self.x_T, self.ref = model, x_T, ref
-        self.eps = sde.default_eps
+        self.eps = sde.default_t_min
 
     @classmethod
     def mixture(cls, name: str, role: str, gm: GaussianMixture, sde_name: str, n: int,
@@ -95,8 +96,8 @@ class Case:
         sde = SDES[sde_name]()
         x_T = sde.prior_sampling((n, gm.dim), generator=torch.Generator().manual_seed(seed),
                                  dtype=DTYPE)
-        x = gm.ode_endpoint(sde, x_T, sde.default_eps, tol=1e-10)
-        ref = gm.denoise(x, torch.full((n,), sde.default_eps, dtype=DTYPE), sde)
+        x = gm.ode_endpoint(sde, x_T, sde.default_t_min, tol=1e-10)
+        ref = gm.denoise(x, torch.full((n,), sde.default_t_min, dtype=DTYPE), sde)
         return cls(name, role, sde_name, sde, gm.eps_model(sde), x_T, ref)
 
     @property
@@ -149,7 +150,7 @@ def run_ours(case: Case, m: Method, nfe: int, spacing: str | None = None,
     model = TimedModel(case.model)
     if ts is None:
         steps = max(1, (nfe - 1) // m.per_step)
-        res = sample(model, case.sde, None, m.solver, x_T=case.x_T, steps=steps, eps=case.eps,
+        res = sample(model, case.sde, None, m.solver, x_T=case.x_T, steps=steps, t_min=case.eps,
                      spacing=spacing, **m.options)
     else:
         res = sample(model, case.sde, None, m.solver, x_T=case.x_T, ts=ts, **m.options)
@@ -249,8 +250,8 @@ def run_diffusers_ipndm(df, case: Case, nfe: int) -> tuple[float, int]:
     ``sin = rho / sqrt(1 + rho^2)`` of our log-SNR grid (nfe - 1 intervals, then 0): it steps
     between those levels (on a v-prediction, converted from eps); its last step to 0 returns the
     denoised estimate."""
-    ts = make_grid(case.sde, nfe - 1, eps=case.eps, spacing="logsnr")
-    rho = grid_coeffs(case.sde, ts).rho
+    ts = make_grid(case.sde, nfe - 1, t_min=case.eps, spacing="logsnr")
+    rho = grid_coeffs(case.sde, ts).sigma_tilde
     levels = torch.cat([rho / torch.sqrt(1 + rho**2), torch.zeros(1, dtype=DTYPE)])
     sched = df.IPNDMScheduler(num_train_timesteps=1000, trained_betas=levels.numpy())
     sched.set_timesteps(nfe)
@@ -398,7 +399,7 @@ def digits_case(run_dir: Path, n: int) -> Case:
     x_T = run.sde.prior_sampling((n, *data_shape(run.cfg.data)),
                                  generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = sample(run.model, run.sde, None, "ode", x_T=x_T, eps=run.sde.default_eps,
+        ref = sample(run.model, run.sde, None, "ode", x_T=x_T, t_min=run.sde.default_t_min,
                      rtol=1e-7, atol=1e-7).x
     return Case("digits (trained)", "unseen", run.cfg.sde.name, run.sde, run.model, x_T, ref)
 

@@ -70,14 +70,14 @@ def main() -> None:
             model = gm.eps_model(sde)
             for tol in tols:
                 res, sec = timed(lambda: log_likelihood(model, sde, x, trace="exact", rtol=tol,
-                                                        atol=tol, eps=eps))
+                                                        atol=tol, t_min=eps))
                 err = (res.logp - reference(gm, sde, x, res.z, eps)).abs()
                 rows_exact.append({"data": pname, "sde": sname, "rtol=atol": tol,
                                    "MAE (nats)": err.mean().item(), "max err": err.max().item(),
                                    "NFE": res.nfe, "ms/example": 1e3 * sec / n})
             for probes in ([1] if args.quick else [1, 4, 16]):
                 res, sec = timed(lambda: log_likelihood(
-                    model, sde, x, trace="hutchinson", n_probes=probes, eps=eps,
+                    model, sde, x, trace="hutchinson", n_probes=probes, t_min=eps,
                     generator=torch.Generator().manual_seed(2)))
                 d = res.logp - reference(gm, sde, x, res.z, eps)
                 rows_hutch.append({"data": pname, "sde": sname, "estimator": f"ours, {probes} probe(s)",
@@ -89,7 +89,7 @@ def main() -> None:
                 for tol in (1e-4, 1e-5):
                     (ll, nfe), sec = timed(lambda: kdiffusion_ll(kd, gm, sde, x, eps, tol))
                     # k-diffusion returns no latent; re-solve ours exactly for the reference's z.
-                    ref_res = log_likelihood(model, sde, x, trace="exact", rtol=1e-8, atol=1e-8, eps=eps)
+                    ref_res = log_likelihood(model, sde, x, trace="exact", rtol=1e-8, atol=1e-8, t_min=eps)
                     d = ll - ref_res.logp
                     rows_hutch.append({"data": pname, "sde": sname,
                                        "estimator": f"k-diffusion 1 probe, tol {tol:g}",

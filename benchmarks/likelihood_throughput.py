@@ -62,7 +62,7 @@ def main() -> None:
         out, nfe = [], 0
         for i in range(0, args.n, args.batch):
             r = log_likelihood(model, sde, x[i:i + args.batch], rtol=args.tol, atol=args.tol,
-                               eps=eps, generator=torch.Generator(device=device).manual_seed(i))
+                               t_min=eps, generator=torch.Generator(device=device).manual_seed(i))
             out.append(r.logp)
             nfe += r.nfe
         return torch.cat(out), nfe / math.ceil(args.n / args.batch)

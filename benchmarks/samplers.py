@@ -46,7 +46,6 @@ from sde_gen.analytic import GaussianMixture
 from sde_gen.data.toy2d import eight_gaussians
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, make_grid, sample
-from sde_gen.sampling.grids import default_eps
 from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,7 +325,7 @@ def run_diffusers(p: Problem, df, which: str, nfe: int,
 
 def snapped_logsnr_indices(sde: SDE, nfe: int, eps: float) -> list[int]:
     """Our logsnr grid, ``nfe - 1`` intervals, on the 1000-step chain, kept strictly decreasing."""
-    idx = sde.time_to_index(make_grid(sde, nfe - 1, eps=eps, spacing="logsnr")).tolist()
+    idx = sde.time_to_index(make_grid(sde, nfe - 1, t_min=eps, spacing="logsnr")).tolist()
     for k in range(len(idx) - 2, -1, -1):  # from the clean end upwards, one step apart at least
         idx[k] = max(idx[k], idx[k + 1] + 1)
     return idx
@@ -348,9 +347,9 @@ def dpm_vs_kdiff(p: Problem, kd, nfes: list[int], eps_list: list[float]) -> list
                 for spacing in ("logsnr", "karras", "quadratic"):
                     ours[f"dpm{order}-{spacing}"] = run_sample(
                         p, f"dpm{order} {spacing}", "dpm", deterministic=True, steps=nfe - 1,
-                        eps=eps, spacing=spacing, order=order)
+                        t_min=eps, spacing=spacing, order=order)
             ours["dpm3-logsnr-noLOF"] = run_sample(
-                p, "dpm3 logsnr no LOF", "dpm", deterministic=True, steps=nfe - 1, eps=eps,
+                p, "dpm3 logsnr no LOF", "dpm", deterministic=True, steps=nfe - 1, t_min=eps,
                 spacing="logsnr", order=3, lower_order_final=False)
             out.append((eps, nfe, peer, ours))
     return out
@@ -359,13 +358,13 @@ def dpm_vs_kdiff(p: Problem, kd, nfes: list[int], eps_list: list[float]) -> list
 def peers_vp(p: Problem, kd, df, nfes: list[int]) -> list[Row]:
     """Every peer at each NFE, each next to our solver on the identical grid."""
     rows: list[Row] = []
-    eps = default_eps(p.sde)
+    eps = p.sde.default_t_min
     for nfe in nfes:
         if kd is not None:
             rows.append(run_kdiff(p, kd, "2m", nfe, eps, "karras"))
             rows.append(run_kdiff(p, kd, "lms", nfe, eps, "karras"))
         rows.append(run_sample(p, "ours dpm2 logsnr (default)", "dpm", deterministic=True,
-                               steps=nfe - 1, eps=eps, order=2))
+                               steps=nfe - 1, t_min=eps, order=2))
         if df is None:
             continue
         row, steps = run_diffusers(p, df, "ddim", nfe)
@@ -443,7 +442,7 @@ SECTION1 = """\
 VP, start T = 1 (sigma_max = sigma_T/alpha_T), end eps (sigma_min = sigma_eps/alpha_eps), every
 method finishing with one Tweedie denoise at eps. `2m-*`/`lms-*`: k-diffusion `sample_dpmpp_2m` /
 `sample_lms` on karras (rho 7) or log-SNR-uniform sigmas. `dpm{order}-{spacing}`:
-`sample(..., "dpm", steps=NFE-1, eps=eps, spacing=..., order=...)`; `dpm2-logsnr` is the package
+`sample(..., "dpm", steps=NFE-1, t_min=eps, spacing=..., order=...)`; `dpm2-logsnr` is the package
 default. `noLOF`: `lower_order_final=False` (differs only below 15 steps). On one grid `dpm2` and
 k-diffusion's 2M are the same update (compare `2m-logsnr` with `dpm2-logsnr`, `2m-karras` with
 `dpm2-karras`; they differ only at 10 NFE, through our `lower_order_final`)."""
@@ -473,7 +472,7 @@ end time (every method here finishes with one denoising evaluation).
   `sigma_min`, the same final evaluation our `sample(..., denoise=True)` makes. LMS integrates the
   last interval to sigma = 0 instead; that differs from Tweedie-at-`sigma_min` only at second
   order in `sigma_min`.
-- **Ours** on the same budget: `sample(model, sde, shape, "dpm", steps=NFE - 1, eps=eps,
+- **Ours** on the same budget: `sample(model, sde, shape, "dpm", steps=NFE - 1, t_min=eps,
   spacing=..., order=...)`: NFE - 1 solver steps from T to eps plus the final denoise. On the same
   grid, `dpm` order 2 and k-diffusion DPM++(2M) are the same algorithm; they differ only where
   our `lower_order_final` applies (fewer than 15 steps: our last step into eps is first order).

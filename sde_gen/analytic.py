@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 
-from .parameterization import eps_to_x0
-from .sde import SDE
 from .errors import UserInputError
+from .parameterization import eps_to_x0
+from .pf_ode import odeint_between, probability_flow
+from .sde import SDE
 
 
 class GaussianMixture:
@@ -203,8 +204,6 @@ class GaussianMixture:
         Solved in float64 with the exact score by dopri5 at ``rtol = atol = tol``, landing
         exactly on ``t_end``: the reference for deterministic samplers.
         """
-        from .sampling.ode import odeint_between, probability_flow
-
         x = x_T.to(torch.float64)
         ts = torch.tensor([sde.T if t_start is None else t_start, t_end], dtype=torch.float64)
         return odeint_between(probability_flow(self.eps_model(sde), sde), x, ts[0], ts[1],

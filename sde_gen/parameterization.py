@@ -77,7 +77,7 @@ def log_variance_from_v(
     ``[0, 1]`` extrapolate in log space. ``beta`` and ``beta~`` are the interval's forward and
     posterior variances on whatever grid is walked: on a respaced (strided) grid ``s < t`` they
     are ``1 - abar_t / abar_s`` and ``beta (1 - abar_s) / (1 - abar_t)`` ([Nichol21] Sec. 4),
-    which :func:`~sde_gen.sampling.grids.posterior_coeffs` returns. ``beta~`` must be positive
+    which :func:`~sde_gen.chain.posterior_coeffs` returns. ``beta~`` must be positive
     (the interval into the clean end uses the next one's, as DDPM's code clips it).
 
     Shapes: ``v (B, *D)``; ``beta``, ``beta_tilde`` scalars or ``(B,)`` -> ``(B, *D)``.
@@ -115,6 +115,64 @@ def learned_variance_fn(model: object) -> EpsVarModel:
     return model.eps_and_variance
 
 
+def model_name(model: object) -> str:
+    """How messages name a model: its function or class name."""
+    return getattr(model, "__qualname__", None) or type(model).__name__
+
+
+def check_model_output(model: object, out: object, x: torch.Tensor) -> torch.Tensor:
+    """``out`` if it is a floating tensor of ``x``'s shape, as ``model(x, t)`` must return.
+
+    A wrong shape would otherwise broadcast silently (a ``(1, D)`` or 0-d output) or fail deep
+    inside a solver; the samplers and likelihoods check the first call of every solve.
+
+    Raises:
+        UserInputError: naming the model, what it returned and what was expected.
+    """
+    if not torch.is_tensor(out):
+        raise UserInputError(f"model {model_name(model)} returned a {type(out).__name__}, not a "
+                             f"tensor of eps of shape {tuple(x.shape)}")
+    if out.shape != x.shape:
+        raise UserInputError(f"model {model_name(model)} returned shape {tuple(out.shape)} for an "
+                             f"input of shape {tuple(x.shape)}; an eps-model returns the input's "
+                             f"shape")
+    if not out.is_floating_point():
+        raise UserInputError(f"model {model_name(model)} returned {out.dtype}; an eps-model "
+                             f"returns floating-point values")
+    return out
+
+
+class CountingModel:
+    """Wraps ``model(x, t)`` and counts its calls (the reported NFE); the first call's output is
+    checked (:func:`check_model_output`)."""
+
+    def __init__(self, model: EpsModel) -> None:
+        self.model, self.nfe, self._checked = model, 0, False
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        out = self.model(x, t)
+        if not self._checked:
+            check_model_output(self.model, out, x)
+            self._checked = True
+        return out
+
+    @property
+    def learn_variance(self) -> bool:
+        """Whether the wrapped model learns its reverse variance ([Nichol21] Eq. 15)."""
+        return bool(getattr(self.model, "learn_variance", False))
+
+    def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
+        """The wrapped model's ``(eps, v)``, counted as one call."""
+        fn = learned_variance_fn(self.model)
+        self.nfe += 1
+        eps, v = fn(x, t)
+        if not self._checked:
+            check_model_output(self.model, eps, x)
+            self._checked = True
+        return eps, v
+
+
 def score_fn(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap an eps-model as the score function ``s(x, t) = -model(x, t) / sigma_t``."""
 
@@ -144,12 +202,14 @@ class ScoreModel(nn.Module):
     ``lambda_t = log(alpha_t / sigma_t)`` (``"logsnr"``; EDM's ``c_noise = ln(sigma)/4`` up to
     scale, [Karras22] Table 1), which is smooth where ``t`` is not (``lambda`` changes like
     ``log t`` near 0) and the same variable for every SDE. Its raw output is read as eps, x0, v or
-    EDM's ``F`` (``prediction``) and converted to eps here. ``forward`` returns eps; ``score`` and
-    ``denoise`` give the other two views. The module never changes train/eval mode.
+    EDM's ``F`` (``prediction``) and converted to eps here. Three methods name the three views:
+    :meth:`eps`, :meth:`score` and :meth:`denoise` (x0). ``forward`` (``model(x, t)``) is
+    :meth:`eps`, because the package's model contract (:data:`EpsModel`, what every sampler and
+    likelihood takes) is an eps-model. The module never changes train/eval mode.
 
-    ``prediction="edm"``: with ``sigma = sigma_t / alpha_t`` and ``rho = sqrt(sigma^2 + s_d^2)``,
-    EDM's denoiser ``D = c_skip x/alpha + c_out F`` (``c_skip = s_d^2 / rho^2``,
-    ``c_out = sigma s_d / rho``, [Karras22] Table 1) gives ``eps = (sigma/rho) x_in - (s_d/rho) F``,
+    ``prediction="edm"``: with ``sigma = sigma_t / alpha_t`` and ``r = sqrt(sigma^2 + s_d^2)``,
+    EDM's denoiser ``D = c_skip x/alpha + c_out F`` (``c_skip = s_d^2 / r^2``,
+    ``c_out = sigma s_d / r``, [Karras22] Table 1) gives ``eps = (sigma/r) x_in - (s_d/r) F``,
     written in that form because it does not cancel at small ``sigma``. ``c_skip`` is the exact
     denoiser of ``N(0, s_d^2 I)`` data: the network learns the correction to a Gaussian.
 
@@ -277,9 +337,10 @@ class ScoreModel(nn.Module):
             return v_to_eps(x, out, alpha_t, sigma_t)
         s_d = self.sigma_data
         sigma = sigma_t / alpha_t
-        rho = torch.sqrt(sigma**2 + s_d**2)
+        r = torch.sqrt(sigma**2 + s_d**2)
         n = x.ndim
-        return append_dims(sigma / rho, n).to(x.dtype) * x_in - append_dims(s_d / rho, n).to(x.dtype) * out
+        return (append_dims(sigma / r, n).to(x.dtype) * x_in
+                - append_dims(s_d / r, n).to(x.dtype) * out)
 
     def eps_and_variance(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | int | None = None
@@ -287,6 +348,12 @@ class ScoreModel(nn.Module):
         """``(eps_hat, v)``: ``v`` the raw variance output of [Nichol21] Eq. (15), or None when the
         variance is not learned. Shapes: ``(B, *D)`` each."""
         return self(x, t, y, with_variance=True)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor,
+            y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The noise prediction ``eps_hat(x, t)`` (what ``forward`` returns).
+        Shapes: ``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
+        return self(x, t, y)
 
     def score(self, x: torch.Tensor, t: torch.Tensor,
               y: torch.Tensor | int | None = None) -> torch.Tensor:

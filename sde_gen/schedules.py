@@ -192,30 +192,30 @@ def time_grid(
     steps: int,
     *,
     T: float = 1.0,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     spacing: str = "uniform",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A decreasing grid of ``steps + 1`` times from ``T`` to ``eps``.
+    """A decreasing grid of ``steps + 1`` times from ``T`` to ``t_min``.
 
     Args:
         steps: number of intervals (>= 1).
-        spacing: ``"uniform"`` in t, or ``"quadratic"`` (dense near ``eps``, as DDIM's CIFAR-10
+        spacing: ``"uniform"`` in t, or ``"quadratic"`` (dense near ``t_min``, as DDIM's CIFAR-10
             runs, [Song21ddim] Appendix D.2).
 
     Returns:
-        ``(steps + 1,)`` tensor with ``ts[0] = T`` and ``ts[-1] = eps``.
+        ``(steps + 1,)`` tensor with ``ts[0] = T`` and ``ts[-1] = t_min``.
     """
     if steps < 1:
         raise UserInputError(f"steps must be >= 1, got {steps}")
-    if not 0 <= eps < T:
-        raise UserInputError(f"need 0 <= eps < T, got eps={eps}, T={T}")
+    if not 0 <= t_min < T:
+        raise UserInputError(f"need 0 <= t_min < T, got t_min={t_min}, T={T}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     if spacing == "uniform":
-        ts = eps + (T - eps) * u
+        ts = t_min + (T - t_min) * u
     elif spacing == "quadratic":
-        ts = eps + (T - eps) * u**2
+        ts = t_min + (T - t_min) * u**2
     else:
         raise UserInputError(f"unknown time spacing {spacing!r}; choose 'uniform' or 'quadratic'")
     return ts.to(dtype=dtype, device=device)

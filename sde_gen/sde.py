@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .noise import Generator, randn
 from .schedules import BetaSchedule, CosineBeta, LinearBeta, TableBeta, check_finite
 from .tensor_utils import append_dims, sum_flat
 from .errors import UserInputError
@@ -75,9 +76,14 @@ class SDE(ABC):
     """
 
     prior_std: float = 1.0
-    #: Default end time of samplers and likelihoods ([Song21] App. C: 1e-3 for VP and sub-VP,
-    #: 1e-5 for VE, whose ``sigma_min`` already perturbs the data).
-    default_eps: float = 1e-3
+    #: Default smallest time ``t_min`` of samplers (where they end) and likelihoods (where the
+    #: ODE starts) ([Song21] App. C: 1e-3 for VP and sub-VP, 1e-5 for VE, whose ``sigma_min``
+    #: already perturbs the data).
+    default_t_min: float = 1e-3
+    #: The default grid spacing of the few-step multistep solvers (unipc, ipndm, deis) on this
+    #: SDE: ``"logsnr"`` (uniform in log-SNR, the SDE-agnostic choice) unless the SDE declares
+    #: another; VP and sub-VP declare ``"quadratic"`` in t ([Song21ddim] App. D.2).
+    few_step_spacing: str = "logsnr"
     #: The discrete chain this SDE discretizes: ``"ddpm"`` (VP, sub-VP: a variance-preserving
     #: chain with DDPM's bound and learned variances) or ``"smld"`` (VE's noise ladder).
     chain: str = "ddpm"
@@ -157,12 +163,13 @@ class SDE(ABC):
         self,
         shape: tuple[int, ...] | torch.Size,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """Draw ``x_T ~ N(0, prior_std^2 I)``."""
-        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        """Draw ``x_T ~ N(0, prior_std^2 I)``; ``generator`` as in :func:`sde_gen.noise.randn`
+        (an :class:`~sde_gen.noise.IndexedGenerator` gives each example its own stream)."""
+        z = randn(tuple(shape), generator, device=device, dtype=dtype)
         return self.prior_std * z
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
@@ -237,6 +244,8 @@ class VPSDE(SDE):
 
     Refs: [Song21] Eq. (11), (29); [Ho20] Eq. (4), Sec. 4.
     """
+
+    few_step_spacing = "quadratic"
 
     def __init__(
         self,
@@ -355,6 +364,8 @@ class SubVPSDE(SDE):
     Refs: [Song21] Eq. (17), (29).
     """
 
+    few_step_spacing = "quadratic"
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N, 1.0)
         self.schedule = LinearBeta(beta_min, beta_max)  # checks both: finite, 0 < min < max
@@ -392,7 +403,7 @@ class VESDE(SDE):
     Refs: [Song21] Eq. (9), (30); [Song19] Sec. 4.2.
     """
 
-    default_eps = 1e-5
+    default_t_min = 1e-5
     chain = "smld"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:

@@ -36,7 +36,7 @@ def ode_reference(sde_name: str, n: int = 256):
     default end time (dopri5, tol 1e-10) for :func:`mixture`."""
     sde = SDES[sde_name]()
     x_T = sde.prior_sampling((n, 2), generator=seeded(3), dtype=F64)
-    return sde, x_T, mixture().ode_endpoint(sde, x_T, sde.default_eps)
+    return sde, x_T, mixture().ode_endpoint(sde, x_T, sde.default_t_min)
 
 
 def one_error_line(res) -> str:

@@ -21,40 +21,81 @@ def run_dir(tmp_path_factory):
     return d
 
 
-# Every registered solver at least once (test_sample_cases_cover_every_registered_solver).
+def _flags(options: dict) -> list[str]:
+    """The command-line flags of solver options (their declarations come from the registry)."""
+    decls = {f.name: f.decls for f in solver_flags()}
+    out = []
+    for name, value in options.items():
+        decl = decls[name]
+        if isinstance(value, bool):
+            on, _, off = decl.partition("/")
+            out.append(on if value else off)
+        else:
+            out += [decl, str(value)]
+    return out
+
+
+# Every registered solver at least once (test_sample_cases_cover_every_registered_solver);
+# (solver, grid intervals, solver options, other flags). The expected NFE is the spec's.
 SAMPLE_CASES = [
-    ("dpm", ["--steps", "9"], 10),  # 9 intervals + 1 denoise
-    ("ddim", ["--steps", "10", "--eta", "0.5"], 11),
-    ("heun", ["--steps", "5"], 11),  # 2 per interval + 1 denoise
-    ("ode", ["--method", "rk4", "--steps", "4"], 17),  # 4 stages per step + 1
-    ("pc", ["--steps", "5", "--snr", "0.1"], 11),  # (1 predictor + 1 corrector) x 5 + 1
-    ("ancestral", ["--steps", "5", "--variance", "beta_tilde"], 6),
-    ("sde", ["--steps", "5", "--no-denoise"], 5),
-    ("sde", ["--steps", "5", "--method", "euler", "--spacing", "quadratic"], 6),  # torchsde
-    ("dpm", ["--steps", "5", "--no-lower-order-final"], 6),  # a flag from the registry
-    ("dpm", ["--steps", "9", "--variant", "taylor3"], 10),
-    ("unipc", ["--steps", "9"], 10),  # UniC reuses the next step's call: 9 + 1
-    ("unipc", ["--steps", "5", "--variant", "bh1", "--order", "2", "--no-unic"], 6),
-    ("ipndm", ["--steps", "9"], 10),
-    ("ipndm", ["--steps", "5", "--order", "2", "--variable-step"], 6),
-    ("deis", ["--steps", "9", "--order", "2"], 10),
+    ("dpm", 9, {}, []),
+    ("ddim", 10, {"eta": 0.5}, []),
+    ("heun", 5, {}, []),
+    ("ode", 4, {"method": "rk4"}, []),
+    ("pc", 5, {"snr": 0.1}, []),
+    ("ancestral", 5, {"variance": "beta_tilde"}, []),
+    ("sde", 5, {}, ["--no-denoise"]),
+    ("sde", 5, {"method": "euler"}, ["--spacing", "quadratic"]),  # torchsde
+    ("dpm", 5, {"lower_order_final": False}, []),  # a flag from the registry
+    ("dpm", 9, {"variant": "taylor3"}, []),
+    ("unipc", 9, {}, []),
+    ("unipc", 5, {"variant": "bh1", "order": 2, "unic": False}, []),
+    ("ipndm", 9, {}, []),
+    ("ipndm", 5, {"order": 2, "variable_step": True}, []),
+    ("deis", 9, {"order": 2}, []),
     # Regression: "999 intervals do not fit on the 1000-step discrete chain": the default
-    # is now the chain's 991 steps from t = 0.01 (990 intervals + 1 denoise).
-    ("ancestral", ["--eps", "0.01"], 991),
+    # is now the chain's steps from t = 0.01 (None: the solver's default grid).
+    ("ancestral", None, {}, ["--eps", "0.01"]),
 ]
 
 
-@pytest.mark.parametrize("solver, extra, nfe", SAMPLE_CASES)
-def test_sample_writes_png_and_npz(run_dir, tmp_path, solver, extra, nfe):
+def _expected_nfe(solver: str, steps: int | None, options: dict, extra: list[str]) -> int:
+    from sde_gen.chain import chain_times
+    from sde_gen.sde import VPSDE
+
+    if steps is None:  # the discrete chain between t_min = 0.01 and T of the run's VP SDE
+        steps = len(chain_times(VPSDE(), 0.01)) - 1
+    return SOLVERS[solver].nfe(steps, options, denoise="--no-denoise" not in extra)
+
+
+@pytest.mark.parametrize("solver, steps, options, extra", SAMPLE_CASES)
+def test_sample_writes_png_and_npz(run_dir, tmp_path, solver, steps, options, extra):
     out = tmp_path / f"{solver}.png"
+    grid = [] if steps is None else ["--steps", str(steps)]
     res = CliRunner().invoke(app, ["sample", "--solver", solver, "--ckpt", str(run_dir), "--n", "30",
                                    "--batch-size", "16", "--out", str(out), "--device", "cpu",
-                                   "--no-progress", *extra])
+                                   "--no-progress", *grid, *_flags(options), *extra])
     assert res.exit_code == 0, res.output
-    assert f"{nfe} NFE per batch" in res.output
+    assert f"{_expected_nfe(solver, steps, options, extra)} NFE per batch" in res.output
     x = np.load(out.with_suffix(".npz"))["samples"]
     assert x.shape == (30, 2) and np.isfinite(x).all()
     assert out.stat().st_size > 1000
+
+
+def test_the_same_seed_gives_the_same_samples_for_any_batch_size(run_dir, tmp_path):
+    """Sample i depends on (seed, i) alone (a solver that draws noise at every step): the same
+    up to the float32 rounding of the network's batched matrix products."""
+    outs = []
+    for batch in (7, 30):
+        out = tmp_path / f"b{batch}.png"
+        res = CliRunner().invoke(app, ["sample", "--solver", "ancestral", "--steps", "6",
+                                       "--ckpt", str(run_dir), "--n", "30", "--batch-size",
+                                       str(batch), "--seed", "4", "--out", str(out), "--device",
+                                       "cpu", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        outs.append(np.load(out.with_suffix(".npz"))["samples"])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)
+    assert np.abs(outs[0]).max() > 0.5  # real samples, not a constant
 
 
 def test_sample_is_reproducible(run_dir, tmp_path):
@@ -100,7 +141,7 @@ def test_sample_bad_input_is_one_line_error(run_dir, tmp_path, args, message):
 
 
 def test_sample_cases_cover_every_registered_solver():
-    assert {solver for solver, _, _ in SAMPLE_CASES} == set(SOLVERS)
+    assert {case[0] for case in SAMPLE_CASES} == set(SOLVERS)
 
 
 def test_sample_flags_and_their_help_come_from_the_registry():

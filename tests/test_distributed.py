@@ -40,17 +40,22 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_sampling_split_across_ranks_matches_one_process(tmp_path):
+    """Sample i depends on (seed, i) alone: two ranks with batches of 16 give exactly the samples
+    of one process with batches of 7, also for a solver that draws noise at every step (up to
+    the float32 rounding of the network's batched matrix products)."""
     assert _run(tmp_path / "run", 1).returncode == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     outs = []
-    for nproc in (1, 2):
+    for nproc, batch in ((1, 7), (2, 16)):
         out = tmp_path / f"s{nproc}.png"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", str(ROOT / "cli.py"), "sample", "--ckpt",
-               str(tmp_path / "run"), "--solver", "ddim", "--steps", "4", "--num-samples", "50",
-               "--batch-size", "16", "--out", str(out), "--no-progress", "--device", "cpu"]
+               str(tmp_path / "run"), "--solver", "ancestral", "--steps", "4", "--num-samples",
+               "50", "--batch-size", str(batch), "--out", str(out), "--no-progress", "--device",
+               "cpu"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         assert res.stdout.count("plot:") == 1
         outs.append(np.load(out.with_suffix(".npz"))["samples"])
-    assert outs[0].shape == (50, 2) and np.array_equal(outs[0], outs[1])
+    assert outs[0].shape == (50, 2)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)

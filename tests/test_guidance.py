@@ -95,7 +95,7 @@ def test_one_nfe_per_batched_call_in_every_solver(solver: str) -> None:
 def _exact_output_law(sde, component):
     """Mean and covariance of Tweedie's denoise of x_eps ~ q_eps for a Gaussian component: the
     exact law of sample()'s output when the PF-ODE is solved exactly to eps."""
-    t = torch.tensor([sde.default_eps], dtype=F64)
+    t = torch.tensor([sde.default_t_min], dtype=F64)
     alpha, sigma = (float(c) for c in sde.marginal_coeffs(t))
     s = component.covs[0]
     c = alpha**2 * s + sigma**2 * torch.eye(2, dtype=F64)

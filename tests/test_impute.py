@@ -272,9 +272,9 @@ def test_bad_input_gives_one_line_errors() -> None:
     assert "particles" in user_error(lambda: run(particles=4))
     assert "particles" in user_error(lambda: run(method="smc"))
     assert "resample" in user_error(lambda: run(method="smc", particles=2, resample=2))
-    assert "unknown option" in user_error(lambda: run(method="smc", particles=2, eta=0.5))
+    assert "takes no option 'eta'" in user_error(lambda: run(method="smc", particles=2, eta=0.5))
     assert "steps" in user_error(lambda: run(steps=0))
-    assert "eps" in user_error(lambda: run(eps=2.0))
+    assert "t_min" in user_error(lambda: run(t_min=2.0))
 
 
 def test_bad_grey_gives_one_line_errors() -> None:

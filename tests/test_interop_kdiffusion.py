@@ -80,7 +80,7 @@ def test_denoiser_is_the_exact_mixture_denoiser(name):
     sde, gm = SDES[name](), mixture()
     model = gm.eps_model(sde)
     kd = KarrasDenoiser(model, sde)
-    t = torch.linspace(sde.T, sde.default_eps, 16, dtype=F64)
+    t = torch.linspace(sde.T, sde.default_t_min, 16, dtype=F64)
     x_t = torch.randn(16, 2, generator=seeded(1), dtype=F64) * 3
     alpha_t = sde.marginal_coeffs(t)[0][:, None]
     want = gm.denoise(x_t, t, sde)
@@ -113,7 +113,7 @@ def test_sigma_grid_and_time_maps():
         assert s.shape == (11,) and s[-1] == 0 and (s[1:] < s[:-1]).all()
         assert s[0] == kd.sigma_max and s[-2] == kd.sigma_min
         t = kd.sigma_to_t(s[:-1])
-        assert abs(float(t[0]) - sde.T) < 1e-12 and abs(float(t[-1]) - sde.default_eps) < 1e-9
+        assert abs(float(t[0]) - sde.T) < 1e-12 and abs(float(t[-1]) - sde.default_t_min) < 1e-9
         assert rel_err(kd.t_to_sigma(t), s[:-1]) < 1e-11
     ve = VESDE(0.002, 80.0)
     kd = KarrasDenoiser(gaussian_eps(ve), ve)
@@ -145,7 +145,7 @@ def test_vp_through_a_denoiser_is_the_same_ode(name, solver):
     model = mixture().eps_model(sde)
     kd = KarrasDenoiser(model, sde)
     ve_model, ve = from_denoiser(kd, kd.sigma_min / 2, kd.sigma_max)
-    ts = make_grid(sde, 12, eps=sde.default_eps, spacing="karras")
+    ts = make_grid(sde, 12, t_min=sde.default_t_min, spacing="karras")
     ts_ve = KarrasDenoiser(ve_model, ve).sigma_to_t(kd.t_to_sigma(ts))
     x_T, alpha_T = prior(sde)
     ours = sample(model, sde, None, solver, x_T=x_T, ts=ts).x

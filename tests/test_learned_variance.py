@@ -21,8 +21,8 @@ from sde_gen.nets.embeddings import SinusoidalEmbedding
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import log_variance_from_v, v_from_log_variance
 from sde_gen.sampling import make_grid, sample, sample_ancestral
-from sde_gen.sampling.ancestral import posterior_coeffs
-from sde_gen.sampling.grids import grid_coeffs, snap_to_steps
+from sde_gen.chain import posterior_coeffs
+from sde_gen.chain import grid_coeffs, snap_to_steps
 from sde_gen.app.train import train
 
 F64 = torch.float64
@@ -102,7 +102,7 @@ class ConstantV:
 @pytest.mark.parametrize("steps", [999, 10])
 def test_v_endpoints_give_beta_and_beta_tilde(steps):
     sde = VPSDE()
-    ts = snap_to_steps(sde, make_grid(sde, steps, eps=1e-3))
+    ts = snap_to_steps(sde, make_grid(sde, steps, t_min=1e-3))
     alpha, sigma = grid_coeffs(sde, ts, discrete=True)
     _, _, beta_tilde, beta = posterior_coeffs(alpha, sigma)
     # The respaced chain's variances, written independently ([Nichol21] Sec. 4).
@@ -146,7 +146,7 @@ def test_learned_variance_on_fixed_model_raises():
         sample(lambda z, t: z, sde, (4, 2), "ancestral", steps=5, variance="learned")
     fixed = ScoreModel(MLP(2, width=8, depth=1, emb_dim=8), sde)
     with pytest.raises(ValueError, match="needs a model that learns its reverse variance"):
-        sample_ancestral(fixed, sde, x, make_grid(sde, 5, eps=1e-3), variance="learned")
+        sample_ancestral(fixed, sde, x, make_grid(sde, 5, t_min=1e-3), variance="learned")
     with pytest.raises(ValueError, match="needs a model that learns its reverse variance"):
         vlb(fixed, sde, x.double(), variance="learned", n_t=2)
     assert fixed.eps_and_variance(x, torch.full((4,), 0.5))[1] is None

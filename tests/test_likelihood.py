@@ -49,7 +49,7 @@ def test_exact_trace_matches_closed_form(sde_name, problem):
     sde = SDES[sde_name]()
     x = gm.sample(128, generator=torch.Generator().manual_seed(1), dtype=F64)
     eps = 1e-5
-    res = log_likelihood(gm.eps_model(sde), sde, x, trace="exact", rtol=1e-5, atol=1e-5, eps=eps)
+    res = log_likelihood(gm.eps_model(sde), sde, x, trace="exact", rtol=1e-5, atol=1e-5, t_min=eps)
     err = (res.logp - reference_logp(gm, sde, x, res.z, eps)).abs().mean().item()
     # Required <= 1e-3 nats/example; measured 1.7e-5 .. 2.8e-4 across SDEs and both problems.
     assert err <= 1e-3, err
@@ -65,7 +65,7 @@ def test_wrong_sign_or_time_fails_the_same_bound():
     x = gm.sample(64, generator=torch.Generator().manual_seed(2), dtype=F64)
     exact = gm.eps_model(sde)
     shifted = lambda x, t: exact(x, t + 1.0 / sde.N)  # noqa: E731  off-by-one in the time index
-    res = log_likelihood(shifted, sde, x, trace="exact", eps=1e-5)
+    res = log_likelihood(shifted, sde, x, trace="exact", t_min=1e-5)
     err = (res.logp - reference_logp(gm, sde, x, res.z, 1e-5)).abs().mean().item()
     assert err > 1e-3, err  # measured ~6e-2: a one-step shift is caught
 
@@ -136,8 +136,8 @@ def test_bits_per_dim_rejects_a_shape_for_the_data(args, kw, msg):
 @pytest.mark.parametrize("fn", ["log_likelihood", "encode", "decode"])
 @pytest.mark.parametrize("kw, msg", [
     # Regression: these reached torchdiffeq and stopped with "AssertionError: underflow in dt 0.0".
-    ({"eps": 0.0}, r"eps \(the data end of the ODE\) must be in \(0, T\)"),
-    ({"eps": -1e-3}, r"must be in \(0, T\)"),
+    ({"t_min": 0.0}, r"t_min \(the data end of the ODE\) must be in \(0, T\)"),
+    ({"t_min": -1e-3}, r"must be in \(0, T\)"),
     ({"rtol": 0.0}, "need rtol > 0"),
     ({"atol": 0.0}, "need atol > 0"),
     ({"rtol": 0.0, "atol": 0.0}, "need rtol > 0"),
@@ -170,7 +170,7 @@ def test_slerp_endpoints_and_norm():
 
 
 @pytest.mark.parametrize("kw, msg", [({"trace": "x"}, "unknown trace"), ({"probe": "x"}, "unknown probe"),
-                                     ({"n_probes": 0}, "n_probes"), ({"eps": 2.0}, "eps")])
+                                     ({"n_probes": 0}, "n_probes"), ({"t_min": 2.0}, "t_min")])
 def test_bad_arguments(kw, msg):
     gm, sde = asymmetric_2d(), VPSDE()
     with pytest.raises(ValueError, match=msg):

@@ -32,7 +32,8 @@ import torch
 from sde_gen.sampling import sample
 from sde_gen.sampling.deis import (eps_multistep, lagrange_coefficients, sample_deis,
                                    tab_coefficients, time_from_log_snr)
-from sde_gen.sampling.grids import default_eps, grid_coeffs, make_grid
+from sde_gen.chain import grid_coeffs
+from sde_gen.sampling.grids import make_grid
 from sde_gen.sampling.ipndm import ipndm_coefficients, sample_ipndm
 from sde_gen.sde import SDE, SubVPSDE
 
@@ -76,7 +77,7 @@ def trajectory(fn, sde: SDE, ts: torch.Tensor, n: int = 16, **options) -> list[t
 
 
 def grid(sde: SDE, steps: int, spacing: str = "logsnr") -> torch.Tensor:
-    return make_grid(sde, steps, eps=default_eps(sde), spacing=spacing)
+    return make_grid(sde, steps, t_min=sde.default_t_min, spacing=spacing)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_quadrature_is_converged_to_rounding(sde_name: str) -> None:
         for spacing in ("uniform", "quadratic", "logsnr", "karras"):
             ts = grid(sde, steps, spacing)
             coeffs = grid_coeffs(sde, ts)
-            lam, rho = coeffs.log_snr, coeffs.rho
+            lam, rho = coeffs.log_snr, coeffs.sigma_tilde
             weights = tab_coefficients(sde, ts, 3)
             fine = lagrange_coefficients(lam, ts, lambda u: time_from_log_snr(sde, u), 3,
                                          nodes=24, width=0.1)
@@ -285,13 +286,13 @@ def test_time_from_log_snr_is_accurate_where_the_closed_form_is_not() -> None:
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_variable_step_ipndm_is_fixed_on_an_equal_step_rho_grid(sde_name: str) -> None:
     sde = SDES[sde_name]()
-    ends = grid_coeffs(sde, grid(sde, 1)).rho
+    ends = grid_coeffs(sde, grid(sde, 1)).sigma_tilde
     rho = torch.linspace(float(ends[0]), float(ends[1]), 13, dtype=F64)
     fixed = ipndm_coefficients(rho, 4)
     variable = ipndm_coefficients(rho, 4, variable_step=True)
     # measured max |diff| / max |weight| 5.0e-15 - 8.2e-15; tol 1e-12
     torch.testing.assert_close(variable, fixed, rtol=1e-12, atol=1e-12 * float(ends[0]))
-    on_logsnr = grid_coeffs(sde, grid(sde, 12)).rho  # steps shrinking by a constant ratio
+    on_logsnr = grid_coeffs(sde, grid(sde, 12)).sigma_tilde  # steps shrinking by a constant ratio
     # there they differ: measured max |diff| 0.07-0.12 rho_0
     assert (ipndm_coefficients(on_logsnr, 4, variable_step=True)
             - ipndm_coefficients(on_logsnr, 4)).abs().max() > 1e-3 * float(on_logsnr[0])
@@ -331,11 +332,11 @@ def diffusers_deis(sde: SDE, x_T: torch.Tensor, ts: torch.Tensor, order: int,
     our grid: its ``sigmas`` are EDM's sigma = rho, replaced by ours (float64 unless ``dtype``)."""
     diffusers = pytest.importorskip("diffusers")
     coeffs = grid_coeffs(sde, ts)
-    a_vp = _vp_scale(coeffs.rho)
+    a_vp = _vp_scale(coeffs.sigma_tilde)
     scheduler = diffusers.DEISMultistepScheduler(solver_order=order, lower_order_final=False,
                                                  algorithm_type="deis", solver_type="logrho")
     scheduler.set_timesteps(len(ts) - 1)
-    scheduler.sigmas = coeffs.rho.to(dtype)
+    scheduler.sigmas = coeffs.sigma_tilde.to(dtype)
     model = GM.eps_model(sde)
     x = (x_T / coeffs.alpha[0] * a_vp[0]).to(dtype)
     with warnings.catch_warnings():
@@ -406,8 +407,8 @@ def test_ipndm_against_diffusers(sde_name: str) -> None:
     sde, x_T, _ = ode_reference(sde_name)
     ts = grid(sde, 20)
     coeffs = grid_coeffs(sde, ts)
-    a_vp = _vp_scale(coeffs.rho)
-    s_vp = coeffs.rho * a_vp
+    a_vp = _vp_scale(coeffs.sigma_tilde)
+    s_vp = coeffs.sigma_tilde * a_vp
     scheduler = diffusers.IPNDMScheduler(num_train_timesteps=20, trained_betas=s_vp.tolist())
     scheduler.set_timesteps(20)
     # its tables are float32 (max |diff| 7.7e-6 - 1.5e-5 with them); the float64 ones

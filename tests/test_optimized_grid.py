@@ -13,6 +13,7 @@ from sde_gen.app.config import load_config
 from sde_gen.app.train import train
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import sample
+from sde_gen.sampling.grid_file import sde_signature
 from sde_gen.sampling.optimized_grid import (OptimizedGrid, _gits_path, optimize_grid,
                                              steps_for_nfe)
 from sde_gen.sde import VESDE, VPSDE
@@ -43,7 +44,7 @@ def test_optimized_grid_beats_the_built_in_one_on_held_out_draws(sde_fn, solver,
           f"({res.heldout_after / res.heldout_before:.2f}x, {res.seconds:.1f} s)")
     ts = res.ts
     assert len(ts) == 10 and res.nfe == 10  # 9 intervals and the final denoise
-    assert ts[0] == sde.T and float(ts[-1]) == pytest.approx(sde.default_eps)
+    assert ts[0] == sde.T and float(ts[-1]) == pytest.approx(sde.default_t_min)
     assert bool((ts[1:] < ts[:-1]).all())
     # measured held-out ratios (after / before): vp dpm 0.49, vp ddim 0.67, ve dpm 0.61
     assert res.error_after < res.error_before
@@ -52,7 +53,7 @@ def test_optimized_grid_beats_the_built_in_one_on_held_out_draws(sde_fn, solver,
     x_T = sde.prior_sampling((128, 2), generator=torch.Generator().manual_seed(1), dtype=F64)
     again = sample(gm.eps_model(sde), sde, None, solver, x_T=x_T, ts=res.ts).x
     ref = sample(gm.eps_model(sde), sde, None, "ode", x_T=x_T, ts=torch.tensor(
-        [sde.T, sde.default_eps], dtype=F64), rtol=1e-7, atol=1e-7).x
+        [sde.T, sde.default_t_min], dtype=F64), rtol=1e-7, atol=1e-7).x
     assert float((again - ref).norm(dim=1).mean()) == pytest.approx(res.heldout_after, rel=1e-6)
 
 
@@ -61,8 +62,7 @@ def test_grid_file_round_trip_and_checks(tmp_path):
     grid = OptimizedGrid(ts=torch.tensor([1.0, 0.3, 1e-3], dtype=F64), solver="dpm",
                          options={"order": 2}, nfe=3, error_before=1.0, error_after=0.5,
                          heldout_before=1.1, heldout_after=0.6, seconds=0.1, method="gits",
-                         sde={"sde": "VPSDE", "T": 1.0, "beta_min": 0.1, "beta_max": 20.0,
-                              "schedule_name": "linear"})
+                         sde=sde_signature(sde))
     path = grid.save(tmp_path / "g.json")
     back = OptimizedGrid.load(path, sde)
     assert torch.equal(back.ts, grid.ts) and back.options == {"order": 2}

@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from sde_gen.sampling import SOLVERS, sample
-from sde_gen.sampling.grids import default_eps
 from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
 from sde_gen.tensor_utils import append_dims
 
@@ -165,7 +164,7 @@ def test_output_contract(variant: Variant, sde_name: str, shape, dtype) -> None:
     assert ts[0].item() == sde.T
     discrete = variant.options.get("discrete", variant.solver == "ancestral")
     if not discrete:
-        assert ts[-1].item() == default_eps(sde)
+        assert ts[-1].item() == sde.default_t_min
     else:  # on the chain's step times
         assert torch.equal(ts, sde.index_to_time(sde.time_to_index(ts)))
 
@@ -236,13 +235,13 @@ def test_x_T_dtype_and_values_win(variant: Variant) -> None:
 def test_dopri5_stays_inside_eps_T(sde_name: str, dtype, shape) -> None:
     """Adaptive dopri5 never evaluates the model below eps (1e-3 for VP) or above T."""
     sde = SDES[sde_name]()
-    eps = 1e-3 if sde_name != "ve" else default_eps(sde)
+    eps = 1e-3 if sde_name != "ve" else sde.default_t_min
     model = GaussianEps(sde)
-    res = sample(model, sde, shape, "ode", eps=eps, generator=seeded(0), dtype=dtype,
+    res = sample(model, sde, shape, "ode", t_min=eps, generator=seeded(0), dtype=dtype,
                  method="dopri5", rtol=1e-5, atol=1e-5)
     assert res.nfe == model.calls > 20  # it really integrated (measured 56-98 calls)
     lo = torch.tensor(eps, dtype=F64).to(dtype).item()
-    assert model.t_min >= lo, f"evaluated at t={model.t_min} < eps={lo}"
+    assert model.t_min >= lo, f"evaluated at t={model.t_min} < t_min={lo}"
     assert model.t_max <= sde.T, f"evaluated at t={model.t_max} > T={sde.T}"
     # Both ends are actually visited: the start, and eps (the denoising call lands on it).
     assert model.t_max == sde.T and model.t_min == lo
@@ -392,7 +391,7 @@ def test_torchsde_steps_on_the_requested_grid(spacing: str, method: str) -> None
 def test_default_discrete_grid_is_every_chain_step_from_eps(sde_fn, eps, lowest) -> None:
     sde = sde_fn()
     model = GaussianEps(sde)
-    res = sample(model, sde, (3, 2), "ancestral", eps=eps, generator=seeded(0), denoise=False)
+    res = sample(model, sde, (3, 2), "ancestral", t_min=eps, generator=seeded(0), denoise=False)
     assert torch.equal(sde.time_to_index(res.ts), torch.arange(sde.N - 1, lowest - 1, -1))
     assert torch.equal(res.ts, sde.index_to_time(torch.arange(sde.N - 1, lowest - 1, -1)))
     assert res.nfe == model.calls == sde.N - 1 - lowest
@@ -400,10 +399,10 @@ def test_default_discrete_grid_is_every_chain_step_from_eps(sde_fn, eps, lowest)
         assert res.ts[-1].item() >= eps * (1 - 1e-12)
     # The explicit maximum is the default: it fits, and one more does not.
     n = sde.N - 1 - lowest
-    again = sample(model, sde, (3, 2), "ancestral", eps=eps, steps=n, generator=seeded(0))
+    again = sample(model, sde, (3, 2), "ancestral", t_min=eps, steps=n, generator=seeded(0))
     assert torch.equal(again.ts, res.ts)
     with pytest.raises(ValueError, match=f"use at most {n} steps"):
-        sample(model, sde, (3, 2), "ancestral", eps=eps, steps=n + 1, generator=seeded(0))
+        sample(model, sde, (3, 2), "ancestral", t_min=eps, steps=n + 1, generator=seeded(0))
 
 
 def test_default_ddim_grid_on_a_short_discrete_chain_is_every_step() -> None:
@@ -428,8 +427,8 @@ def test_too_many_discrete_steps_state_the_limit_for_that_eps(sde_fn, eps, steps
     for solver, opts in (("ancestral", {}), ("ddim", {"discrete": True})):
         with pytest.raises(ValueError, match=rf"{steps} intervals do not fit on the {sde.N}-step "
                                              rf"discrete chain .* use at most {limit} steps"):
-            sample(model, sde, (3, 2), solver, eps=eps, steps=steps, generator=seeded(0), **opts)
-        res = sample(model, sde, (3, 2), solver, eps=eps, steps=limit, generator=seeded(0), **opts)
+            sample(model, sde, (3, 2), solver, t_min=eps, steps=steps, generator=seeded(0), **opts)
+        res = sample(model, sde, (3, 2), solver, t_min=eps, steps=limit, generator=seeded(0), **opts)
         assert len(res.ts) == limit + 1
 
 
@@ -467,8 +466,8 @@ def test_explicit_grid_may_end_at_t0_on_the_discrete_chain() -> None:
 
 def test_ts_excludes_steps_eps_and_spacing() -> None:
     sde = VPSDE()
-    with pytest.raises(ValueError, match="pass either ts or steps/eps, not both"):
-        sample(GaussianEps(sde), sde, (3, 2), "ddim", ts=torch.tensor([1.0, 0.5]), steps=4, eps=0.1)
+    with pytest.raises(ValueError, match="pass either ts or steps/t_min, not both"):
+        sample(GaussianEps(sde), sde, (3, 2), "ddim", ts=torch.tensor([1.0, 0.5]), steps=4, t_min=0.1)
 
 
 BAD_END_TIMES = [
@@ -482,8 +481,8 @@ BAD_END_TIMES = [
 @pytest.mark.parametrize("solver, eps", BAD_END_TIMES)
 def test_end_time_must_lie_inside_0_T(solver: str, eps: float) -> None:
     sde = VPSDE()
-    with pytest.raises(ValueError, match=r"eps \(the end time\) must be in \(0, T\) = \(0, 1\)"):
-        sample(GaussianEps(sde), sde, (3, 2), solver, eps=eps, generator=seeded(0))
+    with pytest.raises(ValueError, match=r"t_min \(the end time\) must be in \(0, T\) = \(0, 1\)"):
+        sample(GaussianEps(sde), sde, (3, 2), solver, t_min=eps, generator=seeded(0))
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -226,7 +226,7 @@ def test_log_snr_round_trip(name: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_time_grid(spacing: str, dtype: torch.dtype) -> None:
     steps, big_t, eps = 10, 0.9946, 1e-3
-    ts = time_grid(steps, T=big_t, eps=eps, spacing=spacing, dtype=dtype)
+    ts = time_grid(steps, T=big_t, t_min=eps, spacing=spacing, dtype=dtype)
     assert ts.shape == (steps + 1,) and ts.dtype == dtype
     assert (ts.diff() < 0).all()
     u = torch.linspace(1, 0, steps + 1, dtype=F64)
@@ -240,7 +240,7 @@ def test_time_grid(spacing: str, dtype: torch.dtype) -> None:
 def test_time_grid_bad_args() -> None:
     with pytest.raises(ValueError, match="steps must be >= 1"):
         time_grid(0)
-    with pytest.raises(ValueError, match="need 0 <= eps < T"):
-        time_grid(5, T=1.0, eps=1.0)
+    with pytest.raises(ValueError, match="need 0 <= t_min < T"):
+        time_grid(5, T=1.0, t_min=1.0)
     with pytest.raises(ValueError, match="unknown time spacing 'log'"):
         time_grid(5, spacing="log")

@@ -19,7 +19,7 @@ from sde_gen.errors import UserInputError
 from sde_gen.likelihood.vlb import discrete_chain, vlb
 from sde_gen.losses import dsm_loss
 from sde_gen.sampling import sample
-from sde_gen.sampling.grids import grid_coeffs
+from sde_gen.chain import grid_coeffs
 from sde_gen.schedules import CosineBeta, LinearBeta
 from sde_gen.sde import VESDE, SubVPSDE, VPSDE, vp_min_chain_steps
 

@@ -16,8 +16,9 @@ import torch
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.errors import UserInputError
-from sde_gen.sampling.grids import grid_coeffs, make_grid
-from sde_gen.sampling.smc import _resample_indices, impute_smc
+from sde_gen.chain import grid_coeffs
+from sde_gen.sampling.grids import make_grid
+from sde_gen.sampling.smc import _resample_indices, _resampling_uniforms, impute_smc
 from sde_gen.sde import VESDE, VPSDE
 
 torch.set_num_threads(1)
@@ -37,7 +38,7 @@ def _model_conditional(gm, sde, steps, variance, y):
     the log-evidence, for Gaussian data: propagate N(m, C) through the linear chain."""
     mu, s = gm.means[0], gm.covs[0]
     eye = torch.eye(D, dtype=torch.float64)
-    ts = make_grid(sde, steps, eps=sde.default_eps, spacing="logsnr")
+    ts = make_grid(sde, steps, t_min=sde.default_t_min, spacing="logsnr")
     alpha, sigma = grid_coeffs(sde, ts)
     c_x, c_x0, var_tilde, v = grid_coeffs(sde, ts).posterior()
     w = {"beta": v, "beta_tilde": var_tilde, "geometric": torch.sqrt(v * var_tilde)}[variance]
@@ -163,7 +164,8 @@ def test_deterministic_with_a_seeded_generator_and_nfe_counted():
 def test_systematic_resampling_counts_are_floor_or_ceil_of_k_times_weight():
     w = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.05, 0.05, 0.3, 0.6]], dtype=torch.float64)
     for seed in range(20):
-        idx = _resample_indices(w.log(), "systematic", torch.Generator().manual_seed(seed))
+        u = _resampling_uniforms(2, 4, "systematic", torch.Generator().manual_seed(seed), "cpu")
+        idx = _resample_indices(w.log(), u, "systematic")
         counts = torch.stack([torch.bincount(row, minlength=4) for row in idx]).double()
         expected = 4 * w
         assert ((counts >= expected.floor()) & (counts <= expected.ceil())).all(), counts

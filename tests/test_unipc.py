@@ -26,7 +26,6 @@ import torch
 
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import make_grid, sample
-from sde_gen.sampling.grids import default_eps
 from sde_gen.sampling.unipc import FEW_STEPS, _step_orders, _unipc_coeffs, sample_unipc
 from sde_gen.sde import SDE, VESDE, VPSDE
 
@@ -46,7 +45,7 @@ def test_order_1_without_unic_is_ddim(sde_name: str, spacing: str, steps: int) -
     sde = SDES[sde_name]()
     model = GM.eps_model(sde)
     x_T = sde.prior_sampling((64, 2), generator=seeded(1), dtype=F64)
-    ts = make_grid(sde, steps, eps=default_eps(sde), spacing=spacing)
+    ts = make_grid(sde, steps, t_min=sde.default_t_min, spacing=spacing)
     ddim = sample(model, sde, None, "ddim", x_T=x_T, ts=ts, denoise=False)
     for variant in ("bh1", "bh2"):  # B(h) only weighs differences; order 1 has none
         uni = sample(model, sde, None, "unipc", x_T=x_T, ts=ts, denoise=False, order=1,
@@ -141,7 +140,7 @@ def test_b_of_h_cancels_where_the_order_conditions_are_solved() -> None:
     """``R a = g / B(h)`` makes ``B(h) a = R^{-1} g``: bh1 and bh2 differ only where a_1 = 1/2 is
     taken (UniP-2, UniC-1), i.e. for order 3 only on the warm-up steps."""
     sde = VPSDE()
-    ts = make_grid(sde, 12, eps=1e-3, spacing="quadratic")  # unequal log-SNR steps
+    ts = make_grid(sde, 12, t_min=1e-3, spacing="quadratic")  # unequal log-SNR steps
     alpha, sigma = sde.marginal_coeffs(ts)
     lam = sde.log_snr(ts)
     orders = _step_orders(12, 3, lower_order_final=False)
@@ -255,7 +254,7 @@ def test_unip_2_bh2_is_dpm_solver_pp_2m(sde_name: str) -> None:
     sde = SDES[sde_name]()
     model = GM.eps_model(sde)
     x_T = sde.prior_sampling((64, 2), generator=seeded(4), dtype=F64)
-    ts = make_grid(sde, 12, eps=default_eps(sde), spacing="quadratic")
+    ts = make_grid(sde, 12, t_min=sde.default_t_min, spacing="quadratic")
     dpm = sample(model, sde, None, "dpm", x_T=x_T, ts=ts, denoise=False, order=2,
                  lower_order_final=False)
     uni = sample(model, sde, None, "unipc", x_T=x_T, ts=ts, denoise=False, order=2,
@@ -400,12 +399,13 @@ def test_large_final_log_snr_step_stays_finite(order: int, variant: str) -> None
 
 
 def test_an_infinite_log_snr_is_refused() -> None:
-    """VP at t = 0 has sigma = 0: h = inf is no step for a multistep method (sample() already
-    refuses such a grid; the function refuses it too instead of returning NaN)."""
+    """VP at t = 0 has sigma = 0: h = inf is no step for a multistep method; sample() refuses
+    such a grid before the first model call (the solver function trusts its inputs)."""
     sde = VPSDE()
     x_T = torch.zeros(4, 2, dtype=F64)
-    with pytest.raises(UserInputError, match="finite log-SNR"):
-        sample_unipc(GM.eps_model(sde), sde, x_T, torch.tensor([1.0, 0.5, 0.0], dtype=F64))
+    with pytest.raises(UserInputError, match="must be > 0"):
+        sample(GM.eps_model(sde), sde, None, "unipc", x_T=x_T,
+               ts=torch.tensor([1.0, 0.5, 0.0], dtype=F64))
 
 
 @pytest.mark.parametrize("unic", [True, False])
@@ -451,18 +451,19 @@ def test_sample_rejects_bad_options(options: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize("options,match", [
-    (dict(order=4), "UniPC order must be 1, 2 or 3"),
-    (dict(variant="bh3"), "unknown UniPC variant"),
+    (dict(order=4), "order must be 1 or 2 or 3, got 4"),
+    (dict(variant="bh3"), "unknown UniPC variant 'bh3'"),
 ])
-def test_the_function_rejects_bad_options(options: dict, match: str) -> None:
+def test_bad_options_are_refused_before_dispatch(options: dict, match: str) -> None:
     sde = VPSDE()
-    ts = make_grid(sde, 3, eps=1e-3, spacing="logsnr")
+    ts = make_grid(sde, 3, t_min=1e-3, spacing="logsnr")
+    calls = []
     with pytest.raises(UserInputError, match=match):
-        sample_unipc(GM.eps_model(sde), sde, torch.zeros(4, 2, dtype=F64), ts, **options)
+        sample(lambda x, t: calls.append(1) or x, sde, (4, 2), "unipc", ts=ts, **options)
+    assert not calls  # checked once, before the first model call
 
 
 def test_a_grid_of_one_time_is_refused() -> None:
     sde = VPSDE()
     with pytest.raises(UserInputError, match="at least 2 times"):
-        sample_unipc(GM.eps_model(sde), sde, torch.zeros(4, 2, dtype=F64),
-                     torch.tensor([1.0], dtype=F64))
+        sample(GM.eps_model(sde), sde, (4, 2), "unipc", ts=torch.tensor([1.0], dtype=F64))

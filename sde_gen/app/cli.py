@@ -245,7 +245,7 @@ def sample(
     grid: Optional[Path] = typer.Option(None, "--grid", help="A grid file from 'sde-gen optimize-grid' (its times, and its solver and options unless given)."),
     n: int = typer.Option(2000, "--n", "--num-samples", min=1, help="Number of samples, per class with --class all (--num-samples under torchrun, whose parser takes --n for its own)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Samples per batch."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed; batch i uses seed + i."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed: sample i depends on (seed, i) only, for any --batch-size."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output PNG path (an .npz of raw samples is written beside it). Default: <run>/samples_<solver>[_class<K>|_all_classes].png."),
     eps: Optional[float] = typer.Option(None, "--eps", min=0.0, help="End time, in (0, T) (default 1e-3 VP/sub-VP, 1e-5 VE)."),
     spacing: Optional[str] = typer.Option(None, "--spacing", help=f"Grid: {', '.join(SPACINGS)} (default: the solver's)."),
@@ -300,7 +300,7 @@ def sample(
         opts = checkpoint_sampler_defaults(run, solver, opts)
         gen = generate(run.model, run.sde, total, run.shape, solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
-                       steps=steps, eps=eps, spacing=spacing, denoise=denoise, y=y,
+                       steps=steps, t_min=eps, spacing=spacing, denoise=denoise, y=y,
                        guidance=guidance, **opts)
         if gen.n_nonfinite:
             fail(f"{gen.n_nonfinite} of {total} samples are NaN or infinite (the model or the "
@@ -340,7 +340,7 @@ def _edit_options(solver: str, steps, eps, resample: int, solver_opts: dict, den
         opts = {"method": "smc", "particles": particles}
     else:
         opts = {**opts, "method": "replacement", "solver": solver, "resample": resample}
-    opts.update({k: v for k, v in (("steps", steps), ("eps", eps)) if v is not None})
+    opts.update({k: v for k, v in (("steps", steps), ("t_min", eps)) if v is not None})
     return {**opts, "denoise": denoise}
 
 
@@ -459,7 +459,7 @@ def likelihood(
         rep: dict = {"method": method}
         if method in ("ode", "both"):
             rep.update(evaluate_likelihood(run, n=n, batch_size=batch_size, split=split,
-                                           trace=trace, rtol=rtol, atol=atol, eps=eps, seed=seed,
+                                           trace=trace, rtol=rtol, atol=atol, t_min=eps, seed=seed,
                                            device=di.device, progress=progress))
         if method in ("vlb", "both"):
             rep.update(evaluate_vlb(run, n=n, batch_size=batch_size, split=split,
@@ -525,7 +525,7 @@ def optimize_grid(
     run = load_run(ckpt, device=dev)
     out = check_out_path(out or run.workdir / f"grid_{solver}_{nfe}nfe.json", ".json")
     g = run_optimize(run.model, run.sde, run.shape, solver, nfe, method=search,
-                     n=n, n_heldout=n_heldout, eps=eps, spacing=spacing, seed=seed, evals=evals,
+                     n=n, n_heldout=n_heldout, t_min=eps, spacing=spacing, seed=seed, evals=evals,
                      device=dev, **opts)
     path = g.save(out)
     typer.echo(f"{solver} at {g.nfe} NFE, {search} on {n} draws, {g.seconds:.1f} s")

@@ -213,7 +213,7 @@ def inpaint_file(run: LoadedRun, image: str | os.PathLike, mask: str | os.PathLi
         seed: seed of the sampler's generator.
         device: where to sample.
         **options: :func:`~sde_gen.sampling.impute`'s (``solver``, ``steps``, ``resample``,
-            ``method``, ``particles``, ``eps``, ``denoise``, solver options).
+            ``method``, ``particles``, ``t_min``, ``denoise``, solver options).
 
     Raises:
         UserInputError: bad pictures (see the module), labels, or a non-finite result; checked
@@ -239,7 +239,7 @@ def colorize_file(run: LoadedRun, image: str | os.PathLike, out: str | os.PathLi
     """Colour a greyscale ``image`` with :func:`sde_gen.sampling.colorize` and write ``out``.
 
     Args and raises as :func:`inpaint_file` (``options``: ``solver``, ``steps``, ``resample``,
-    ``eps``, ``denoise``, solver options).
+    ``t_min``, ``denoise``, solver options).
     """
     shape = _run_shape(run, "colorize")
     grey = read_grey_for_run(image, shape)

@@ -15,7 +15,7 @@ from ..errors import UserInputError
 from ..likelihood import decode, encode, slerp
 from ..parameterization import denoise_fn
 from ..sampling import sample
-from ..sampling.grids import chain_times, default_eps
+from ..chain import chain_times
 from .factory import build_data, is_image
 
 #: The figures of an image run and of a 2-D run, each written as ``<prefix><name>.png``.
@@ -39,7 +39,7 @@ class FigureContext:
             raise UserInputError(f"interpolation_steps must be positive, got {interpolation_steps}")
         self.model, self.sde, self.cfg, self.device, self.seed = model, sde, cfg, device, seed
         self.ancestral_steps, self.interpolation_steps = ancestral_steps, interpolation_steps
-        self.eps = default_eps(sde)
+        self.t_min = sde.default_t_min
         self.x0_hat = denoise_fn(model, sde)
 
     def generator(self, offset: int = 0) -> torch.Generator:
@@ -83,24 +83,24 @@ class FigureContext:
                       eta=0.0, **kw)
 
     def chain_from(self, t: float, steps: int | None = None) -> torch.Tensor:
-        """A respaced DDPM chain from the step nearest ``t`` down to the one nearest ``eps``:
+        """A respaced DDPM chain from the step nearest ``t`` down to the one nearest ``t_min``:
         ``steps`` intervals of the chain's steps (default ``ceil(interpolation_steps * t / T)``),
         at most every step."""
-        chain = chain_times(self.sde, self.eps, device=self.device)
+        chain = chain_times(self.sde, self.t_min, device=self.device)
         chain = chain[chain <= t + 1e-9]
         if steps is None:
             steps = math.ceil(self.interpolation_steps * t / self.sde.T)
         k = min(len(chain) - 1, max(1, steps))
         if len(chain) < 2:
-            raise UserInputError(f"no chain step between t = {t:g} and eps = {self.eps:g}")
+            raise UserInputError(f"no chain step between t = {t:g} and t_min = {self.t_min:g}")
         idx = torch.linspace(0, len(chain) - 1, k + 1).round().long().unique()
         return chain[idx]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return encode(self.model, self.sde, x, eps=self.eps, rtol=ODE_TOL, atol=ODE_TOL)
+        return encode(self.model, self.sde, x, t_min=self.t_min, rtol=ODE_TOL, atol=ODE_TOL)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return decode(self.model, self.sde, z, eps=self.eps, rtol=ODE_TOL, atol=ODE_TOL)
+        return decode(self.model, self.sde, z, t_min=self.t_min, rtol=ODE_TOL, atol=ODE_TOL)
 
     def ddpm_interpolation(self, x0: torch.Tensor, x1: torch.Tensor, t: float,
                            weights: torch.Tensor, offset: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Generate many samples in batches, reproducibly: batch ``i`` uses the seed ``seed + i``."""
+"""Generate many samples in batches, reproducibly: sample ``i`` of a run depends on
+``(seed, i)`` alone, whatever the batch size or the number of processes
+(:class:`~sde_gen.noise.IndexedGenerator`)."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from tqdm.auto import tqdm
 
 from .distributed import gather_batches, rank_world
 from ..errors import UserInputError
+from ..memory import available_memory, check_fits
+from ..noise import IndexedGenerator, block_size_for, check_seed
 from ..parameterization import EpsModel
 from ..sampling import sample
 from ..sampling.result import count_nonfinite
@@ -38,22 +41,6 @@ class Generated:
 BYTES_PER_VALUE = 3 * 4
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to this process (Linux ``MemAvailable``; else the physical
-    memory), or None where neither is known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(n: int, shape: tuple[int, ...], available: int | None = None) -> None:
     """Refuse, before any sampling, ``n`` samples of ``shape`` whose results would not fit in
     memory (:data:`BYTES_PER_VALUE` per value against :func:`available_memory`).
@@ -61,22 +48,11 @@ def check_memory(n: int, shape: tuple[int, ...], available: int | None = None) -
     Raises:
         UserInputError: naming what is needed, what there is and the largest ``n`` that fits.
     """
-    available = available_memory() if available is None else available
     per_sample = BYTES_PER_VALUE * math.prod(shape)
-    if available is None or n * per_sample <= available:
-        return
-    raise UserInputError(
-        f"{n} samples of shape {tuple(shape)} need about {_size(n * per_sample)} of memory and "
-        f"this machine has {_size(available)} available; ask for at most "
-        f"{available // per_sample} samples at a time")
-
-
-def _size(b: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if b < 1000 or unit == "PB":
-            return f"{b:.1f} {unit}"
-        b /= 1000
-    return f"{b:.1f} PB"
+    avail = available_memory() if available is None else available
+    check_fits(n * per_sample, f"{n} samples of shape {tuple(shape)}",
+               hint=f"ask for at most {(avail or 0) // per_sample} samples at a time",
+               available=avail)
 
 
 def check_labels(model: Any, y: torch.Tensor, n: int) -> None:
@@ -127,9 +103,13 @@ def generate(
     """Draw ``n`` samples of per-example ``shape`` with :func:`~sde_gen.sampling.sample`.
 
     Returns the samples, the NFE of one batch (every batch makes the same calls for fixed-step
-    solvers; for adaptive ones the largest) and the wall time. In a torch.distributed process
-    group, rank r draws the batches ``i = r mod W`` and every rank gets all samples: the result
-    is the same for any number of processes.
+    solvers; for adaptive ones the largest) and the wall time. Sample ``i`` draws its noise from
+    its own streams, seeded from ``(seed, i)``, so the samples are the same for any
+    ``batch_size``; in a torch.distributed process group, rank r draws the batches
+    ``i = r mod W`` and every rank gets all samples, the same for any number of processes.
+    Exceptions: solvers that couple the batch (``pc``'s Langevin step size is a batch average,
+    as in [Song21]; adaptive ``ode`` steps once for the whole batch, so its error, not its
+    target, depends on the batch).
 
     Class-conditional models: ``y`` gives the label of each sample (``(n,)`` int64); batch ``i``
     samples :func:`sde_gen.guidance.conditional` of its labels, or with ``guidance`` ``w > 0``
@@ -149,7 +129,9 @@ def generate(
                              f"labels={'none' if y is None else 'given'}, w={guidance}")
     if y is not None:
         check_labels(model, y, n)
+    seed = check_seed(seed)
     check_memory(n, shape)
+    block = block_size_for(shape)
     mine: dict[int, torch.Tensor] = {}
     nfe = 0
     start = time.perf_counter()
@@ -158,7 +140,7 @@ def generate(
     todo = range(rank, n_batches, world)
     for i in tqdm(todo, desc=f"sample ({solver})", disable=not progress or rank > 0, unit="batch"):
         b = min(batch_size, n - i * batch_size)
-        g = torch.Generator(device=device).manual_seed(seed + i)
+        g = IndexedGenerator(seed, i * batch_size, b, block=block, device=device)
         eps_model = model if y is None else _bind_labels(
             model, y[i * batch_size:i * batch_size + b].to(device), guidance)
         res = sample(eps_model, sde, (b, *shape), solver, generator=g, device=device, **options)

@@ -37,7 +37,7 @@ def evaluate_likelihood(
     trace: str | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -57,7 +57,7 @@ def evaluate_likelihood(
         raise UserInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if n < 1 or batch_size < 1:
         raise UserInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
-    check_solve(run.sde, eps, rtol, atol)  # before any data is built
+    check_solve(run.sde, t_min, rtol, atol)  # before any data is built
     images = is_image(run.cfg.data)
     trace = trace or ("hutchinson" if images else "exact")
     g = torch.Generator().manual_seed(seed + SPLITS[split])
@@ -78,7 +78,7 @@ def evaluate_likelihood(
                   disable=not progress or rank > 0, unit="batch"):
         x = x_all[starts[b]:starts[b] + batch_size].to(device)
         probe_gen = torch.Generator(device=device).manual_seed(seed + b)
-        res = log_likelihood(model, run.sde, x, trace=trace, rtol=rtol, atol=atol, eps=eps,
+        res = log_likelihood(model, run.sde, x, trace=trace, rtol=rtol, atol=atol, t_min=t_min,
                              generator=probe_gen)
         mine[b] = torch.cat([res.logp.cpu(), torch.tensor([float(res.nfe)], dtype=res.logp.dtype)])
     seconds = time.perf_counter() - start
@@ -87,7 +87,7 @@ def evaluate_likelihood(
     nfes = [p[-1].item() for p in parts]
     nll, se = _mean_stderr(-logp)
     report: dict[str, Any] = {
-        "split": split, "n": n, "trace": trace, "rtol": rtol, "atol": atol, "eps": eps,
+        "split": split, "n": n, "trace": trace, "rtol": rtol, "atol": atol, "t_min": t_min,
         "nll_nats": nll, "nll_stderr": se, "nfe": sum(nfes) / len(nfes), "seconds": seconds,
     }
     if images:

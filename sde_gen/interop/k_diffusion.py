@@ -122,7 +122,7 @@ class KarrasDenoiser(nn.Module):
             s_0, s_T = sde.sigma_min, sde.sigma_max
         s_0 = s_0 if s_0 > 0 else 0.0  # the cosine VP's sigma_0 is NaN by rounding (B(0) < 0)
         self._sigma_0, self._sigma_max = s_0, s_T
-        self._sigma_min = self._sigma_at(sde.default_eps)
+        self._sigma_min = self._sigma_at(sde.default_t_min)
 
     def _sigma_at(self, t: float) -> float:
         alpha, sigma = self.sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
@@ -130,7 +130,7 @@ class KarrasDenoiser(nn.Module):
 
     @property
     def sigma_min(self) -> float:
-        """The noise level at ``sde.default_eps``, our samplers' default end time (``1e-3`` for VP
+        """The noise level at ``sde.default_t_min``, our samplers' default end time (``1e-3`` for VP
         and sub-VP, noise-free at ``t = 0``; ``1e-5`` for VE, a hair above ``sde.sigma_min``).
         A call accepts any sigma of a time in ``[0, T]``: down to ``sde.sigma_min`` on VE, down
         to (not including) 0 on VP and sub-VP; but our samplers' grids must end above ``t = 0``,

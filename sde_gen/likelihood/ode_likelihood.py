@@ -3,7 +3,7 @@
 Along ``dx/dt = v(x, t) = f - 1/2 g^2 s`` ([Song21] Eq. 13), ``d log p_t(x(t))/dt = -div v``
 ([Chen18] Thm. 1), hence
 
-    log p_eps(x) = log p_T(z) + int_eps^T div v(x(t), t) dt,    z = x(T),
+    log p_{t_min}(x) = log p_T(z) + int_{t_min}^T div v(x(t), t) dt,    z = x(T),
 
 integrated jointly with ``x`` as a torchdiffeq tuple state on the device ([Song21] Eq. 39).
 ``trace="exact"`` sums D autograd VJPs (low-dimensional data); ``trace="hutchinson"`` uses
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..chain import check_t_min
 from ..errors import UserInputError
-from ..parameterization import EpsModel
-from ..sampling.grids import check_end_time
-from ..sampling.ode import odeint_between, probability_flow
-from ..sampling.result import CountingModel
+from ..noise import Generator, randint, randn
+from ..parameterization import CountingModel, EpsModel
+from ..pf_ode import check_method, odeint_between, probability_flow
 from ..sde import SDE
 from ..tensor_utils import sum_flat
 
@@ -36,7 +36,7 @@ class LikelihoodResult:
     """Per-example log-likelihood and the latent.
 
     Attributes:
-        logp: ``(B,)`` ``log p_eps(x)`` in nats under the model.
+        logp: ``(B,)`` ``log p_{t_min}(x)`` in nats under the model.
         z: ``(B, *D)`` latent ``x(T)``.
         nfe: ODE function evaluations (model calls) of the solve.
         prior_logp: ``(B,)`` ``log p_T(z)``.
@@ -50,17 +50,20 @@ class LikelihoodResult:
     delta_logp: torch.Tensor
 
 
-def check_solve(sde: SDE, eps: float, rtol: float, atol: float) -> None:
-    """The data end ``eps`` in ``(0, T)`` and positive tolerances, as one-line errors (else
-    torchdiffeq stops with ``underflow in dt 0.0``: the score is singular at t = 0 for VP).
+def check_solve(sde: SDE, t_min: float, rtol: float, atol: float,
+                method: str = "dopri5") -> None:
+    """The data end ``t_min`` in ``(0, T)``, positive tolerances and a torchdiffeq method, as
+    one-line errors (else torchdiffeq stops with ``underflow in dt 0.0``: the score is singular
+    at t = 0 for VP).
 
     Raises:
         UserInputError: naming the bad value.
     """
-    check_end_time(sde, eps, what="eps (the data end of the ODE)")
+    check_t_min(sde, t_min, what="t_min (the data end of the ODE)")
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and tol > 0):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0):
             raise UserInputError(f"need {name} > 0, got {tol!r}")
+    check_method(method)
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
@@ -76,12 +79,16 @@ def check_finite(x: torch.Tensor, name: str = "x") -> None:
                              f"its {bad.shape[0]} examples")
 
 
-def _draw_probes(x, n_probes, probe, generator):
-    shape = (n_probes, *x.shape)
+def _draw_probes(x: torch.Tensor, n_probes: int, probe: str,
+                 generator: Generator) -> torch.Tensor:
+    """``(n_probes, B, *D)`` Hutchinson probes; example ``i``'s come from its own stream with
+    an :class:`~sde_gen.noise.IndexedGenerator`."""
+    b, shape = x.shape[0], (x.shape[0] * n_probes, *x.shape[1:])
     if probe == "gaussian":
-        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-    r = torch.randint(0, 2, shape, generator=generator, device=x.device)
-    return (2 * r - 1).to(x.dtype)
+        v = randn(shape, generator, device=x.device, dtype=x.dtype)
+    else:
+        v = (2 * randint(2, shape, generator, device=x.device) - 1).to(x.dtype)
+    return v.reshape(b, n_probes, *x.shape[1:]).transpose(0, 1)
 
 
 def _divergence_fn(drift, trace: str, probes: torch.Tensor | None):
@@ -120,10 +127,10 @@ def log_likelihood(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
-    generator: torch.Generator | None = None,
+    t_min: float = 1e-5,
+    generator: Generator = None,
 ) -> LikelihoodResult:
-    """Exact (up to ODE tolerance and the trace estimator) ``log p_eps(x)`` under the model.
+    """Exact (up to ODE tolerance and the trace estimator) ``log p_{t_min}(x)`` under the model.
 
     Args:
         model: eps-model ``model(x, t)``.
@@ -134,11 +141,17 @@ def log_likelihood(
         probe: ``"rademacher"`` or ``"gaussian"`` Hutchinson probes.
         n_probes: probes averaged per evaluation (drawn once per solve).
         method, rtol, atol: torchdiffeq solver and tolerances (``> 0``).
-        eps: start time of the integration (data end), in ``(0, T)``.
-        generator: source of the probes.
+        t_min: start time of the integration (data end), in ``(0, T)``.
+        generator: source of the probes (an :class:`~sde_gen.noise.IndexedGenerator` gives
+            every example its own).
 
     Returns:
         :class:`LikelihoodResult`. Works under ``torch.no_grad()``.
+
+    Raises:
+        UserInputError: a bad option or data (NaN, not a batch), a model whose output does not
+            have the input's shape.
+        ODEDivergedError: the solve could not go on (a NaN or infinite model output).
     """
     if trace not in TRACES:
         raise UserInputError(f"unknown trace {trace!r}; choose one of {', '.join(TRACES)}")
@@ -146,14 +159,15 @@ def log_likelihood(
         raise UserInputError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
     if n_probes < 1:
         raise UserInputError(f"n_probes must be >= 1, got {n_probes}")
-    check_solve(sde, eps, rtol, atol)
-    if x.ndim < 2:
-        raise UserInputError(f"x must be a batch (B, *D), got shape {tuple(x.shape)}")
+    check_solve(sde, t_min, rtol, atol, method)
+    if not torch.is_tensor(x) or x.ndim < 2 or x.shape[0] < 1:
+        raise UserInputError(f"x must be a non-empty batch (B, *D), got "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     check_finite(x)
     counted = CountingModel(model)
     probes = _draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
     func = _divergence_fn(probability_flow(counted, sde), trace, probes)
-    t0 = torch.tensor(eps, dtype=x.dtype, device=x.device)
+    t0 = torch.tensor(t_min, dtype=x.dtype, device=x.device)
     t1 = torch.tensor(sde.T, dtype=x.dtype, device=x.device)
     state = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     z, delta = odeint_between(func, state, t0, t1, method=method, rtol=rtol, atol=atol)
@@ -172,24 +186,24 @@ def _transport(model: EpsModel, sde: SDE, x: torch.Tensor, start: float, end: fl
 
 @torch.no_grad()
 def encode(
-    model: EpsModel, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
+    model: EpsModel, sde: SDE, x: torch.Tensor, *, t_min: float = 1e-5, method: str = "dopri5",
     rtol: float = 1e-5, atol: float = 1e-5,
 ) -> torch.Tensor:
-    """Latent ``z = x(T)`` of data ``x`` at ``eps`` (in ``(0, T)``) through the PF-ODE."""
-    check_solve(sde, eps, rtol, atol)
+    """Latent ``z = x(T)`` of data ``x`` at ``t_min`` (in ``(0, T)``) through the PF-ODE."""
+    check_solve(sde, t_min, rtol, atol, method)
     check_finite(x)
-    return _transport(model, sde, x, eps, sde.T, method=method, rtol=rtol, atol=atol)
+    return _transport(model, sde, x, t_min, sde.T, method=method, rtol=rtol, atol=atol)
 
 
 @torch.no_grad()
 def decode(
-    model: EpsModel, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
+    model: EpsModel, sde: SDE, z: torch.Tensor, *, t_min: float = 1e-5, method: str = "dopri5",
     rtol: float = 1e-5, atol: float = 1e-5,
 ) -> torch.Tensor:
-    """Data ``x(eps)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
-    check_solve(sde, eps, rtol, atol)
+    """Data ``x(t_min)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
+    check_solve(sde, t_min, rtol, atol, method)
     check_finite(z, "z")
-    return _transport(model, sde, z, sde.T, eps, method=method, rtol=rtol, atol=atol)
+    return _transport(model, sde, z, sde.T, t_min, method=method, rtol=rtol, atol=atol)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:

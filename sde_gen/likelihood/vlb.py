@@ -5,7 +5,7 @@
     L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))    [Ho20] Eq. (5)-(7)
     L_0     = -E_{q(x_1|x_0)} log p_theta(x_0 | x_1)
 
-``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.sampling.grids.posterior_coeffs`
+``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.chain.posterior_coeffs`
 (mean ``mu~``, variance ``beta~``); ``p_theta`` has the mean from ``eps_theta`` and variance
 ``sigma_t^2 = beta_t``, ``beta~_t`` or the model's learned ``Sigma_theta`` ([Nichol21] Eq. 15, per
 dimension, between the step's ``beta_t`` and ``beta~_t``). The decoder ``p_theta(x_0 | x_1)`` is
@@ -31,7 +31,7 @@ import torch
 from ..errors import UserInputError
 from ..scaling import uint8_to_model
 from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
-from ..sampling.grids import grid_coeffs, posterior_coeffs
+from ..chain import grid_coeffs, posterior_coeffs
 from ..sde import SDE
 from ..tensor_utils import append_dims, sum_flat
 

@@ -24,16 +24,20 @@ Refs: [Ho20] Alg. 2, Eq. (6)-(7); [Song21] Appendix F; [Nichol21] Eq. (15), Sec.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 
+from ..chain import grid_coeffs
 from ..errors import UserInputError
+from ..noise import Generator, randn
 from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
 from ..sde import SDE
-from .grids import grid_coeffs, posterior_coeffs, snap_to_steps
 from .result import Callback
-from .thresholding import check_x0_options, process_x0
+from .spec import Option, SolverSpec, discrete_option, x0_options
+from .thresholding import process_x0
 
-__all__ = ["VARIANCES", "posterior_coeffs", "sample_ancestral"]  # posterior_coeffs: from grids
+__all__ = ["SPEC", "VARIANCES", "sample_ancestral"]
 
 VARIANCES = ("beta", "beta_tilde", "learned")
 
@@ -49,7 +53,7 @@ def sample_ancestral(
     discrete: bool = True,
     clip_sample: float | None = None,
     threshold: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM ancestral sampling from ``ts[0]`` to ``ts[-1]`` (one model call per interval).
@@ -58,26 +62,18 @@ def sample_ancestral(
         variance: reverse variance ``"beta"`` (``sigma_t^2 = beta_t``), ``"beta_tilde"``, or
             ``"learned"``: the model's ``Sigma_theta`` ([Nichol21] Eq. 15) between the grid
             interval's ``beta`` and ``beta~``; needs a model with ``eps_and_variance``
-            (``learn_variance=True``), else ``ValueError``.
-        discrete: use the discrete chain's coefficients (DDPM's ``abar_i``), with ``ts`` snapped
-            to step times; otherwise the continuous ``marginal_coeffs``.
+            (``learn_variance=True``).
+        discrete: use the discrete chain's coefficients (DDPM's ``abar_i``; ``ts`` on the chain's
+            step times, as ``sample()`` snaps them); otherwise the continuous ``marginal_coeffs``.
         clip_sample, threshold: clip or dynamically threshold ``x0_hat`` before forming the
             posterior mean (:func:`~.thresholding.process_x0`), as diffusers' DDPMScheduler.
 
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
-    if variance not in VARIANCES:
-        raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    check_x0_options(clip_sample, threshold)
     eps_and_v = learned_variance_fn(model) if variance == "learned" else None
-    if discrete:
-        ts = snap_to_steps(sde, ts)
     alpha, sigma = coeffs = grid_coeffs(sde, ts, discrete=discrete)
     c_x, c_x0, var_tilde, v = coeffs.posterior()
-    if eps_and_v is not None and (var_tilde <= 0).any():
-        raise UserInputError("variance='learned' needs beta~ > 0 on every interval; the grid must end "
-                         "at a positive time")
     std = torch.sqrt(var_tilde if variance == "beta_tilde" else v)
     dtype = x_T.dtype
     x = x_mean = x_T
@@ -91,8 +87,32 @@ def sample_ancestral(
         x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
         x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = c_x[k].to(dtype) * x + c_x0[k].to(dtype) * x0  # Eq. (7) [Ho20]
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+        z = randn(x.shape, generator, device=x.device, dtype=dtype)
         x = x_mean + scale * z
         if callback is not None:
             callback(k, x, x_mean)
     return x, x_mean
+
+
+def _check(model: Any, sde: SDE, ts: torch.Tensor, options: Mapping[str, Any]) -> None:
+    """A learned variance needs a model that learns it and ``beta~ > 0`` on every interval."""
+    if options["variance"] != "learned":
+        return
+    learned_variance_fn(model)
+    if (grid_coeffs(sde, ts, discrete=options["discrete"]).posterior().var_tilde <= 0).any():
+        raise UserInputError("variance='learned' needs beta~ > 0 on every interval; the grid "
+                             "must end at a positive time")
+
+
+SPEC = SolverSpec(
+    sample_ancestral,
+    "DDPM Alg. 2 (posterior of the forward kernel; SMLD ancestral for VE)",
+    options=(
+        Option("variance", str, "beta", "reverse variance: beta (sigma_t^2 = beta_t), "
+               "beta_tilde, or learned (a model trained with model.learn_variance=true)",
+               choices=VARIANCES),
+        discrete_option(True),
+        *x0_options(),
+    ),
+    steps=None, stochastic=True, check=_check,
+)

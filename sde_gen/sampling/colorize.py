@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..noise import Generator
 from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..sde import SDE
@@ -91,7 +92,7 @@ def colorize(
     solver: str = "pc",
     steps: int | None = None,
     resample: int = 1,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     **options: Any,
 ) -> SampleResult:
     """Colour images whose channel mean is ``grey``, with an unconditional RGB model.
@@ -104,7 +105,7 @@ def colorize(
         sde: the forward SDE.
         grey: ``(B, 1, H, W)``, or ``(B, 3, H, W)`` with equal channels, in ``[-1, 1]``.
         solver, steps, resample, generator: as for :func:`~sde_gen.sampling.impute.impute`.
-        **options: the rest of ``impute``'s arguments (``eps``, ``denoise``, ``method``,
+        **options: the rest of ``impute``'s arguments (``t_min``, ``denoise``, ``method``,
             ``particles``, ``progress``, ``spacing``) and the solver's options.
 
     Returns:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from ..chain import grid_coeffs
+from ..noise import Generator, randn
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .grids import grid_coeffs, snap_to_steps
 from .result import Callback
-from .thresholding import check_x0_options, process_x0
-from ..errors import UserInputError
+from .spec import Option, SolverSpec, discrete_option, x0_options
+from .thresholding import process_x0
+
+__all__ = ["SPEC", "sample_ddim"]
 
 
 @torch.no_grad()
@@ -35,15 +38,16 @@ def sample_ddim(
     discrete: bool = False,
     clip_sample: float | None = None,
     threshold: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM from ``ts[0]`` to ``ts[-1]``, one model call per interval.
 
     Args:
         eta: stochasticity in ``[0, 1]``.
-        discrete: use the discrete chain's ``abar_i`` at snapped step times (DDPM checkpoints,
-            diffusers' DDIMScheduler); default the continuous ``marginal_coeffs``.
+        discrete: use the discrete chain's ``abar_i`` (``ts`` on its step times, as ``sample()``
+            snaps them: DDPM checkpoints, diffusers' DDIMScheduler); default the continuous
+            ``marginal_coeffs``.
         clip_sample, threshold: clip or dynamically threshold ``x0_hat`` before the step
             (:func:`~.thresholding.process_x0`); the eps direction stays the model's, as in
             diffusers' DDIMScheduler (``use_clipped_model_output=False``).
@@ -51,11 +55,6 @@ def sample_ddim(
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise UserInputError(f"eta must be in [0, 1], got {eta}")
-    check_x0_options(clip_sample, threshold)
-    if discrete:
-        ts = snap_to_steps(sde, ts)
     alpha, sigma = coeffs = grid_coeffs(sde, ts, discrete=discrete)
     c = eta * torch.sqrt(coeffs.posterior().var_tilde)
     c_eps = torch.sqrt((sigma[1:] ** 2 - c**2).clamp(min=0))
@@ -68,10 +67,22 @@ def sample_ddim(
         x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = alpha[k + 1].to(dtype) * x0 + c_eps[k].to(dtype) * eps  # Eq. (12) [Song21ddim]
         if eta > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+            z = randn(x.shape, generator, device=x.device, dtype=dtype)
             x = x_mean + c[k].to(dtype) * z
         else:
             x = x_mean
         if callback is not None:
             callback(k, x, x_mean)
     return x, x_mean
+
+
+SPEC = SolverSpec(
+    sample_ddim, "DDIM Eq. 12 on any grid; σ-space form for VE",
+    options=(
+        Option("eta", float, 0.0, "stochasticity: 0 is deterministic, 1 is ancestral with "
+               "beta~", min=0.0, max=1.0),
+        discrete_option(False),
+        *x0_options(),
+    ),
+    steps=49, stochastic="eta", order=1,
+)

@@ -1,10 +1,10 @@
 """tAB-DEIS: Adams-Bashforth on eps with Lagrange polynomials in t and exact integrator weights.
 
-In ``y = x / alpha_t`` and ``rho = sigma_t / alpha_t`` the probability-flow ODE of every SDE here
-is ``dy/drho = eps(x, t)`` ([Song21ddim] Eq. 14; [Karras22] Eq. 4 with ``s(t) = alpha_t``), so
-over one grid interval ``t_k -> t_{k+1}``
+In ``y = x / alpha_t`` and ``sigma~ = sigma_t / alpha_t`` the probability-flow ODE of every SDE
+here is ``dy/dsigma~ = eps(x, t)`` ([Song21ddim] Eq. 14; [Karras22] Eq. 4 with
+``s(t) = alpha_t``), so over one grid interval ``t_k -> t_{k+1}``
 
-    y_{k+1} = y_k + int_{rho_k}^{rho_{k+1}} eps(x, t(rho)) drho.
+    y_{k+1} = y_k + int_{sigma~_k}^{sigma~_{k+1}} eps(x, t(sigma~)) dsigma~.
 
 DEIS's tAB variant ([Zhang23], "Fast Sampling of Diffusion Models with Exponential
 Integrator", arXiv 2204.13902, Sec. 4) replaces ``eps`` along the path by the polynomial in ``t``
@@ -12,20 +12,19 @@ through the last ``q`` model outputs (``q = order``, lower on the first steps), 
 ``L_{k,j}`` its Lagrange basis
 
     y_{k+1} = y_k + sum_j C[k, j] eps_{k-j},
-    C[k, j] = int_{t_k}^{t_{k+1}} L_{k,j}(tau) (drho/dtau) dtau
-            = int_{rho_k}^{rho_{k+1}} L_{k,j}(t(rho)) drho.
+    C[k, j] = int_{t_k}^{t_{k+1}} L_{k,j}(tau) (dsigma~/dtau) dtau
+            = int_{sigma~_k}^{sigma~_{k+1}} L_{k,j}(t(sigma~)) dsigma~.
 
-The right-hand form needs no derivative of the schedule: ``t(rho)`` is
-``sde.t_from_log_snr(-log rho)``, exact for every SDE here (polished by one Newton step,
-:func:`time_from_log_snr`). The integral is taken in
-``lambda = -log rho`` (the log-SNR), where the integrand ``-e^{-lambda} L(t(lambda))`` is analytic
-in the strip ``|Im lambda| < pi/2`` for VP, sub-VP (linear and cosine) and VE, whatever the
-grid; in ``rho`` itself a coarse grid puts the logarithmic singularity at ``rho = 0`` next to the
+The right-hand form needs no derivative of the schedule: ``t(sigma~)`` is
+``sde.t_from_log_snr(-log sigma~)``, exact for every SDE here (polished by one Newton step,
+:func:`time_from_log_snr`). The integral is taken in ``lambda = -log sigma~`` (the log-SNR),
+where the integrand ``-e^{-lambda} L(t(lambda))`` is analytic in the strip
+``|Im lambda| < pi/2`` for VP, sub-VP (linear and cosine) and VE, whatever the grid; in
+``sigma~`` itself a coarse grid puts the logarithmic singularity at ``sigma~ = 0`` next to the
 interval (VE at one step: ``[0.01, 50]``). Each interval is split into pieces at most
 :data:`QUAD_WIDTH` long in ``lambda`` with :data:`QUAD_NODES` Gauss-Legendre nodes each, which
-is exact to float64 rounding (tests/test_multistep_solvers.py: 4e-14 relative against three
-times the nodes on pieces five times shorter, 5e-13 against adaptive quadrature in ``t``, the
-finite differences' error). The authors' code sums 10^4 left-Riemann points in ``t``, and
+is exact to float64 rounding (checked against finer quadrature and against adaptive
+quadrature in ``t`` by tests/test_multistep_solvers.py). The authors' code sums 10^4 left-Riemann points in ``t``, and
 diffusers keeps its closed-form weights in float32, which degrade as the steps shrink.
 
 The update is written for ``x = alpha y``: ``x_{k+1} = (alpha_{k+1}/alpha_k) x_k + alpha_{k+1}
@@ -36,7 +35,7 @@ sum_j C[k, j] eps_{k-j}``, so that a float32 state never holds ``y``, which is `
 | ----------- | ----------------- | ------------------------------------------------------ |
 | C[k, j]     | C_ij (tAB-DEIS)   | weight of ``eps`` at grid time ``k - j`` on interval k |
 | L_{k,j}     | prod_{k != j} ... | Lagrange basis in ``t`` through ``t_k, ..., t_{k-q+1}`` |
-| rho         | rho               | [Karras22]'s noise level ``sigma~ = sigma_t / alpha_t`` |
+| sigma~      | rho               | [Karras22]'s noise level ``sigma(t) = sigma_t / alpha_t`` |
 
 Refs: [Song21ddim] Eq. (14); [Karras22] Eq. (4); [Zhang23] Sec. 4.
 """
@@ -50,11 +49,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import UserInputError
+from ..chain import grid_coeffs
+from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
-from .grids import grid_coeffs
 from .result import Callback
+from .spec import Option, SolverSpec, x0_options
 
 #: Gauss-Legendre nodes per piece and the longest piece in log-SNR. With the integrand analytic
 #: in ``|Im lambda| < pi/2``, a piece of half-width 0.25 converges like 12.6^{-2n}: 1e-17 at n=8.
@@ -96,17 +96,18 @@ def lagrange_coefficients(
     nodes: int = QUAD_NODES,
     width: float = QUAD_WIDTH,
 ) -> torch.Tensor:
-    """The weights ``C[k, j] = int_{rho_k}^{rho_{k+1}} L_{k,j}(tau(rho)) drho`` of a multistep rule.
+    """The weights ``C[k, j] = int_{sigma~_k}^{sigma~_{k+1}} L_{k,j}(tau(sigma~)) dsigma~`` of a
+    multistep rule.
 
     ``L_{k,j}`` is the Lagrange basis in the interpolation variable ``tau`` through its values at
     grid times ``k, k-1, ..., k-q+1`` (``q = min(order, k + 1)``: the first steps warm up with
-    lower orders); ``rho = e^{-lambda}``. Computed in float64 by composite Gauss-Legendre in
+    lower orders); ``sigma~ = e^{-lambda}``. Computed in float64 by composite Gauss-Legendre in
     ``lambda`` (``nodes`` per piece, pieces at most ``width`` long).
 
     Args:
         log_snr: ``lambda`` at the grid times, ``(K + 1,)`` float64.
-        knots: ``tau`` at the grid times, ``(K + 1,)``: ``t`` for tAB-DEIS, ``rho`` for
-            Adams-Bashforth in ``rho``.
+        knots: ``tau`` at the grid times, ``(K + 1,)``: ``t`` for tAB-DEIS, ``sigma~`` for
+            Adams-Bashforth in ``sigma~``.
         tau_of_log_snr: ``tau`` as a function of ``lambda`` (must agree with ``knots``), e.g.
             :func:`time_from_log_snr` for ``t``.
         order: the most model outputs an interval uses.
@@ -124,7 +125,7 @@ def lagrange_coefficients(
     edges = lam[:-1, None] + (lam[1:] - lam[:-1])[:, None] * u  # (K, pieces + 1)
     half = 0.5 * (edges[:, 1:] - edges[:, :-1])  # (K, pieces)
     node_lam = (0.5 * (edges[:, 1:] + edges[:, :-1]))[..., None] + half[..., None] * x_gl
-    # drho = -e^{-lambda} dlambda
+    # dsigma~ = -e^{-lambda} dlambda
     weight = (half[..., None] * w_gl * -torch.exp(-node_lam)).reshape(n_steps, -1)
     tau = tau_of_log_snr(node_lam.reshape(-1)).to(torch.float64).reshape(n_steps, -1)
     coeffs = torch.zeros(n_steps, order, dtype=torch.float64, device=lam.device)
@@ -210,7 +211,7 @@ def sample_deis(
     ts: torch.Tensor,
     *,
     order: int = 3,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """tAB-DEIS from ``ts[0]`` to ``ts[-1]``, one model call per interval.
@@ -226,7 +227,12 @@ def sample_deis(
 
     Refs: [Zhang23] Sec. 4 (tAB-DEIS); [Song21ddim] Eq. (14).
     """
-    if order not in (1, 2, 3):
-        raise UserInputError(f"DEIS order must be 1, 2 or 3, got {order}")
     weights = tab_coefficients(sde, ts, order)
     return eps_multistep(model, x_T, ts, grid_coeffs(sde, ts).alpha, weights, callback=callback)
+
+
+SPEC = SolverSpec(
+    sample_deis, "tAB-DEIS: eps extrapolated in t, exact exponential-integrator weights",
+    options=(Option("order", int, 3, "multistep order", choices=(1, 2, 3)), *x0_options()),
+    steps=19, spacing=None, x0_by_model=True, order=lambda o: o["order"],
+)

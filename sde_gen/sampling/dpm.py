@@ -10,11 +10,11 @@ lambda_t)/h`` and ``(lambda - lambda_t)^2/(2 h^2)``, up to sign). 2M uses Alg. 2
 form ``x_s = (sigma_s/sigma_t) x_t + alpha_s phi_1 (D_0 + (D_0 - D_1) / (2 r))``; 3M adds the
 second difference with ``phi_2`` and ``phi_3`` as DPM-Solver++, diffusers and k-diffusion write
 it (``variant="standard"``). That second-difference term ``d2`` estimates ``h^2 D''/2`` but is
-weighted as if it were ``h^2 D''``, so this 3M is formally second order; measured on the
-exact-score mixtures it is still 2-3x more accurate than 2M from 20 to 80 steps.
+weighted as if it were ``h^2 D''``, so this 3M is formally second order (with a smaller error
+constant than 2M on the exact-score mixtures, benchmarks/results/samplers.md).
 ``variant="taylor3"`` weights it ``2 d2``, the third-order Taylor term of ``D`` in ``lambda``
 (with ``d1 ~ h D'`` and ``d2 ~ h^2 D''/2``, the update is ``alpha_s (phi_1 D_0 + phi_2 d1 -
-2 phi_3 d2)``): truly third order (error ratio ~8 per doubling, tests/test_sampler_equivalence.py).
+2 phi_3 d2)``): truly third order.
 
 | symbol here | [Lu22pp] Alg. 2       | meaning                                |
 | ----------- | --------------------- | -------------------------------------- |
@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import torch
 
+from ..chain import grid_coeffs
+from ..noise import Generator
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .grids import grid_coeffs
 from .result import Callback
-from ..errors import UserInputError
+from .spec import Option, SolverSpec, x0_options
+
+__all__ = ["SPEC", "VARIANTS", "sample_dpm"]
 
 
 #: 3M's weightings of the second difference (see the module docstring).
@@ -50,29 +53,22 @@ def sample_dpm(
     order: int = 3,
     lower_order_final: bool = True,
     variant: str = "standard",
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DPM-Solver++(2M) or (3M) from ``ts[0]`` to ``ts[-1]``, one model call per interval.
 
     Args:
         order: 3 (default) or 2: multistep order; the first steps warm up with lower orders.
-            On the exact-score mixture benchmarks 3M is about twice as accurate as 2M from 20
-            NFE up (``benchmarks/results/samplers.md``).
         lower_order_final: with fewer than 7 intervals, drop to first order on the last step and
-            to second on the one before it. DPM-Solver applies it below 15; measured here it
-            helps only at 5-6 NFE and costs 1.2-2.2x in error at 8-11 NFE.
+            to second on the one before it (DPM-Solver applies it below 15 steps; here it is
+            applied where it helps on the exact-score mixtures, benchmarks/results/samplers.md).
         variant: 3M's second-difference weight: ``"standard"`` (DPM-Solver++, diffusers,
             k-diffusion; formally second order) or ``"taylor3"`` (truly third order).
 
     Returns:
         ``(x, x)`` at ``ts[-1]``.
     """
-    if order not in (2, 3):
-        raise UserInputError(f"DPM-Solver++ order must be 2 or 3, got {order}")
-    if variant not in VARIANTS:
-        raise UserInputError(f"unknown DPM-Solver++ variant {variant!r}; choose one of "
-                             f"{', '.join(VARIANTS)}")
     d2_weight = 2.0 if variant == "taylor3" else 1.0
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
@@ -112,3 +108,19 @@ def sample_dpm(
         if callback is not None:
             callback(k, x, x)
     return x, x
+
+
+SPEC = SolverSpec(
+    sample_dpm, "DPM-Solver++ multistep in log-SNR time",
+    options=(
+        Option("order", int, 3, "multistep order", choices=(2, 3)),
+        Option("lower_order_final", bool, True, "with fewer than 7 intervals, lower the "
+               "order on the last two steps"),
+        Option("variant", str, "standard", "3M's second-difference weight: standard "
+               "(DPM-Solver++, diffusers, k-diffusion; formally 2nd order) or taylor3 "
+               "(truly 3rd order)", choices=VARIANTS, noun="DPM-Solver++ variant"),
+        *x0_options(),
+    ),
+    steps=19, spacing="logsnr", x0_by_model=True,
+    order=lambda o: 3 if o["order"] == 3 and o["variant"] == "taylor3" else 2,
+)

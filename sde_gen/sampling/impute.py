@@ -24,20 +24,18 @@ Refs: [Song21] App. I.2, Eq. (47)-(48); [Lugmayr22] RePaint, Alg. 1; [Ho20] Eq. 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..chain import grid_coeffs
 from ..errors import UserInputError
-from ..parameterization import EpsModel, eps_to_x0
+from ..noise import Generator, randn
+from ..parameterization import EpsModel
 from ..sde import SDE
-from .grids import grid_coeffs
-from .result import CountingModel, SampleResult
-from .sample import _grid
-from .sde_solvers import sample_pc
-from .solvers import SOLVERS
+from .driver import Progress, SolverRun, plan, solver_spec
+from .result import SampleResult
 from .torchsde_backend import METHODS as TORCHSDE_METHODS
 
 __all__ = ["METHODS", "REPLACEMENT_SOLVERS", "check_known", "impute"]
@@ -101,20 +99,23 @@ def _check_resample(resample: Any) -> int:
     return resample
 
 
-def _check_solver(solver: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The solver's completed options, refusing the deterministic solvers."""
-    spec = SOLVERS.get(solver) if isinstance(solver, str) else None
-    if spec is None:
-        raise UserInputError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    allowed = "pc, sde, ancestral or ddim with eta > 0"
+_ALLOWED = "pc, sde, ancestral or ddim with eta > 0"
+
+
+def _check_replacement_solver(solver: object) -> None:
+    """Refuse the deterministic solvers: replacement needs the solver's own noise."""
+    solver_spec(solver)
     if solver not in REPLACEMENT_SOLVERS:
         raise UserInputError(f"solver {solver!r} is deterministic; imputation by replacement "
-                             f"needs a stochastic one: {allowed}")
-    options = spec.resolve(solver, options)
-    if solver == "ddim" and options["eta"] == 0:
+                             f"needs a stochastic one: {_ALLOWED}")
+
+
+def _check_stochastic(run: SolverRun) -> None:
+    """Refuse a stochastic solver set to run deterministically (ddim with eta = 0)."""
+    allowed = _ALLOWED
+    if not run.spec.is_stochastic(run.options):
         raise UserInputError(f"ddim with eta=0 is deterministic; imputation by replacement needs "
                              f"a stochastic solver: {allowed}")
-    return options
 
 
 @torch.no_grad()
@@ -129,8 +130,8 @@ def impute(
     resample: int = 1,
     method: str = "replacement",
     particles: int | None = None,
-    eps: float | None = None,
-    generator: torch.Generator | None = None,
+    t_min: float | None = None,
+    generator: Generator = None,
     denoise: bool = True,
     progress: bool = False,
     spacing: str | None = None,
@@ -156,9 +157,9 @@ def impute(
         method: ``"replacement"`` ([Song21] App. I.2, RePaint when ``resample > 1``) or
             ``"smc"`` (:func:`~sde_gen.sampling.smc.impute_smc`, which needs ``particles``).
         particles: particles per row for ``method="smc"``.
-        eps: end time in ``(0, T)`` (default the SDE's).
+        t_min: the end time, in ``(0, T)`` (default the SDE's).
         generator: source of all randomness.
-        denoise: finish with Tweedie's step at ``eps`` (one NFE), as :func:`~.sample.sample`.
+        denoise: finish with Tweedie's step at ``t_min`` (one NFE), as :func:`~.sample.sample`.
         progress: show a progress bar over grid intervals.
         spacing: grid spacing (default the solver's).
         **options: the solver's options (``SOLVERS[solver].options``: ``eta``, ``n_corrector``,
@@ -169,13 +170,13 @@ def impute(
     Returns:
         :class:`SampleResult`: ``x`` with the known coordinates equal to ``x_known`` exactly
         (a final assignment); ``x_mean`` the last step's noise-free mean (its known part
-        ``alpha_eps x_known``); ``nfe`` the counted model calls: ``resample`` times the solver's
+        ``alpha_{t_min} x_known``); ``nfe`` the counted model calls: ``resample`` times the solver's
         calls per interval, times ``steps``, plus one for ``denoise``; ``ts`` the grid.
 
     Raises:
         UserInputError: a bad mask or ``x_known`` (see :func:`check_known`), an unknown or
-            deterministic solver, a bad option, ``resample``, ``steps``, ``eps`` or ``method``,
-            or options of the other method.
+            deterministic solver, a bad option, ``resample``, ``steps``, ``t_min`` or
+            ``method``, or options of the other method.
 
     Shapes: ``x_known, x: (B, *D)``.
 
@@ -190,82 +191,74 @@ def impute(
     resample = _check_resample(resample)
     if method == "smc":
         return _impute_smc(model, sde, x0, known, solver=solver, steps=steps,
-                           resample=resample, particles=particles, eps=eps, generator=generator,
-                           denoise=denoise, spacing=spacing, options=options)
+                           resample=resample, particles=particles, t_min=t_min,
+                           generator=generator, denoise=denoise, spacing=spacing,
+                           progress=progress, options=options)
     if particles is not None:
         raise UserInputError("particles is an option of method='smc', not of 'replacement'")
     if "sde_method" in options:  # impute's own ``method`` is taken: the solver's is renamed
         if solver != "sde":
             raise UserInputError(f"sde_method is an option of solver 'sde', not {solver!r}")
+        options = dict(options)
         options["method"] = options.pop("sde_method")
-    options = _check_solver(solver, options)
-    spec = SOLVERS[solver]
-    discrete = bool(options.get("discrete", False))
-    ts = _grid(sde, spec, steps, eps, spacing, discrete=discrete, device=x0.device)
-    dtype, b = x0.dtype, x0.shape[0]
-    coeffs = grid_coeffs(sde, ts, discrete=discrete)
+    _check_replacement_solver(solver)
+    run = plan(model, sde, solver, options, steps=steps, t_min=t_min, spacing=spacing,
+               generator=generator, device=x0.device)
+    _check_stochastic(run)
+    ts, dtype = run.ts, x0.dtype
+    coeffs = grid_coeffs(sde, ts, discrete=run.discrete)
     alpha, sigma = (c.to(dtype) for c in coeffs)
     a_up = (coeffs.alpha[:-1] / coeffs.alpha[1:]).to(dtype)  # forward s -> t on each interval
     std_up = coeffs.posterior().v.clamp(min=0).sqrt().to(dtype)
-    counted = CountingModel(model)
 
     def noise() -> torch.Tensor:
-        return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
+        return randn(x0.shape, generator, device=x0.device, dtype=dtype)
 
     def replace(x: torch.Tensor, k: int) -> torch.Tensor:  # App. I.2 [Song21]: x_s[known] ~ q
         return torch.where(known, alpha[k] * x0 + sigma[k] * noise(), x)
 
-    step = _stepper(solver, spec.fn, counted, sde, options, generator, replace)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ts) - 1, desc=f"impute ({solver})", unit="step")
+    step = _stepper(run, replace)
     x = replace(sde.prior_sampling(x0.shape, generator=generator, device=x0.device, dtype=dtype),
                 0)
     x_mean = x
-    for k in range(len(ts) - 1):
-        for j in range(resample):
-            x, x_mean = step(x, ts[k:k + 2], k)
-            x = replace(x, k + 1)
-            if j < resample - 1:  # back to ts[k] by the forward transition, Alg. 1 [Lugmayr22]
-                x = a_up[k] * x + std_up[k] * noise()
-        x_mean = torch.where(known, alpha[k + 1] * x0, x_mean)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    with Progress(len(ts) - 1, desc=f"impute ({solver})", show=progress) as prog:
+        for k in range(len(ts) - 1):
+            for j in range(resample):
+                x, x_mean = step(x, ts[k:k + 2], k)
+                x = replace(x, k + 1)
+                if j < resample - 1:  # back to ts[k] by the forward transition, Alg. 1 [Lugmayr22]
+                    x = a_up[k] * x + std_up[k] * noise()
+            x_mean = torch.where(known, alpha[k + 1] * x0, x_mean)
+            prog.update()
     if denoise:  # Tweedie at ts[-1], as sample() does
-        x = eps_to_x0(x, counted(x, ts[-1].to(dtype).expand(b)), alpha[-1], sigma[-1])
+        x = run.denoise(x)
     x = torch.where(known, x0, x)
-    return SampleResult(x=x, x_mean=x_mean, nfe=counted.nfe, ts=ts)
+    return SampleResult(x=x, x_mean=x_mean, nfe=run.counted.nfe, ts=ts)
 
 
 def _stepper(
-    solver: str, fn: Callable, model: CountingModel, sde: SDE, options: dict[str, Any],
-    generator: torch.Generator | None, replace: Callable[[torch.Tensor, int], torch.Tensor],
+    run: SolverRun, replace: Callable[[torch.Tensor, int], torch.Tensor],
 ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
     """One interval of the solver: ``step(x, ts[k:k+2], k) -> (x, x_mean)`` at ``ts[k + 1]``.
 
     For ``pc`` with both a corrector and a predictor, the corrector's result at ``ts[k]`` gets
     its own replacement before the predictor runs (App. I.2 [Song21]).
     """
-    split = (solver == "pc" and options["corrector"] != "none" and options["n_corrector"] > 0
-             and options["predictor"] != "none")
+    o = run.options
+    split = (run.solver == "pc" and o["corrector"] != "none" and o["n_corrector"] > 0
+             and o["predictor"] != "none")
     if not split:
-        return lambda x, seg, k: fn(model, sde, x, seg, generator=generator, **options)
-    corrector = {**options, "predictor": "none"}
-    predictor = {**options, "corrector": "none"}
+        return lambda x, seg, k: run.step(x, seg)
 
     def step(x: torch.Tensor, seg: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, _ = sample_pc(model, sde, x, seg, generator=generator, **corrector)
-        return sample_pc(model, sde, replace(x, k), seg, generator=generator, **predictor)
+        x, _ = run.step(x, seg, options={"predictor": "none"})
+        return run.step(replace(x, k), seg, options={"corrector": "none"})
 
     return step
 
 
-def _impute_smc(model, sde, x_known, mask, *, solver, steps, resample, particles, eps,
-                generator, denoise, spacing, options) -> SampleResult:
+def _impute_smc(model, sde, x_known, mask, *, solver, steps, resample, particles, t_min,
+                generator, denoise, spacing, progress, options) -> SampleResult:
     """``method="smc"``: :func:`~sde_gen.sampling.smc.impute_smc`, imported when used."""
     from .smc import impute_smc
 
@@ -277,13 +270,6 @@ def _impute_smc(model, sde, x_known, mask, *, solver, steps, resample, particles
                              "'smc'")
     if particles is None:
         raise UserInputError("method='smc' needs particles (a positive integer per row)")
-    accepted = {p.name for p in inspect.signature(impute_smc).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    accepted -= {"particles", "steps", "eps", "generator", "denoise"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise UserInputError(f"unknown option {unknown[0]!r} for method='smc'")
-    if spacing is not None:
-        options = {**options, "spacing": spacing}
-    return impute_smc(model, sde, x_known, mask, particles=particles, steps=steps, eps=eps,
-                      generator=generator, denoise=denoise, **options)
+    return impute_smc(model, sde, x_known, mask, particles=particles, steps=steps, t_min=t_min,
+                      generator=generator, denoise=denoise, spacing=spacing, progress=progress,
+                      **options)

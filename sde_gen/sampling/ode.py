@@ -8,69 +8,17 @@ Refs: [Song21] Eq. (13); [Karras22] Alg. 1, Eq. (4); [Chen18].
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from torchdiffeq import odeint
 
-from ..errors import UserInputError
-from ..parameterization import EpsModel, score_fn
+from ..chain import grid_coeffs
+from ..noise import Generator
+from ..parameterization import EpsModel
+from ..pf_ode import ADAPTIVE, FIXED, ODEDivergedError, odeint_path, probability_flow
 from ..sde import SDE
-from .grids import grid_coeffs
 from .result import Callback
+from .spec import Option, SolverSpec, x0_options
 
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
-
-
-def probability_flow(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``func(t, x)`` for torchdiffeq: the probability-flow drift, ``t`` a 0-d tensor."""
-    rsde = sde.reverse(score_fn(model, sde), probability_flow=True)
-
-    def func(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return rsde.sde(x, t.to(x.dtype).expand(x.shape[0]))[0]
-
-    return func
-
-
-def odeint_path(func: Callable, state, ts: torch.Tensor, *, method: str, rtol: float, atol: float):
-    """Integrate ``func`` along the times ``ts`` (monotone) and return the state at every one.
-
-    Adaptive methods choose their own steps between ``ts[0]`` and ``ts[-1]`` and interpolate at
-    the inner times (which do not change the steps). They are told to land on ``ts[-1]``
-    (``step_t``) rather than step past it and interpolate back, and their first step is capped at
-    1% of the span (torchdiffeq's initial-step probe otherwise can land beyond it, e.g. below
-    t = 0 where VP is undefined), so the model is never evaluated outside the span. Fixed-step
-    methods take one step per interval of ``ts``.
-
-    Returns:
-        ``(len(ts), *state.shape)``, or a tuple of those for a tuple state.
-    """
-    if method in ADAPTIVE:
-        first = 0.01 * (ts[-1] - ts[0]).abs()
-        return odeint(func, state, ts, method=method, rtol=rtol, atol=atol,
-                      options={"step_t": ts[-1:], "first_step": first})
-    if method not in FIXED:
-        raise UserInputError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE + FIXED)}")
-    return odeint(func, state, ts, method=method)
-
-
-def odeint_between(
-    func: Callable,
-    state,
-    t0: torch.Tensor,
-    t1: torch.Tensor,
-    *,
-    method: str,
-    rtol: float,
-    atol: float,
-    grid: torch.Tensor | None = None,
-):
-    """Integrate ``func`` from ``t0`` to ``t1`` and return the state at ``t1``
-    (:func:`odeint_path`; fixed-step methods walk ``grid`` when given)."""
-    ts = grid if grid is not None and method in FIXED else torch.stack([t0, t1])
-    out = odeint_path(func, state, ts, method=method, rtol=rtol, atol=atol)
-    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+__all__ = ["HEUN_SPEC", "ODE_SPEC", "sample_heun", "sample_ode"]
 
 
 @torch.no_grad()
@@ -83,7 +31,7 @@ def sample_ode(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probability-flow ODE from ``ts[0]`` to ``ts[-1]`` with ``torchdiffeq.odeint``.
@@ -93,11 +41,18 @@ def sample_ode(
     interpolated, without changing the steps. Fixed-step methods take one step per interval.
 
     Returns:
-        ``(x, x)`` at ``ts[-1]``.
+        ``(x, x)`` at ``ts[-1]``. An adaptive solve that cannot go on (a NaN or infinite model
+        output shrinks its step to zero) returns NaN for every example, as a diverged
+        fixed-step solve does (:attr:`~.result.SampleResult.n_nonfinite`).
     """
     t = ts.to(x_T.dtype)
     path = t if callback is not None or method in FIXED else torch.stack([t[0], t[-1]])
-    xs = odeint_path(probability_flow(model, sde), x_T, path, method=method, rtol=rtol, atol=atol)
+    try:
+        xs = odeint_path(probability_flow(model, sde), x_T, path, method=method, rtol=rtol,
+                         atol=atol)
+    except ODEDivergedError:
+        xs = torch.full((len(path), *x_T.shape), float("nan"), dtype=x_T.dtype,
+                        device=x_T.device)
     if callback is not None:
         for k in range(len(t) - 1):
             callback(k, xs[k + 1], xs[k + 1])
@@ -111,7 +66,7 @@ def sample_heun(
     x_T: torch.Tensor,
     ts: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heun's 2nd-order method on the probability-flow ODE, two model calls per interval.
@@ -126,12 +81,12 @@ def sample_heun(
     """
     dtype = x_T.dtype
     coeffs = grid_coeffs(sde, ts)
-    rho, alpha, tt = coeffs.rho.to(dtype), coeffs.alpha.to(dtype), ts.to(dtype)
+    sig, alpha, tt = coeffs.sigma_tilde.to(dtype), coeffs.alpha.to(dtype), ts.to(dtype)
     y = x_T / alpha[0]
     for k in range(len(ts) - 1):
         n = y.shape[0]
-        d1 = model(alpha[k] * y, tt[k].expand(n))  # dy/drho = eps
-        h = rho[k + 1] - rho[k]
+        d1 = model(alpha[k] * y, tt[k].expand(n))  # dy/dsigma~ = eps
+        h = sig[k + 1] - sig[k]
         y_euler = y + h * d1
         d2 = model(alpha[k + 1] * y_euler, tt[k + 1].expand(n))
         y = y + h * 0.5 * (d1 + d2)  # Alg. 1 lines 7-8 [Karras22]
@@ -140,3 +95,31 @@ def sample_heun(
             callback(k, x, x)
     x = alpha[-1] * y
     return x, x
+
+
+#: Model calls per step of the fixed-step torchdiffeq methods (the rest: the method decides).
+_ODE_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
+#: Global order of the fixed-step methods with one-step starts (Adams: not fixed).
+_ODE_ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+
+ODE_SPEC = SolverSpec(
+    sample_ode, "probability-flow ODE via torchdiffeq",
+    options=(
+        Option("method", str, "dopri5", "a torchdiffeq method; adaptive ones step on their "
+               "own between the grid's end points, fixed-step ones walk the grid",
+               choices=ADAPTIVE + FIXED, noun="ODE method"),
+        Option("rtol", float, 1e-5, "relative tolerance of adaptive methods", min=0.0,
+               min_open=True),
+        Option("atol", float, 1e-5, "absolute tolerance of adaptive methods", min=0.0,
+               min_open=True),
+    ),
+    steps=100,
+    calls_per_step=lambda o: _ODE_STAGES.get(o["method"]),
+    order=lambda o: _ODE_ORDERS.get(o["method"]),
+)
+
+HEUN_SPEC = SolverSpec(
+    sample_heun, "Heun on the PF-ODE in (x/α, σ/α) = EDM Alg. 1",
+    options=x0_options(),
+    steps=19, spacing="karras", calls_per_step=lambda o: 2, order=2, x0_by_model=True,
+)

@@ -1,7 +1,7 @@
 """Time grids optimized for one model and one deterministic solver at a fixed NFE.
 
 The target is the model's own probability-flow ODE: from ``n`` prior draws, a tight-tolerance
-dopri5 solve to ``eps`` followed by the Tweedie denoise gives reference endpoints, and a grid's
+dopri5 solve to ``t_min`` followed by the Tweedie denoise gives reference endpoints, and a grid's
 error is the mean L2 distance of the solver's (denoised) samples from the same draws to them. No
 exact score is needed, so this works for any trained model.
 
@@ -11,7 +11,7 @@ Two searches (``method``):
   Sec. 3-4). The teacher trajectory is the reference ODE solve read at every candidate time; the
   cost of an edge ``t_i -> t_j`` is the mean distance of one DDIM step from the teacher's state at
   ``t_i`` to the teacher's state at ``t_j`` (one model call per candidate, the steps themselves
-  are closed-form), and the grid is the ``K``-edge path from ``T`` to ``eps`` of least total cost.
+  are closed-form), and the grid is the ``K``-edge path from ``T`` to ``t_min`` of least total cost.
   It is then refined as below with the solver itself, since a multistep solver's error is not the
   sum of DDIM's local errors.
 - ``"descent"``: Powell's derivative-free descent on the log-SNR gaps between the grid times
@@ -26,12 +26,8 @@ Refs: [Chen24gits] (GITS); [Sabour24ays] (Align Your Steps) for the motivation.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,99 +35,16 @@ import torch
 from ..errors import UserInputError
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .grids import check_end_time, check_grid, check_spacing, grid_coeffs, make_grid
+from ..chain import check_t_min, grid_coeffs
+from .driver import solver_spec
+from .grid_file import OptimizedGrid, sde_signature
+from .grids import check_spacing, make_grid
 from .sample import sample
 from .solvers import SOLVERS
 
 METHODS = ("gits", "descent")
 #: Tolerances of the reference probability-flow solve (dopri5), 100x below the field's 1e-5.
 REFERENCE_TOL = 1e-7
-FORMAT = "sde-gen-grid"
-
-
-def sde_signature(sde: SDE) -> dict[str, Any]:
-    """What identifies an SDE's time axis: its class, end time and schedule parameters (a grid
-    optimized for one SDE means nothing on another)."""
-    keys = ("beta_min", "beta_max", "schedule_name", "sigma_min", "sigma_max")
-    sig: dict[str, Any] = {"sde": type(sde).__name__, "T": float(sde.T)}
-    sig.update({k: getattr(sde, k) for k in keys if hasattr(sde, k)})
-    return sig
-
-
-@dataclass(frozen=True)
-class OptimizedGrid:
-    """A grid and what it was measured to do.
-
-    Attributes:
-        ts: the grid, decreasing, ``(steps + 1,)`` float64.
-        solver, options: the solver (and its options) it was optimized for.
-        nfe: model calls of one run on it, the final denoise included.
-        error_before, error_after: mean endpoint error on the tuning draws with the solver's
-            default grid and with ``ts``.
-        heldout_before, heldout_after: the same on held-out draws.
-        seconds: wall time of the optimization; ``method``: ``gits`` or ``descent``.
-        sde: :func:`sde_signature` of the SDE it is for.
-    """
-
-    ts: torch.Tensor
-    solver: str
-    options: dict[str, Any]
-    nfe: int
-    error_before: float
-    error_after: float
-    heldout_before: float
-    heldout_after: float
-    seconds: float
-    method: str
-    sde: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write it as JSON (atomically)."""
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            raise UserInputError(f"a grid file must be a .json path, got {path}")
-        d = asdict(self) | {"ts": [float(t) for t in self.ts], "format": FORMAT}
-        tmp = path.with_name(".tmp_" + path.name)
-        try:
-            tmp.write_text(json.dumps(d, indent=2, allow_nan=False) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, sde: SDE | None = None) -> "OptimizedGrid":
-        """Read a grid file; with ``sde``, also check that it was made for that SDE.
-
-        Raises:
-            UserInputError: a missing or malformed file, or one made for another SDE.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"grid file not found: {path}")
-        try:
-            d = json.loads(path.read_text())
-            if not isinstance(d, dict) or d.get("format") != FORMAT:
-                raise ValueError("not an sde-gen grid file")
-            d.pop("format")
-            d["ts"] = torch.tensor(d["ts"], dtype=torch.float64)
-            grid = cls(**d)
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
-            raise UserInputError(f"{path} is not a grid file from sde-gen optimize-grid "
-                                 f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
-                                 ) from None
-        if sde is not None:
-            want = sde_signature(sde)
-            if grid.sde and grid.sde != want:
-                diff = [k for k in sorted(set(want) | set(grid.sde))
-                        if want.get(k) != grid.sde.get(k)]
-                if grid.sde.get("sde") != want["sde"]:
-                    diff = ["sde"]
-                what = ", ".join(f"{k}: {grid.sde.get(k)} there, {want.get(k)} here"
-                                 for k in diff)
-                raise UserInputError(f"{path} was optimized for another SDE ({what})")
-            check_grid(sde, grid.ts)
-        return grid
 
 
 def steps_for_nfe(solver: str, nfe: int, options: dict[str, Any] | None = None) -> int:
@@ -140,9 +53,7 @@ def steps_for_nfe(solver: str, nfe: int, options: dict[str, Any] | None = None) 
     Raises:
         UserInputError: an adaptive or stochastic solver, or an NFE no grid gives exactly.
     """
-    spec = SOLVERS.get(solver)
-    if spec is None:
-        raise UserInputError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    spec = solver_spec(solver)
     opts = spec.resolve(solver, dict(options or {}))
     if spec.is_stochastic(opts):
         raise UserInputError(f"solver {solver!r} draws noise: a grid is optimized for a "
@@ -158,11 +69,11 @@ def steps_for_nfe(solver: str, nfe: int, options: dict[str, Any] | None = None) 
 
 
 @torch.no_grad()
-def reference_endpoints(model: EpsModel, sde: SDE, x_T: torch.Tensor, eps: float,
+def reference_endpoints(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float,
                         ts: torch.Tensor | None = None):
     """The denoised tight-tolerance PF-ODE endpoints from ``x_T`` (and, with ``ts``, the
     trajectory at those times)."""
-    grid = ts if ts is not None else torch.tensor([sde.T, eps], dtype=torch.float64)
+    grid = ts if ts is not None else torch.tensor([sde.T, t_min], dtype=torch.float64)
     res = sample(model, sde, None, "ode", x_T=x_T, ts=grid, rtol=REFERENCE_TOL,
                  atol=REFERENCE_TOL, return_trajectory=ts is not None)
     return res.x, res.trajectory
@@ -194,11 +105,11 @@ def _gits_path(cost: torch.Tensor, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, eps: float, steps: int,
+def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps: int,
                candidates: int) -> torch.Tensor:
     """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals."""
-    cand = make_grid(sde, candidates, eps=eps, spacing="logsnr", device=x_T.device)
-    _, traj = reference_endpoints(model, sde, x_T, eps, ts=cand)
+    cand = make_grid(sde, candidates, t_min=t_min, spacing="logsnr", device=x_T.device)
+    _, traj = reference_endpoints(model, sde, x_T, t_min, ts=cand)
     alpha, sigma = (c.to(x_T.dtype) for c in grid_coeffs(sde, cand))
     m = len(cand) - 1
     cost = torch.full((m + 1, m + 1), math.inf, dtype=torch.float64)
@@ -217,7 +128,7 @@ def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, eps: float, steps: 
 
 def _descent(error, ts: torch.Tensor, sde: SDE, evals: int):
     """Powell's derivative-free descent (scipy) on the log-SNR gaps of ``ts``: the interior
-    times are ``lambda_T + cumsum(softmax(theta)) (lambda_eps - lambda_T)``, so every trial is
+    times are ``lambda_T + cumsum(softmax(theta)) (lambda_{t_min} - lambda_T)``, so every trial is
     a valid decreasing grid with the end points fixed; at most ``evals`` error evaluations."""
     from scipy.optimize import minimize
 
@@ -254,7 +165,7 @@ def optimize_grid(
     method: str = "gits",
     n: int = 256,
     n_heldout: int = 256,
-    eps: float | None = None,
+    t_min: float | None = None,
     spacing: str | None = None,
     seed: int = 0,
     candidates: int = 64,
@@ -272,7 +183,7 @@ def optimize_grid(
             ``"descent"`` (descent from the solver's default grid).
         evals: the most solver runs the descent makes (each ``nfe`` model calls on ``n`` draws).
         n, n_heldout: prior draws to tune on and to report on (seeds ``seed``, ``seed + 1``).
-        eps: the end time (default the SDE's).
+        t_min: the end time (default the SDE's).
         spacing: the built-in spacing the search starts from and reports "before" with
             (default the solver's).
         **options: the solver's options (fixed while the grid is tuned).
@@ -286,6 +197,10 @@ def optimize_grid(
         raise UserInputError(f"need n, n_heldout >= 1, candidates >= 2 and evals >= 0, got "
                              f"{n}, {n_heldout}, {candidates}, {evals}")
     steps = steps_for_nfe(solver, nfe, options)
+    if method == "gits" and steps >= candidates:
+        raise UserInputError(f"gits picks the {steps} intervals of a {nfe}-NFE {solver} grid "
+                             f"among {candidates} candidate intervals, so it needs fewer steps "
+                             f"than candidates; use fewer NFE or search='descent'")
     if spacing is not None:
         check_spacing(spacing)
     spec = SOLVERS[solver]
@@ -293,20 +208,20 @@ def optimize_grid(
     if opts.get("discrete"):
         raise UserInputError("optimize a grid in continuous time (discrete=False): the "
                              "discrete chain snaps times to its steps")
-    eps = check_end_time(sde, sde.default_eps if eps is None else eps)
+    t_min = check_t_min(sde, sde.default_t_min if t_min is None else t_min)
     start = time.perf_counter()
     draws = [sde.prior_sampling((k, *shape), generator=torch.Generator(device=device or "cpu")
                                 .manual_seed(seed + i), device=device, dtype=dtype)
              for i, k in enumerate((n, n_heldout))]
-    refs = [reference_endpoints(model, sde, x, eps)[0] for x in draws]
+    refs = [reference_endpoints(model, sde, x, t_min)[0] for x in draws]
 
     def error(ts: torch.Tensor, which: int = 0) -> float:
         return endpoint_error(model, sde, draws[which], refs[which], solver,
                               ts.to(draws[which].device), opts)
 
-    default = make_grid(sde, steps, eps=eps, spacing=spacing or spec.spacing_for(sde),
+    default = make_grid(sde, steps, t_min=t_min, spacing=spacing or spec.spacing_for(sde),
                         device=draws[0].device)
-    init = _gits_grid(model, sde, draws[0], eps, steps, candidates) if method == "gits" \
+    init = _gits_grid(model, sde, draws[0], t_min, steps, candidates) if method == "gits" \
         else default
     if method == "gits" and error(init) > error(default):
         init = default  # DDIM's local costs misled a multistep solver: descend from its default

@@ -1,4 +1,5 @@
-"""The sampler result, the per-step callback type, and the model wrapper that counts calls."""
+"""The sampler result and the per-step callback type (the model wrapper that counts calls is
+:class:`~sde_gen.parameterization.CountingModel`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Callable
 
 import torch
 
-from ..parameterization import EpsModel, learned_variance_fn
 
 #: ``callback(k, x, x_mean)`` after grid interval ``k``: the state at ``ts[k + 1]`` and its
 #: noise-free mean (equal to ``x`` for deterministic solvers).
@@ -46,25 +46,3 @@ class SampleResult:
 def count_nonfinite(x: torch.Tensor) -> int:
     """How many examples of ``x (B, *D)`` have a NaN or infinite entry."""
     return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
-
-
-class CountingModel:
-    """Wraps ``model(x, t)`` and counts calls; the count is the reported NFE."""
-
-    def __init__(self, model: EpsModel) -> None:
-        self.model, self.nfe = model, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.model(x, t)
-
-    @property
-    def learn_variance(self) -> bool:
-        """Whether the wrapped model learns its reverse variance ([Nichol21] Eq. 15)."""
-        return bool(getattr(self.model, "learn_variance", False))
-
-    def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
-        """The wrapped model's ``(eps, v)``, counted as one call."""
-        fn = learned_variance_fn(self.model)
-        self.nfe += 1
-        return fn(x, t)

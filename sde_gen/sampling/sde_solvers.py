@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserInputError
+from ..chain import grid_coeffs
+from ..noise import Generator, randn
 from ..parameterization import EpsModel, eps_to_score, eps_to_x0, score_fn
 from ..sde import SDE
 from ..tensor_utils import append_dims
-from .grids import grid_coeffs
 from .result import Callback
-from .torchsde_backend import sample_torchsde
+from .spec import Option, SolverSpec
+from .torchsde_backend import METHODS as TORCHSDE_METHODS, sample_torchsde
+
+__all__ = ["CORRECTORS", "PC_SPEC", "PREDICTORS", "SDE_SPEC", "langevin_step_size", "sample_em",
+           "sample_pc", "sample_sde"]
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "none")
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise(x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 @torch.no_grad()
@@ -30,7 +34,7 @@ def sample_em(
     x_T: torch.Tensor,
     ts: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euler-Maruyama on the reverse SDE from ``ts[0]`` down to ``ts[-1]``.
@@ -76,7 +80,7 @@ def sample_pc(
     corrector: str = "langevin",
     snr: float = 0.16,
     n_corrector: int = 1,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictor-corrector sampling ([Song21] Alg. 1-3).
@@ -96,12 +100,6 @@ def sample_pc(
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
-    if predictor not in PREDICTORS:
-        raise UserInputError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
-    if corrector not in CORRECTORS:
-        raise UserInputError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
-    if snr <= 0 or n_corrector < 0:
-        raise UserInputError(f"need snr > 0 and n_corrector >= 0, got {snr}, {n_corrector}")
     dtype = x_T.dtype
     coeffs = grid_coeffs(sde, ts)
     c_x, c_x0, _, v = (c.to(dtype) for c in coeffs.posterior())
@@ -145,7 +143,7 @@ def sample_sde(
     ts: torch.Tensor,
     *,
     method: str | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reverse SDE on ``ts``: :func:`sample_em` (``method=None``, the device-side loop) or
@@ -158,3 +156,32 @@ def sample_sde(
         return sample_em(model, sde, x_T, ts, generator=generator, callback=callback)
     return sample_torchsde(model, sde, x_T, ts, method=method, generator=generator,
                            callback=callback)
+
+
+#: Model calls per step of the ``sde`` methods (None: the loop; not listed: the method decides).
+_SDE_CALLS = {None: 1, "euler": 1, "milstein": 1, "euler_heun": 1, "midpoint": 2, "heun": 2}
+
+SDE_SPEC = SolverSpec(
+    sample_sde, "reverse SDE: Euler–Maruyama device loop, or any torchsde method",
+    options=(
+        Option("method", str, None, "a torchsde method instead of the built-in "
+               "Euler-Maruyama loop", choices=TORCHSDE_METHODS, noun="torchsde method"),
+    ),
+    steps=None, stochastic=True,
+    calls_per_step=lambda o: _SDE_CALLS.get(o["method"]),
+)
+
+PC_SPEC = SolverSpec(
+    sample_pc, "predictor–corrector, Song et al. Alg. 2/3",
+    options=(
+        Option("predictor", str, "reverse_diffusion", "the predictor step",
+               choices=PREDICTORS),
+        Option("corrector", str, "langevin", "the corrector step", choices=CORRECTORS),
+        Option("snr", float, 0.16, "Langevin signal-to-noise ratio", min=0.0,
+               min_open=True),
+        Option("n_corrector", int, 1, "corrector steps per grid time", min=0),
+    ),
+    steps=None, stochastic=True,
+    calls_per_step=lambda o: (int(o["predictor"] != "none")
+                              + (o["n_corrector"] if o["corrector"] == "langevin" else 0)),
+)

@@ -41,22 +41,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ..chain import grid_coeffs
 from ..errors import UserInputError
-from ..parameterization import EpsModel, eps_to_x0
+from ..memory import check_fits
+from ..noise import Generator, rand, randn
+from ..parameterization import CountingModel, EpsModel, eps_to_x0
 from ..sde import SDE
-from .grids import check_end_time, check_spacing, grid_coeffs, make_grid
-from .result import CountingModel, SampleResult
+from .driver import Progress, time_grid_for
+from .result import SampleResult
+from .spec import Option, check_options
 
-__all__ = ["RESAMPLERS", "VARIANCES", "SMCResult", "impute_smc", "potential_coeffs"]
+__all__ = ["OPTIONS", "RESAMPLERS", "VARIANCES", "SMCResult", "impute_smc", "potential_coeffs"]
 
 RESAMPLERS = ("systematic", "multinomial")
 VARIANCES = ("geometric", "beta", "beta_tilde")
 DEFAULT_STEPS = 100
 DEFAULT_SPACING = "logsnr"
 DEFAULT_TWIST_SCALE = 1.0
+
+#: The SMC sampler's own options (its kernel is not a registered solver).
+OPTIONS = (
+    Option("particles", int, None, "particles per row", min=1),
+    Option("variance", str, "geometric", "the kernel's variance: geometric sqrt(beta beta~), "
+           "beta or beta_tilde", choices=VARIANCES),
+    Option("resampling", str, "systematic", "how particles are resampled",
+           choices=RESAMPLERS),
+    Option("ess_threshold", float, 0.5, "resample a row when its ESS < ess_threshold * K",
+           min=0.0, max=1.0),
+    Option("twist_scale", float, DEFAULT_TWIST_SCALE, "the data scale the potentials assume "
+           "(inf: MCGdiff's potentials)", min=0.0, min_open=True),
+)
 
 
 def potential_coeffs(alpha: torch.Tensor, sigma: torch.Tensor,
@@ -97,12 +115,6 @@ class SMCResult(SampleResult):
     n_resampled: int = 0
 
 
-def _check_particles(particles: object) -> int:
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise UserInputError(f"particles must be an integer >= 1, got {particles!r}")
-    return particles
-
-
 def _check_mask(mask: object, x_known: torch.Tensor) -> torch.Tensor:
     """``mask`` broadcast to ``x_known``'s shape as a 0/1 tensor of ``x_known``'s dtype."""
     m = torch.as_tensor(mask, device=x_known.device)
@@ -135,19 +147,32 @@ def _ess(log_w: torch.Tensor) -> torch.Tensor:
     return 1.0 / (w**2).sum(1)
 
 
-def _resample_indices(log_w: torch.Tensor, method: str,
-                      generator: torch.Generator | None) -> torch.Tensor:
-    """Ancestor indices ``(B, K)`` drawn from each row's weights."""
-    b, k = log_w.shape
-    w = torch.softmax(log_w, dim=1)
-    if method == "multinomial":
-        return torch.multinomial(w, k, replacement=True, generator=generator)
-    # systematic: one uniform per row, K evenly spaced points ([Kitagawa96])
-    u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=log_w.device)
-    points = (u + torch.arange(k, dtype=torch.float64, device=log_w.device)) / k
+def _categorical(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices drawn from each row's probabilities ``w (B, K)`` by inverting the CDF at the
+    uniforms ``u (B, M)`` in ``[0, 1)``."""
     cdf = torch.cumsum(w, dim=1)
     cdf[:, -1] = 1.0  # rounding: the last cell ends exactly at 1
-    return torch.searchsorted(cdf, points).clamp(max=k - 1)
+    return torch.searchsorted(cdf, u.contiguous()).clamp(max=w.shape[1] - 1)
+
+
+def _resampling_uniforms(b: int, k: int, method: str, generator: Generator,
+                         device: torch.device) -> torch.Tensor:
+    """The uniforms of one resampling decision for every row, ``(B, K)`` (multinomial) or
+    ``(B, 1)`` (systematic). They are drawn at every stage, for every row, whether or not a row
+    resamples: so each row's stream advances the same way in any batch."""
+    return rand((b, k if method == "multinomial" else 1), generator, dtype=torch.float64,
+                device=device)
+
+
+def _resample_indices(log_w: torch.Tensor, u: torch.Tensor, method: str) -> torch.Tensor:
+    """Ancestor indices ``(R, K)`` from the log-weights ``(R, K)`` of the rows that resample and
+    their uniforms ``u`` (:func:`_resampling_uniforms`)."""
+    k = log_w.shape[1]
+    w = torch.softmax(log_w, dim=1)
+    if method == "multinomial":  # K independent draws per row
+        return _categorical(w, u)
+    # systematic: one uniform per row, K evenly spaced points ([Kitagawa96])
+    return _categorical(w, (u + torch.arange(k, dtype=torch.float64, device=log_w.device)) / k)
 
 
 @torch.no_grad()
@@ -159,14 +184,12 @@ def impute_smc(
     *,
     particles: int,
     steps: int | None = None,
-    eps: float | None = None,
-    generator: torch.Generator | None = None,
+    t_min: float | None = None,
+    generator: Generator = None,
     denoise: bool = True,
-    spacing: str = DEFAULT_SPACING,
-    variance: str = "geometric",
-    resampling: str = "systematic",
-    ess_threshold: float = 0.5,
-    twist_scale: float = DEFAULT_TWIST_SCALE,
+    spacing: str | None = None,
+    progress: bool = False,
+    **options: Any,
 ) -> SMCResult:
     """One draw per row from the model's conditional ``p(x0 | x0[mask] = x_known[mask])``.
 
@@ -184,10 +207,13 @@ def impute_smc(
         particles: ``K >= 1`` particles per row.
         steps: grid intervals (default :data:`DEFAULT_STEPS`); model calls are ``steps`` plus
             one for ``denoise``.
-        eps: end time in ``(0, T)`` (default the SDE's, ``sde.default_eps``).
-        generator: source of all randomness (initial draws, kernels, resampling, final pick).
-        denoise: end with the observed Tweedie step ``x_eps -> x0`` (one more model call).
+        t_min: the end time, in ``(0, T)`` (default the SDE's, ``sde.default_t_min``).
+        generator: source of all randomness (initial draws, kernels, resampling, final pick); an
+            :class:`~sde_gen.noise.IndexedGenerator` gives every row its own streams.
+        denoise: end with the observed Tweedie step ``x_{t_min} -> x0`` (one more model call).
         spacing: grid spacing (:data:`~.grids.SPACINGS`; default log-SNR uniform).
+        progress: show a progress bar over the grid's intervals.
+        **options: :data:`OPTIONS` other than ``particles``:
         variance: the kernel's variance: ``"geometric"`` ``sqrt(beta beta~)`` (default),
             ``"beta"`` or ``"beta_tilde"`` (the posterior's).
         twist_scale: the data scale ``c`` the potentials assume (:func:`potential_coeffs`);
@@ -212,35 +238,29 @@ def impute_smc(
         raise UserInputError("x_known must be a (B, *D) tensor")
     if not x_known.is_floating_point():
         raise UserInputError(f"x_known must be a floating-point tensor, got {x_known.dtype}")
-    k = _check_particles(particles)
+    opts = check_options(OPTIONS, {"particles": particles, **options}, owner="method='smc'")
+    if particles is None:
+        raise UserInputError("method='smc' needs particles (a positive integer per row)")
+    k, variance, resampling = opts["particles"], opts["variance"], opts["resampling"]
     m = _check_mask(mask, x_known)
     x_known = torch.where(m.bool(), x_known, torch.zeros_like(x_known))  # unknown: anything
     if not bool(torch.isfinite(x_known).all()):
         raise UserInputError("x_known has non-finite values at known coordinates")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise UserInputError(f"steps must be a positive integer, got {steps!r}")
-    t_end = check_end_time(sde, sde.default_eps if eps is None else eps)
-    check_spacing(spacing)
-    if variance not in VARIANCES:
-        raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    if resampling not in RESAMPLERS:
-        raise UserInputError(f"unknown resampling {resampling!r}; choose one of "
-                             f"{', '.join(RESAMPLERS)}")
-    if not (isinstance(twist_scale, (int, float)) and twist_scale > 0):
-        raise UserInputError(f"twist_scale must be a positive number (or inf), got {twist_scale!r}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise UserInputError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
-
     device, dtype, b = x_known.device, x_known.dtype, x_known.shape[0]
-    ts = make_grid(sde, DEFAULT_STEPS if steps is None else steps, eps=t_end, spacing=spacing,
-                   device=device)
+    if device.type == "cpu":  # the particle system: about a dozen (B*K, *D) tensors at once
+        check_fits(12 * b * k * x_known[0].numel() * x_known.element_size(),
+                   f"{k} particles for each of {b} rows of shape {tuple(x_known.shape[1:])}",
+                   hint="use fewer particles or rows")
+    ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing,
+                       default_steps=DEFAULT_STEPS, default_spacing=DEFAULT_SPACING,
+                       device=device)
     alpha, sigma = grid_coeffs(sde, ts)
     c_x, c_x0, var_tilde, v = grid_coeffs(sde, ts).posterior()
     # "geometric": sqrt(beta beta~), the log-space midpoint of [Nichol21] Eq. (15); on the tuning
     # Gaussians its conditional is far closer to the data's at few steps than beta's or beta~'s
     kernel_var = {"beta": v, "beta_tilde": var_tilde,
                   "geometric": torch.sqrt(v * var_tilde)}[variance]
-    g_mean, g_var = potential_coeffs(alpha, sigma, float(twist_scale))
+    g_mean, g_var = potential_coeffs(alpha, sigma, float(opts["twist_scale"]))
     counted = CountingModel(model)
 
     # particles of row i are rows i*K .. i*K + K - 1 of one (B*K, *D) batch
@@ -249,8 +269,8 @@ def impute_smc(
     known = mk.bool()
     n = b * k
 
-    def randn() -> torch.Tensor:
-        return torch.randn(y.shape, generator=generator, device=device, dtype=dtype)
+    def noise() -> torch.Tensor:  # (B*K, *D): row i's K particles from row i's stream
+        return randn(y.shape, generator, device=device, dtype=dtype)
 
     def product(mean: torch.Tensor, var: float, j: int):
         """Mean and std of N(mean, var) g_j on every coordinate (used where known)."""
@@ -264,7 +284,7 @@ def impute_smc(
     # x_T ~ p(x_T) g_T(x_T) / Z_T: exact Gaussian product on the known coordinates
     p2 = sde.prior_std**2
     mu_T, sd_T = product(torch.zeros_like(y), p2, 0)
-    x = torch.where(known, mu_T + sd_T * randn(), math.sqrt(p2) * randn())
+    x = torch.where(known, mu_T + sd_T * noise(), math.sqrt(p2) * noise())
     log_z = _log_normal(float(g_mean[0]) * y, torch.zeros_like(y), p2 + float(g_var[0]),
                         mk).reshape(b, k)[:, 0]
     log_w = torch.zeros(b, k, dtype=torch.float64, device=device)
@@ -273,50 +293,55 @@ def impute_smc(
     stages = len(ts) - 1 + int(denoise)
     x_mean = x
 
-    for j in range(stages):
-        t_idx = min(j, len(ts) - 1)
-        a_t, s_t = alpha[t_idx], sigma[t_idx]
-        t = ts[t_idx].to(dtype).expand(n)
-        x0 = eps_to_x0(x, counted(x, t), a_t.to(dtype), s_t.to(dtype))
-        final = j == stages - 1
-        if j < len(ts) - 1:
-            mean = c_x[j].to(dtype) * x + c_x0[j].to(dtype) * x0  # Eq. (7) [Ho20]
-            var = float(kernel_var[j])
-        else:  # denoise: p(x0 | x_eps) = N(x0_hat, (sigma/alpha)^2), DDPM's last step
-            mean, var = x0, float(s_t / a_t) ** 2
-        if final:  # the observation itself: x_s[A] = y
-            log_inc = _log_normal(y, mean, var, mk)
-        else:
-            log_inc = _log_normal(mean, float(g_mean[j + 1]) * y, var + float(g_var[j + 1]),
-                                  mk)  # Z_s(x_t)
-        log_inc = log_inc - log_g(x, t_idx)  # / g_t(x_t)
-        log_w = log_w + log_inc.reshape(b, k)
+    with Progress(len(ts) - 1, desc="impute (smc)", show=progress) as prog:
+        for j in range(stages):
+            t_idx = min(j, len(ts) - 1)
+            a_t, s_t = alpha[t_idx], sigma[t_idx]
+            t = ts[t_idx].to(dtype).expand(n)
+            x0 = eps_to_x0(x, counted(x, t), a_t.to(dtype), s_t.to(dtype))
+            final = j == stages - 1
+            if j < len(ts) - 1:
+                mean = c_x[j].to(dtype) * x + c_x0[j].to(dtype) * x0  # Eq. (7) [Ho20]
+                var = float(kernel_var[j])
+            else:  # denoise: p(x0 | x_{t_min}) = N(x0_hat, (sigma/alpha)^2), DDPM's last step
+                mean, var = x0, float(s_t / a_t) ** 2
+            if final:  # the observation itself: x_s[A] = y
+                log_inc = _log_normal(y, mean, var, mk)
+            else:
+                log_inc = _log_normal(mean, float(g_mean[j + 1]) * y, var + float(g_var[j + 1]),
+                                      mk)  # Z_s(x_t)
+            log_inc = log_inc - log_g(x, t_idx)  # / g_t(x_t)
+            log_w = log_w + log_inc.reshape(b, k)
 
-        ess = _ess(log_w)
-        ess_log.append(ess)
-        redo = ess < ess_threshold * k
-        if bool(redo.any()):
-            rows = redo.nonzero().squeeze(1)
-            log_z[rows] += torch.logsumexp(log_w[rows], 1) - math.log(k)
-            idx = torch.arange(k, device=device).expand(b, k).clone()
-            idx[rows] = _resample_indices(log_w[rows], resampling, generator)
-            flat = (idx + k * torch.arange(b, device=device)[:, None]).reshape(-1)
-            x, mean = x[flat], mean[flat]
-            log_w[rows] = 0.0
-            n_resampled += int(rows.numel())
+            ess = _ess(log_w)
+            ess_log.append(ess)
+            redo = ess < opts["ess_threshold"] * k
+            u = _resampling_uniforms(b, k, resampling, generator, device)
+            if bool(redo.any()):
+                rows = redo.nonzero().squeeze(1)
+                log_z[rows] += torch.logsumexp(log_w[rows], 1) - math.log(k)
+                idx = torch.arange(k, device=device).expand(b, k).clone()
+                idx[rows] = _resample_indices(log_w[rows], u[rows], resampling)
+                flat = (idx + k * torch.arange(b, device=device)[:, None]).reshape(-1)
+                x, mean = x[flat], mean[flat]
+                log_w[rows] = 0.0
+                n_resampled += int(rows.numel())
 
-        noise = 0.0 if (final and denoise) else math.sqrt(var) * randn()
-        if final:
-            x_mean = torch.where(known, y, mean)
-            x = torch.where(known, y, mean + noise)
-        else:
-            mu_p, sd_p = product(mean, var, j + 1)
-            x_mean = torch.where(known, mu_p, mean)
-            x = torch.where(known, mu_p + sd_p * randn(), mean + noise)
+            z = 0.0 if (final and denoise) else math.sqrt(var) * noise()
+            if final:
+                x_mean = torch.where(known, y, mean)
+                x = torch.where(known, y, mean + z)
+            else:
+                mu_p, sd_p = product(mean, var, j + 1)
+                x_mean = torch.where(known, mu_p, mean)
+                x = torch.where(known, mu_p + sd_p * noise(), mean + z)
+            if j < len(ts) - 1:
+                prog.update()
 
     log_z = log_z + torch.logsumexp(log_w, 1) - math.log(k)
     log_w = log_w - torch.logsumexp(log_w, 1, keepdim=True)
-    pick = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(1)
+    u = rand((b, 1), generator, dtype=torch.float64, device=device)
+    pick = _categorical(log_w.exp(), u).squeeze(1)
     rows = pick + k * torch.arange(b, device=device)
     shape = (b, k, *x_known.shape[1:])
     return SMCResult(x=x[rows], x_mean=x_mean[rows], nfe=counted.nfe, ts=ts,

@@ -22,17 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserInputError
 from ..parameterization import EpsModel, eps_to_x0, x0_to_eps
 from ..sde import SDE
-
-
-def check_x0_options(clip_sample: float | None, threshold: float | None) -> None:
-    """One-line errors for a negative clip range or a threshold quantile outside ``(0, 1]``."""
-    if clip_sample is not None and not clip_sample >= 0:
-        raise UserInputError(f"clip_sample must be >= 0 (0: off), got {clip_sample!r}")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise UserInputError(f"threshold must be a quantile in (0, 1], got {threshold!r}")
 
 
 def process_x0(
@@ -63,11 +54,11 @@ def clip_x0_model(
 ) -> EpsModel:
     """``model`` with eps recomputed from the processed x0 (:func:`process_x0`) at the continuous
     ``marginal_coeffs``: clipping for solvers that do not form x0 themselves. ``model`` itself
-    when both options are off.
+    when both options are off. The options are checked by the solver spec
+    (:func:`~.spec.x0_options`).
 
     Shapes: ``x (B, *D)``, ``t (B,)``.
     """
-    check_x0_options(clip_sample, threshold)
     if not clip_sample and not threshold:
         return model
 

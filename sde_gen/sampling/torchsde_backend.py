@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..errors import UserInputError
+from ..noise import Generator, IndexedGenerator, randint
 from ..parameterization import EpsModel, score_fn
 from ..sde import SDE
 from .result import Callback
@@ -67,6 +67,59 @@ class _ReversedSDE(torch.nn.Module):
         return diffusion[:, None].expand_as(y)
 
 
+class _IndexedBrownian(torchsde.BaseBrownian):
+    """The Brownian motion of a batch drawn with an :class:`~sde_gen.noise.IndexedGenerator`:
+    one ``BrownianInterval`` per block of examples, its entropy from that block's stream, so an
+    example's path is the same in any batch."""
+
+    def __init__(self, parts: list[torchsde.BrownianInterval], generator: IndexedGenerator,
+                 shape: tuple[int, ...]) -> None:
+        self._parts, self._generator, self._shape = parts, generator, shape
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self._parts]
+        if isinstance(outs[0], tuple):
+            return tuple(self._generator.take(torch.cat(o)) for o in zip(*outs))
+        return self._generator.take(torch.cat(outs))
+
+    def __repr__(self) -> str:
+        return f"_IndexedBrownian({len(self._parts)} blocks, shape={self._shape})"
+
+    @property
+    def dtype(self):
+        return self._parts[0].dtype
+
+    @property
+    def device(self):
+        return self._parts[0].device
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def levy_area_approximation(self):
+        return self._parts[0].levy_area_approximation
+
+
+def _brownian(u0: torch.Tensor, u1: torch.Tensor, y: torch.Tensor, generator: Generator,
+              levy_area: str) -> torchsde.BaseBrownian:
+    """The Brownian motion over ``[u0, u1]`` of the state ``y (B, D)``, seeded from
+    ``generator`` (per block of examples for an IndexedGenerator)."""
+
+    def interval(size: tuple[int, ...], entropy: int) -> torchsde.BrownianInterval:
+        return torchsde.BrownianInterval(t0=u0, t1=u1, size=size, dtype=y.dtype,
+                                         device=y.device, entropy=entropy,
+                                         levy_area_approximation=levy_area)
+
+    if not isinstance(generator, IndexedGenerator):
+        return interval(tuple(y.shape), int(randint(2**62, (1,), generator, device=y.device)))
+    size = (generator.block, *y.shape[1:])
+    parts = [interval(size, int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)))
+             for g in generator.block_generators]
+    return _IndexedBrownian(parts, generator, tuple(y.shape))
+
+
 @torch.no_grad()
 def sample_torchsde(
     model: EpsModel,
@@ -75,7 +128,7 @@ def sample_torchsde(
     ts: torch.Tensor,
     *,
     method: str = "euler",
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve the reverse SDE with ``torchsde.sdeint``, one ``method`` step per interval of ``ts``.
@@ -88,17 +141,11 @@ def sample_torchsde(
     Returns:
         ``(x, x)`` at ``ts[-1]`` (torchsde exposes no noise-free mean).
     """
-    if method not in METHODS:
-        raise UserInputError(f"unknown torchsde method {method!r}; choose one of {', '.join(METHODS)}")
     shape = tuple(x_T.shape)
     adapter = _ReversedSDE(sde, model, shape, "stratonovich" if method in STRATONOVICH else "ito")
     y = x_T.reshape(shape[0], -1)
     u = (-ts).to(x_T.dtype)  # increasing
-    entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=ts.device))
-    bm = torchsde.BrownianInterval(
-        t0=u[0], t1=u[-1], size=y.shape, dtype=y.dtype, device=y.device, entropy=entropy,
-        levy_area_approximation=LEVY_AREA.get(method, "none"),
-    )
+    bm = _brownian(u[0], u[-1], y, generator, LEVY_AREA.get(method, "none"))
     # Each dt a hair above its interval (16 ulps of the state dtype), so that torchsde's
     # min(u + dt, u_end) is the interval's end: one step, no tiny extra one from rounding.
     dts = ((u[1:] - u[:-1]) * (1 + 16 * torch.finfo(x_T.dtype).eps)).tolist()

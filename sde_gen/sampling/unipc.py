@@ -38,21 +38,25 @@ Refs: [Zhao23] (arXiv 2302.04867) Alg. 1-2, Thm. 3.2, App. (data prediction, B(h
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
+from ..chain import grid_coeffs
 from ..errors import UserInputError
+from ..noise import Generator
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .grids import grid_coeffs
 from .result import Callback
+from .spec import Option, SolverSpec, x0_options
+
+__all__ = ["FEW_STEPS", "SPEC", "VARIANTS", "sample_unipc"]
 
 #: The B(h) choices of [Zhao23]: ``bh1`` B(h) = h, ``bh2`` B(h) = e^h - 1.
 VARIANTS = ("bh1", "bh2")
 #: ``lower_order_final`` lowers the order of the last steps on grids of fewer intervals than
-#: this, per predictor order (order 1 has nothing to lower). Measured on the exact-score mixtures:
-#: see :func:`sample_unipc`.
+#: this, per predictor order (order 1 has nothing to lower); chosen on the exact-score tuning
+#: mixtures (benchmarks/results/fast_samplers.md).
 FEW_STEPS = {2: 10, 3: 6}
 _SERIES_TERMS = 25  # phi_n(-h) by its Taylor series below h = 1: the last term is < 1/25! = 6e-26
 
@@ -158,16 +162,14 @@ def sample_unipc(
     variant: str = "bh2",
     unic: bool = True,
     lower_order_final: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """UniPC-p (UniP-p with UniC-p) from ``ts[0]`` to ``ts[-1]``, one model call per interval.
 
     Args:
-        order: predictor order 1, 2 or 3 (default 2: at 10 NFE 2-3x more accurate than 3 on the tuning mixtures, level at 20); the first steps warm up with lower orders.
-            With ``unic`` each corrected step gains one order ([Zhao23] Thm. 3.2): measured on
-            the exact-score mixture, error ratios per doubling of the steps ~3.7, ~8 and ~16
-            for orders 1, 2, 3 (tests/test_unipc.py).
+        order: predictor order 1, 2 or 3 (default 2); the first steps warm up with lower
+            orders. With ``unic`` each corrected step gains one order ([Zhao23] Thm. 3.2).
         variant: ``B(h)``: ``bh2`` (default, ``e^h - 1``) or ``bh1`` (``h``). It only matters
             where ``a_1 = 1/2`` is taken (UniP-2, UniC-1): elsewhere ``B(h) a`` is fixed by the
             order conditions, so order 3 differs between the two only on its warm-up steps.
@@ -175,15 +177,9 @@ def sample_unipc(
             the predicted point; ``False`` leaves the bare UniP predictor.
         lower_order_final: with fewer intervals than :data:`FEW_STEPS` (6 for order 3, 10 for
             order 2), drop to first order on the last step and to second on the one before it.
-            Measured on the exact-score mixtures of tests/test_sampler_convergence.py (2-D and
-            8-D x VP / sub-VP / VE, log-SNR grids), endpoint error without / with it, geometric
-            mean over the 6: order 3 bh2: 4 intervals 1.81, 5: 1.40, 6: 0.77, 7: 0.68, 8: 0.69,
-            9: 0.79; order 2 bh2: 1.06, 1.16, 1.11, 1.05, 1.02, 1.01 at 4-9 and 1.01 at 10-12
-            (bh1: 2.47 at 4 down to 1.04 at 9). The rule counts intervals only: on grids that
-            end with one long log-SNR step (uniform-in-t VP grids, diffusers' timesteps) order
-            3 on that step is poor at any step count (VP uniform, 19 steps: endpoint error 1.1
-            against 0.064 with the last two steps lowered; DPM-Solver++(3M): 0.65); use the
-            default log-SNR grid there.
+            The rule counts intervals only: on grids that end with one long log-SNR step
+            (uniform-in-t VP grids, diffusers' timesteps) order 3 on that step is poor at any
+            step count; use the default grid there.
         generator: unused (deterministic solver).
         callback: ``callback(k, x, x)`` with the state at ``ts[k + 1]``, the corrected one
             where UniC applies (so it comes after the next model call; the last is the result).
@@ -191,28 +187,13 @@ def sample_unipc(
     Returns:
         ``(x, x)`` at ``ts[-1]``.
 
-    Raises:
-        UserInputError: an order outside 1-3, an unknown variant, or a grid time with an
-            infinite log-SNR (``sigma = 0``).
-
     Shapes: ``x_T: (B, *D)``.
 
     Refs: [Zhao23] Alg. 1-2 and App. (data prediction); [Lu22pp] Eq. 8.
     """
-    if order not in (1, 2, 3):
-        raise UserInputError(f"UniPC order must be 1, 2 or 3, got {order}")
-    if variant not in VARIANTS:
-        raise UserInputError(f"unknown UniPC variant {variant!r}; choose one of "
-                             f"{', '.join(VARIANTS)}")
-    if ts.ndim != 1 or len(ts) < 2:
-        raise UserInputError(f"ts must be a 1-D grid of at least 2 times, got shape "
-                             f"{tuple(ts.shape)}")
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
     lam = coeffs.log_snr
-    if not torch.isfinite(lam).all():  # sigma = 0 (VP at t = 0): h = inf, no finite step
-        raise UserInputError("UniPC needs a finite log-SNR at every grid time (sigma > 0); "
-                             "end the grid above t = 0")
     n_steps = len(ts) - 1
     orders = _step_orders(n_steps, order, lower_order_final=lower_order_final)
     steps = _unipc_coeffs(lam, alpha64, sigma64, orders, variant=variant)
@@ -249,3 +230,28 @@ def sample_unipc(
     if callback is not None:
         callback(n_steps - 1, x, x)
     return x, x
+
+
+def _check(model: Any, sde: SDE, ts: torch.Tensor, options: Mapping[str, Any]) -> None:
+    """UniPC steps in log-SNR: every grid time needs ``sigma > 0`` (a finite log-SNR)."""
+    if not torch.isfinite(grid_coeffs(sde, ts).log_snr).all():
+        raise UserInputError("UniPC needs a finite log-SNR at every grid time (sigma > 0); "
+                             "end the grid above t = 0")
+
+
+SPEC = SolverSpec(
+    sample_unipc, "UniPC multistep predictor–corrector (UniP + UniC) in log-SNR time",
+    options=(
+        Option("order", int, 2, "multistep order of the predictor (UniC adds one)",
+               choices=(1, 2, 3)),
+        Option("variant", str, "bh2", "B(h): bh1 (h) or bh2 (e^h - 1)",
+               choices=VARIANTS, noun="UniPC variant"),
+        Option("unic", bool, True, "UniC corrector on every step but the last (no extra "
+               "model call)"),
+        Option("lower_order_final", bool, True, "with fewer than 6 intervals (order 3) or "
+               "10 (order 2), lower the order on the last two steps"),
+        *x0_options(),
+    ),
+    steps=19, spacing=None, x0_by_model=True, check=_check,
+    order=lambda o: o["order"] + int(o["unic"]),  # [Zhao23] Thm. 3.2
+)
