@@ -3,6 +3,7 @@
 from . import guidance
 from .analytic import GaussianMixture
 from .losses import dsm_loss
+from .noise import IndexedGenerator
 from .parameterization import ScoreModel, denoise_fn, score_fn
 from .sampling import SampleResult, colorize, impute, sample
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE",
     "GaussianMixture",
+    "IndexedGenerator",
     "ReverseSDE",
     "SampleResult",
     "ScoreModel",
