@@ -172,21 +172,53 @@ def check_resume_config(cfg: Config, saved: Mapping[str, Any], workdir: str | os
         f"{', '.join(RESUMABLE_KEYS)}; use a new --workdir")
 
 
-def latest_readable_checkpoint(workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+def latest_readable_checkpoint(
+    workdir: str | os.PathLike, *, set_aside: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint in ``workdir`` and its path, loaded onto the CPU, or
-    ``None``; unreadable ones (torn writes) are reported on stderr, renamed ``*.corrupt`` (never
-    picked or pruned again) and skipped.
+    ``None`` for a run with no checkpoint yet.
+
+    With ``set_aside`` (the process that writes the run), unreadable checkpoints newer than it
+    (torn writes) are reported on stderr and renamed ``*.corrupt`` (never picked or pruned
+    again). Nothing is renamed or
+    reported when no checkpoint is readable: that is an error, not a fresh start.
 
     Loaded onto the CPU because ``torch.Generator.set_state`` takes a CPU ByteTensor, also for a
     CUDA generator; ``load_state_dict`` moves weights and optimizer state to their device.
+
+    Raises:
+        CheckpointError: the run has checkpoints (or ones set aside as ``*.corrupt`` earlier) but
+            none is readable; one line naming them. Nothing in ``workdir`` is changed.
     """
+    unreadable: list[tuple[Path, CheckpointError]] = []
     for path in reversed(list_checkpoints(workdir)):
         try:
-            return path, load_checkpoint(path, map_location="cpu")
+            state = load_checkpoint(path, map_location="cpu")
         except CheckpointError as e:
+            unreadable.append((path, e))
+            continue
+        for bad, e in unreadable if set_aside else ():
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
-            path.replace(path.with_name(path.name + ".corrupt"))
+            bad.replace(bad.with_name(bad.name + ".corrupt"))
+        return path, state
+    corrupt = sorted((Path(workdir) / CKPT_DIR).glob("ckpt_*.pt.corrupt"))
+    if unreadable:
+        newest = unreadable[0][1]
+        raise CheckpointError(
+            f"cannot resume {workdir}: no checkpoint of the run is readable "
+            f"({_names([p for p, _ in unreadable] + corrupt)}; newest: {newest}); nothing was "
+            "changed: restore a checkpoint, or use a new --workdir to start again")
+    if corrupt:
+        raise CheckpointError(
+            f"cannot resume {workdir}: its only checkpoints were set aside as unreadable "
+            f"({_names(corrupt)}); nothing was changed: restore a checkpoint, or use a new "
+            "--workdir to start again")
     return None
+
+
+def _names(paths: list[Path], limit: int = 4) -> str:
+    more = f", ... ({len(paths)} in all)" if len(paths) > limit else ""
+    return ", ".join(p.name for p in paths[:limit]) + more
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -221,15 +221,16 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # Checked before anything is built, written or trained (rank 0 alone sets torn ones aside).
+    found = latest_readable_checkpoint(workdir, set_aside=di.is_main)
+    if found is not None:
+        check_run_state(found[1], found[0], resume=True)
+        check_resume_config(cfg, found[1]["config"], workdir)
     if di.is_main:  # under the run lock: no write of this run is in progress
         stale = remove_stale_temps(workdir)
         if stale:
             print(f"note: removed {len(stale)} temporary file(s) left by an interrupted write "
                   f"in {workdir}", file=sys.stderr)
-    found = latest_readable_checkpoint(workdir)
-    if found is not None:  # checked before anything is built, written or trained
-        check_run_state(found[1], found[0], resume=True)
-        check_resume_config(cfg, found[1]["config"], workdir)
     run = _Trainer(cfg, workdir, di)
     run.resume(found)
     tc = cfg.train
