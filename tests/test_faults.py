@@ -123,6 +123,21 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert res.exit_code == 2 and "cannot read checkpoint" in res.output
 
 
+@pytest.mark.parametrize("content, message", [
+    (b'{"step": 5, "loss": 0.1}\n', "it is not a checkpoint (not a file written by torch.save)"),
+    (pickle.dumps({"model": {"w": object()}}), "it holds pickled Python objects other than"),
+    (b"", "the file is empty"),
+], ids=["text", "pickle", "empty"])
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, content, message):
+    # Regression (issue 30.19): '--ckpt metrics.jsonl' printed torch's advice to load it with
+    # weights_only=False.
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_bytes(content)
+    line = one_error_line(CliRunner().invoke(app, ["sample", "--ckpt", str(bad)]))
+    assert f"cannot read checkpoint {bad}: {message}" in line
+    assert "weights_only" not in line
+
+
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     real = train_mod.dsm_loss
     calls = {"n": 0}

@@ -159,7 +159,8 @@ def test_malformed_jpeg_npz_is_one_line_error_naming_file_and_field(
 
 @pytest.mark.parametrize("content, message", [
     (b"PK\x03\x04 torn zip", "cannot read"),
-    (b"not a zip at all", "cannot read"),
+    (b"not a zip at all", "is not an .npz archive: it is not a zip"),  # was "pickled data"
+    (b"", "is not an .npz archive: the file is empty"),
     (None, "single .npy array"),
 ])
 def test_unreadable_npz_is_one_line_error(tmp_path: Path, content, message: str) -> None:

@@ -9,9 +9,11 @@ that a training checkpoint holds every entry that sampling or resuming reads.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -102,13 +104,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with path.open("rb") as f:
+            magic = f.read(4)
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for torn or hostile files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(e, magic)}"
+                              ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an sde-gen checkpoint")
     return state
+
+
+#: The first bytes of what ``torch.save`` writes: a zip archive, or (before torch 1.6) a pickle.
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _read_failure(e: BaseException, magic: bytes) -> str:
+    """Why ``torch.load`` failed, in words a user can act on, for a file starting ``magic``."""
+    if not magic:
+        return "the file is empty"
+    if not magic.startswith(TORCH_MAGIC):
+        return ("it is not a checkpoint (not a file written by torch.save); --ckpt takes a "
+                "checkpoint (.pt), an export (.safetensors), a run directory or a diffusers "
+                "pipeline folder")
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        return ("it holds pickled Python objects other than tensors, which are not loaded "
+                "(loading them could run code)")
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__) + " (a torn write?)"
 
 
 #: What :func:`check_run_state` requires: entries of every training checkpoint (and export),
@@ -228,8 +253,20 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         return p
     ckpts = list_checkpoints(p)
     if not ckpts:
-        raise CheckpointError(f"no checkpoint in {p}")
+        raise CheckpointError(f"no checkpoint in {p}: {_what_else(p)}")
     return ckpts[-1]
+
+
+def _what_else(p: Path) -> str:
+    """What the folder ``p`` (with no checkpoint) is, and what ``--ckpt`` takes instead."""
+    if not p.exists():
+        return "it does not exist"
+    if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file():
+        return ("it looks like a diffusers model folder, but sde-gen loads a diffusers pipeline "
+                "folder with model_index.json, unet/ and scheduler/ (as save_pretrained writes "
+                "it) or a UNet2DModel folder with config.json and scheduler_config.json")
+    return ("--ckpt takes a checkpoint (.pt), an export (.safetensors), a run directory (with "
+            "checkpoints/) or a diffusers pipeline folder")
 
 
 DEFAULT_RUNS = Path("runs")

@@ -29,6 +29,14 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserInputError(f"--out must end in .safetensors, got {out}")
+    if ckpt is not None and Path(ckpt).is_dir():
+        from ..interop.diffusers import is_diffusers_folder
+
+        if is_diffusers_folder(ckpt):
+            raise UserInputError(
+                f"{ckpt} is a diffusers pipeline folder, not an sde-gen run: export writes an "
+                "sde-gen run's EMA weights as .safetensors; a diffusers folder is used as it is "
+                "(--ckpt FOLDER in sample, likelihood and eval)")
     path = find_checkpoint(latest_run() if ckpt is None else ckpt)
     if _same_file(path, out):
         raise UserInputError(f"--out {out} is the input file {path}; choose another output path")

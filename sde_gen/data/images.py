@@ -210,6 +210,11 @@ def _read_npz(path: Path, names: tuple[str, ...]) -> tuple[set[str], dict[str, n
     """The archive's keys and those of its arrays named in ``names``; one-line errors for files
     that are not an ``.npz`` of plain arrays (torn zip, a pickle, object arrays)."""
     try:
+        with path.open("rb") as raw:
+            magic = raw.read(6)
+        if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":  # a zip (.npz) or an .npy
+            what = "the file is empty" if not magic else "it is not a zip of NumPy arrays"
+            raise UserInputError(f"{path} is not an .npz archive: {what} (np.savez writes one)")
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise UserInputError(f"{path} is a single .npy array, not an .npz archive")
