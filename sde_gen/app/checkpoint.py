@@ -1,7 +1,7 @@
 """Atomic checkpoint files in a run directory, safe loading, and resume discovery.
 
-A checkpoint is written to a temporary file, fsync'ed and renamed, so a crash or a full disk
-leaves either the old or the new file, never a torn one. Loading uses
+A checkpoint is written to a temporary file, fsync'ed and renamed (:mod:`.atomic`), so a crash
+or a full disk leaves either the old or the new file, never a torn one. Loading uses
 ``torch.load(weights_only=True)``, which refuses pickled code; :func:`check_run_state` then checks
 that a training checkpoint holds every entry that sampling or resuming reads.
 """
@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from .atomic import write_atomic
 from .config import RESUMABLE_KEYS, Config, to_dict
 
 CKPT_DIR = "checkpoints"
@@ -46,37 +46,27 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             file is removed and a previous file at ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: _save(state, tmp))
     except (OSError, RuntimeError) as e:  # torch's writer reports a short write as RuntimeError
-        _remove(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(e)}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}; earlier "
+                              "checkpoints are unchanged") from None
     return path
 
 
-def _remove(tmp: str | None) -> None:
-    if tmp is not None:
-        Path(tmp).unlink(missing_ok=True)
+def _save(state: dict[str, Any], tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
-def _write_failure(e: BaseException) -> str:
-    """A one-line reason for a failed write."""
+def write_failure(e: BaseException) -> str:
+    """A one-line reason for a failed write (``OSError``, or a writer's ``RuntimeError``)."""
     if isinstance(e, OSError) and e.errno is not None:  # e.g. ENOSPC: No space left on device
-        reason = f"{e.strerror or os.strerror(e.errno)} (errno {e.errno})"
-    else:  # torch's writer: "[enforce fail at inline_container.cc:...] . unexpected pos ..."
-        text = str(e).strip()
-        reason = (text.splitlines()[0][:200] if text else type(e).__name__) + " (disk full?)"
-    return reason + "; earlier checkpoints are unchanged"
+        return f"{e.strerror or os.strerror(e.errno)} (errno {e.errno})"
+    # torch's writer: "[enforce fail at inline_container.cc:...] . unexpected pos ..."
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__) + " (disk full?)"
 
 
 def remove_stale_temps(workdir: str | os.PathLike) -> list[Path]:

@@ -27,6 +27,7 @@ from ..data.images import is_grey
 from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..scaling import model_to_uint8, uint8_to_model
+from .atomic import new_file_mode
 from .factory import is_image
 from .runs import LoadedRun
 
@@ -165,6 +166,7 @@ def write_png(pixels: torch.Tensor, out: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="png")
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 -> the umask's mode, as any new file
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
