@@ -149,6 +149,23 @@ def test_written_files_follow_the_umask(run_dir, tmp_path, monkeypatch, umask_00
     assert mode(sq.classifier_cache_path(data, 1)) == umask_002
 
 
+@pytest.mark.parametrize("files", [
+    ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"],
+    ["unet/config.json"],
+    ["config.json", "diffusion_pytorch_model.safetensors"],
+], ids=["pipeline", "unet subfolder", "unet folder"])
+def test_train_refuses_a_diffusers_folder_as_workdir(tmp_path, files):
+    # Regression (issue 30.17): 'train --workdir PIPELINE' wrote a 2-D run into the pipeline's
+    # folder (exit 0), and 'export' of the folder then exported that stray run.
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    line = one_error_line(_cli_train(tmp_path, "train.steps=2"))
+    assert f"--workdir {tmp_path} holds a diffusers model ({files[0]})" in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no .lock
+
+
 # ---------------------------------------------------------------------- incomplete checkpoints
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("ema"), "it has no 'ema' entry"),

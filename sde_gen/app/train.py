@@ -208,12 +208,35 @@ def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device
     os.replace(tmp, path)
 
 
+#: Files that make a folder a diffusers model (a pipeline, or a UNet with its weights).
+DIFFUSERS_MARKERS = ("model_index.json", "unet/config.json",
+                     "config.json+diffusion_pytorch_model.safetensors",
+                     "config.json+diffusion_pytorch_model.bin")
+
+
+def check_workdir(workdir: str | os.PathLike) -> None:
+    """Refuse a run directory that holds a diffusers model (:data:`DIFFUSERS_MARKERS`): a run
+    written into it would mix with the pipeline's files.
+
+    Raises:
+        UserInputError: naming the folder and the file that marks it.
+    """
+    workdir = Path(workdir)
+    for marker in DIFFUSERS_MARKERS:
+        if all((workdir / part).is_file() for part in marker.split("+")):
+            raise UserInputError(
+                f"--workdir {workdir} holds a diffusers model ({marker.split('+')[0]}); a run "
+                "written there would mix with its files: use a new --workdir (the diffusers "
+                "folder itself is used with --ckpt)")
+
+
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir`` (see :func:`_train`); under ``torchrun`` with
     several processes it joins the process group and trains with DDP (:mod:`.distributed`).
 
     The process that writes the run (rank 0) holds ``workdir``'s run lock (:mod:`.run_lock`)
     throughout, so a second ``train`` on the same directory fails at once."""
+    check_workdir(workdir)  # before the lock file is created in it
     di = distributed.setup(resolve_device(cfg.train.device))
     try:
         with ExitStack() as held:  # rank 0 holds the lock; a failure to take it stops every rank
