@@ -140,6 +140,8 @@ def test_written_files_follow_the_umask(run_dir, tmp_path, monkeypatch, umask_00
 
     train(load_config(None, FAST + ["train.steps=5"]), tmp_path / "run", progress=False)
     assert {mode(p) for p in list_checkpoints(tmp_path / "run")} == {umask_002}
+    for name in (".lock", "config.yaml", "metrics.jsonl"):
+        assert mode(tmp_path / "run" / name) == umask_002, name
     assert mode(export_safetensors(tmp_path / "run", tmp_path / "m.safetensors")) == umask_002
     assert mode(write_png(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "x.png")) == \
         umask_002
