@@ -99,6 +99,75 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     assert res.exit_code == 0 and "step 10: loss" in res.output, res.output
 
 
+def test_full_disk_during_export_is_one_line_and_leaves_no_file(run_dir, tmp_path, monkeypatch):
+    # Regression (issue 30.12): 'export' on a full disk ended in a SafetensorError traceback.
+    import sde_gen.app.export as export_mod
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(export_mod, "save_file", full)
+    out = tmp_path / "out" / "model.safetensors"
+    line = one_error_line(CliRunner().invoke(app, ["export", "--ckpt", str(run_dir), "--out",
+                                                   str(out)]))
+    assert line == f"error: cannot write {out}: No space left on device (errno 28); nothing " \
+                   "was written"
+    assert list(out.parent.iterdir()) == []  # no partial file, no temp file
+
+
+@pytest.fixture
+def umask_002():
+    import os
+
+    old = os.umask(0o002)
+    yield 0o664
+    os.umask(old)
+
+
+def test_written_files_follow_the_umask(run_dir, tmp_path, monkeypatch, umask_002):
+    # Regression (issue 30.16): checkpoints, exports, inpaint/colorize PNGs and the classifier
+    # cache were written 0600 (tempfile.mkstemp's mode), sample PNGs 0644.
+    import sde_gen.app.sample_quality as sq
+    from sde_gen.app.editing import write_png
+    from sde_gen.app.export import export_safetensors
+    from sde_gen.data.images import ImageData
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    train(load_config(None, FAST + ["train.steps=5"]), tmp_path / "run", progress=False)
+    assert {mode(p) for p in list_checkpoints(tmp_path / "run")} == {umask_002}
+    for name in (".lock", "config.yaml", "metrics.jsonl"):
+        assert mode(tmp_path / "run" / name) == umask_002, name
+    assert mode(export_safetensors(tmp_path / "run", tmp_path / "m.safetensors")) == umask_002
+    assert mode(write_png(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "x.png")) == \
+        umask_002
+    monkeypatch.setattr(sq, "CACHE", tmp_path / "cache")
+    data = ImageData(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8) % 2, 2, "toy")
+    sq.load_or_train_classifier(data, steps=1)
+    assert mode(sq.classifier_cache_path(data, 1)) == umask_002
+
+
+@pytest.mark.parametrize("files", [
+    ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"],
+    ["unet/config.json"],
+    ["config.json", "diffusion_pytorch_model.safetensors"],
+], ids=["pipeline", "unet subfolder", "unet folder"])
+def test_train_refuses_a_diffusers_folder_as_workdir(tmp_path, files):
+    # Regression (issue 30.17): 'train --workdir PIPELINE' wrote a 2-D run into the pipeline's
+    # folder (exit 0), and 'export' of the folder then exported that stray run.
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    line = one_error_line(_cli_train(tmp_path, "train.steps=2"))
+    assert f"--workdir {tmp_path} holds a diffusers model ({files[0]})" in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no .lock
+
+
 # ---------------------------------------------------------------------- incomplete checkpoints
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("ema"), "it has no 'ema' entry"),

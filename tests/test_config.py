@@ -60,6 +60,30 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("text, key, line, first", [
+    ("sde: {name: vp}\ntrain: {steps: 5}\nsde: {name: ve}\n", "sde", 3, 1),
+    ("train:\n  steps: 5\n  lr: 1e-3\n  steps: 7\n", "steps", 4, 2),
+    ("sde: {name: vp, name: ve}\n", "name", 1, 1),
+])
+def test_duplicate_yaml_keys_are_rejected(tmp_path, text, key, line, first):
+    # Regression (issue 30.18): PyYAML kept the last value, so the second 'sde' trained VE.
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == (f"{f} is not valid YAML: duplicate key {key!r} on line {line} "
+                            f"(first on line {first})")
+
+
+def test_yaml_merge_keys_and_repeated_values_are_not_duplicates(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {<<: {steps: 5, lr: 1e-3}, steps: 6}\n")  # a key beats a merged one
+    cfg = load_config(f)
+    assert cfg.train.steps == 6 and cfg.train.lr == 1e-3
+    f.write_text("data: {name: npz, path: a.npz}\ntrain: {steps: 5, seed: 5}\n")
+    assert load_config(f).train.seed == 5
+
+
 def test_config_is_frozen_and_yaml_roundtrips(tmp_path):
     cfg = load_config(None, ["train.steps=7"])
     with pytest.raises(Exception):

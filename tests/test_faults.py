@@ -19,6 +19,8 @@ from sde_gen.app.config import load_config
 from sde_gen.app.runs import load_run
 from sde_gen.app.train import NonFiniteLossError, train
 
+from helpers import one_error_line
+
 ROOT = Path(__file__).resolve().parents[1]
 # These tests resume with a different train.steps than the interrupted run; a cosine LR schedule
 # depends on train.steps, so they use a constant one (test_train.py covers cosine resumes).
@@ -75,6 +77,35 @@ def test_truncated_latest_checkpoint_falls_back(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "checkpoints" / "ckpt_000000020.pt")["step"] == 20
 
 
+def _snapshot(workdir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime (the run lock's mtime changes with each lock taken)."""
+    return {str(p.relative_to(workdir)): (p.read_bytes(),
+                                          p.name != ".lock" and p.stat().st_mtime_ns)
+            for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("spoil", ["torn", "set aside"])
+def test_no_readable_checkpoint_is_an_error_that_changes_nothing(tmp_path, spoil):
+    # Regression (issue 30.3): with every checkpoint unreadable, 'train' printed "falling back"
+    # for each, started again from step 0, cut metrics.jsonl to nothing and exited 0.
+    sets = _sets(FAST + ["train.steps=20", "train.ckpt_every=10", "train.keep=3"])
+    res = CliRunner().invoke(app, ["train", "--no-progress", "--workdir", str(tmp_path), *sets])
+    assert res.exit_code == 0, res.output
+    ckpts = list_checkpoints(tmp_path)
+    assert [p.name for p in ckpts] == ["ckpt_000000010.pt", "ckpt_000000020.pt"]
+    for p in ckpts:
+        p.write_bytes(p.read_bytes()[:1000])  # torn
+        if spoil == "set aside":  # as the earlier code left them
+            p.rename(p.with_name(p.name + ".corrupt"))
+    before = _snapshot(tmp_path)
+    res = CliRunner().invoke(app, ["train", "--no-progress", "--workdir", str(tmp_path), *sets])
+    line = one_error_line(res)
+    assert f"cannot resume {tmp_path}" in line and "nothing was changed" in line
+    assert "ckpt_000000010.pt" in line and "ckpt_000000020.pt" in line
+    assert "falling back" not in res.output
+    assert _snapshot(tmp_path) == before  # metrics.jsonl and the checkpoints untouched
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/sde_gen_pwned",))
@@ -90,6 +121,21 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not Path("/tmp/sde_gen_pwned").exists()
     res = CliRunner().invoke(app, ["sample", "--ckpt", str(bad)])
     assert res.exit_code == 2 and "cannot read checkpoint" in res.output
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"step": 5, "loss": 0.1}\n', "it is not a checkpoint (not a file written by torch.save)"),
+    (pickle.dumps({"model": {"w": object()}}), "it holds pickled Python objects other than"),
+    (b"", "the file is empty"),
+], ids=["text", "pickle", "empty"])
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, content, message):
+    # Regression (issue 30.19): '--ckpt metrics.jsonl' printed torch's advice to load it with
+    # weights_only=False.
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_bytes(content)
+    line = one_error_line(CliRunner().invoke(app, ["sample", "--ckpt", str(bad)]))
+    assert f"cannot read checkpoint {bad}: {message}" in line
+    assert "weights_only" not in line
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):

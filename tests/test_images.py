@@ -22,9 +22,12 @@ from sde_gen.data.images import (
     ImageDataset,
     load_images,
     make_loader,
+    pixels_8bit,
 )
 from sde_gen.errors import UserInputError
 from sde_gen.scaling import uint8_to_model
+
+from helpers import user_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -156,7 +159,8 @@ def test_malformed_jpeg_npz_is_one_line_error_naming_file_and_field(
 
 @pytest.mark.parametrize("content, message", [
     (b"PK\x03\x04 torn zip", "cannot read"),
-    (b"not a zip at all", "cannot read"),
+    (b"not a zip at all", "is not an .npz archive: it is not a zip"),  # was "pickled data"
+    (b"", "is not an .npz archive: the file is empty"),
     (None, "single .npy array"),
 ])
 def test_unreadable_npz_is_one_line_error(tmp_path: Path, content, message: str) -> None:
@@ -216,6 +220,68 @@ def test_folder_unlabelled_and_unequal_sizes(tmp_path: Path) -> None:
     Image.new("RGB", (7, 6), (0, 0, 0)).save(tmp_path / "c.png")
     with pytest.raises(ValueError, match="equal sizes"):
         load_images("folder", path=tmp_path)
+
+
+def _png16(path: Path, a: np.ndarray) -> Path:
+    """Write ``a`` (uint16, ``(H, W)`` grey or ``(H, W, 3)`` RGB) as a 16-bit PNG by hand (PIL
+    cannot write 16-bit colour)."""
+    import struct
+    import zlib
+
+    h, w = a.shape[:2]
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 0 if a.ndim == 2 else 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+                     chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16bit_png_folder_keeps_the_high_byte(tmp_path: Path) -> None:
+    """Issue 30.1: PIL's own conversion of mode I;16 made every non-zero pixel 255."""
+    rng = np.random.default_rng(4)
+    v = rng.integers(0, 256, size=(2, 6, 5), dtype=np.uint16)
+    low = rng.integers(0, 256, size=v.shape, dtype=np.uint16)
+    grey, rgb = tmp_path / "grey", tmp_path / "rgb"
+    grey.mkdir(), rgb.mkdir()
+    Image.fromarray(v[0] * 257).save(grey / "a.png")  # an 8-bit picture widened: v * 257
+    _png16(grey / "b.png", v[1] * 256 + low[1])  # any low byte
+    assert Image.open(grey / "a.png").mode == "I;16"
+    for i in range(2):
+        _png16(rgb / f"{i}.png", np.stack([v[i] * 256 + low[i]] * 3, -1))
+    one = load_images("folder", path=grey, channels=1)
+    assert np.array_equal(one.x[:, 0].numpy(), v.astype(np.uint8))
+    three = load_images("folder", path=grey)
+    assert np.array_equal(three.x.numpy(), np.repeat(v[:, None], 3, 1).astype(np.uint8))
+    # The same picture as 16-bit colour (decoded by Pillow itself) gives the same pixels.
+    assert torch.equal(load_images("folder", path=rgb).x, three.x)
+
+
+def test_32bit_images_are_refused_naming_the_mode() -> None:
+    img = Image.fromarray(np.zeros((4, 4), np.float32))
+    assert "has the image mode F (32-bit samples)" in user_error(
+        lambda: pixels_8bit(img, "pic.tif"))
+
+
+def test_grey_palette_is_greyscale_and_colour_palette_rgb(tmp_path: Path) -> None:
+    """Issue 30.19: a palette PNG of greys only is a greyscale picture, not RGB."""
+    from sde_gen.app.editing import read_png
+
+    rng = np.random.default_rng(5)
+    levels = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
+    Image.fromarray(levels).convert("P").save(tmp_path / "grey.png")
+    colour = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    Image.fromarray(colour).quantize(16).save(tmp_path / "colour.png")
+    assert Image.open(tmp_path / "grey.png").mode == "P"
+    a = read_png(tmp_path / "grey.png")
+    assert a.shape == (1, 6, 5) and np.array_equal(a[0], levels)
+    assert read_png(tmp_path / "colour.png").shape == (3, 6, 5)
+    with Image.open(tmp_path / "grey.png") as img:
+        assert np.array_equal(pixels_8bit(img, "grey.png"), levels)
 
 
 @pytest.mark.parametrize("name, kwargs", [

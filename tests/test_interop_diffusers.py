@@ -188,8 +188,11 @@ def test_unet_folder_with_scheduler_config(tmp_path):
     model, sde = load_diffusers(tmp_path / "unet", scheduler=tmp_path / "sched")
     assert sde.N == N_TRAIN and "clip_sample" not in model.sampler_defaults
     assert model.image_shape == (1, 8, 8) and model.num_classes is None
-    with pytest.raises(UserInputError, match="without a scheduler config"):
+    with pytest.raises(UserInputError, match="without a scheduler config") as e:
         load_diffusers(tmp_path / "unet")
+    # Regression (issue 30.19): it suggested a scheduler= flag that the CLI does not have.
+    assert "scheduler=" not in one_line(e) and "copy the pipeline's scheduler_config.json" in str(
+        e.value)
 
 
 def one_line(excinfo) -> str:
@@ -377,3 +380,102 @@ def test_unknown_shape_needs_data(tmp_path):
                                    "--out", str(tmp_path / "s.png")])
     assert res.exit_code == 0, res.output  # sampling needs no data
     assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 12, 12)
+
+
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def _edit_json(rel: str, **changes):
+    def edit(folder):
+        config = json.loads((folder / rel).read_text())
+        config.update(changes)
+        (folder / rel).write_text(json.dumps(config))
+    return edit
+
+
+def _cut(fraction: float):
+    def cut(folder):
+        data = (folder / WEIGHTS).read_bytes()
+        (folder / WEIGHTS).write_bytes(data[:int(len(data) * fraction)])
+    return cut
+
+
+SCHEDULER = "scheduler/scheduler_config.json"
+CORRUPT_FOLDERS = {
+    "no weights": (lambda f: (f / WEIGHTS).unlink(), "has no UNet weights"),
+    "truncated header": (_cut(0.001), "cannot read the UNet weights"),
+    "truncated data": (_cut(0.9), "cannot read the UNet weights"),
+    "garbage weights": (lambda f: (f / WEIGHTS).write_bytes(b"garbage" * 50),
+                        "cannot read the UNet weights"),
+    "config wider than weights": (_edit_json("unet/config.json", block_out_channels=[16, 32]),
+                                  "do not fit"),
+    "config with more layers": (_edit_json("unet/config.json", layers_per_block=2),
+                                "do not fit"),
+    "config with attention": (_edit_json("unet/config.json", down_block_types=[
+        "DownBlock2D", "AttnDownBlock2D"]), "do not fit"),
+    "malformed unet config": (_edit_json("unet/config.json", block_out_channels="x"),
+                              "cannot load the UNet in"),
+    "negative timesteps": (_edit_json(SCHEDULER, num_train_timesteps=-5),
+                           "num_train_timesteps must be a positive integer, got -5"),
+    "text timesteps": (_edit_json(SCHEDULER, num_train_timesteps="abc"),
+                       "num_train_timesteps must be a positive integer"),
+    "scheduler config a list": (lambda f: (f / SCHEDULER).write_text("[1, 2]"),
+                                "must hold a JSON object"),
+    "scheduler config not JSON": (lambda f: (f / SCHEDULER).write_text("{oops"),
+                                  "cannot read"),
+    "unet config a list": (lambda f: (f / "unet/config.json").write_text("[1]"),
+                           "must hold a JSON object"),
+    "model index a list": (lambda f: (f / "model_index.json").write_text("[1]"),
+                           "must hold a JSON object"),
+    "trained_betas text": (_edit_json(SCHEDULER, trained_betas="abc"),
+                           "trained_betas must be a non-empty list of numbers, got 'abc'"),
+    "trained_betas nested": (_edit_json(SCHEDULER, trained_betas=[[0.1]]),
+                             "trained_betas must be a non-empty list of numbers"),
+    "beta_start text": (_edit_json(SCHEDULER, beta_start="x"), "beta_start must be a number"),
+    "clip range text": (_edit_json(SCHEDULER, clip_sample_range="x"),
+                        "clip_sample_range must be a number"),
+    "in_channels text": (_edit_json("unet/config.json", in_channels="a"),
+                         "in_channels must be a positive integer"),
+    "sample_size zero": (_edit_json("unet/config.json", sample_size=0),
+                         "sample_size must be one positive integer"),
+    "no model_index.json": (lambda f: (f / "model_index.json").unlink(),
+                            "looks like a diffusers model folder, but sde-gen loads"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_FOLDERS))
+def test_corrupt_folder_is_one_line_error(tmp_path, pipeline, case):
+    """Regression (issue 30.8, 30.19): tracebacks from diffusers, torch and json, and "no
+    checkpoint" for a pipeline folder without model_index.json."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from helpers import one_error_line
+    from sde_gen.app.cli import app
+
+    spoil, message = CORRUPT_FOLDERS[case]
+    folder = tmp_path / "p"
+    shutil.copytree(pipeline[0], folder)
+    spoil(folder)
+    for command in (["sample", "--n", "2", "--steps", "2", "--no-progress",
+                     "--out", str(tmp_path / "s.png")],
+                    ["likelihood", "--n", "2", "--no-progress", "--method", "vlb"]):
+        res = CliRunner().invoke(app, [command[0], "--ckpt", str(folder), "--device", "cpu",
+                                       *command[1:]])
+        assert message in one_error_line(res), case
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_export_of_a_diffusers_folder_says_what_it_is(tmp_path, pipeline):
+    from typer.testing import CliRunner
+
+    from helpers import one_error_line
+    from sde_gen.app.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--ckpt", str(pipeline[0]), "--out",
+                                   str(tmp_path / "m.safetensors")])
+    line = one_error_line(res)
+    assert "is a diffusers pipeline folder, not an sde-gen run" in line and "no checkpoint" \
+        not in line
+    assert not (tmp_path / "m.safetensors").exists()

@@ -21,8 +21,8 @@ from sde_gen.nets.embeddings import SinusoidalEmbedding
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import log_variance_from_v, v_from_log_variance
 from sde_gen.sampling import make_grid, sample, sample_ancestral
-from sde_gen.chain import posterior_coeffs
-from sde_gen.chain import grid_coeffs, snap_to_steps
+from sde_gen.chain import grid_coeffs, posterior_coeffs, snap_to_steps
+from sde_gen.scaling import uint8_to_model
 from sde_gen.app.train import train
 
 F64 = torch.float64
@@ -445,3 +445,52 @@ def test_cli_learned_variance(tmp_path):
     assert res.exit_code == 2
     lines = [ln for ln in res.output.strip().splitlines() if ln]
     assert len(lines) == 1 and "needs a model that learns its reverse variance" in lines[0]
+
+
+class _OneStepModel(nn.Module):
+    """eps_hat = c x, and a learned-variance output v = 0.7 (any v gives beta_1 on one step)."""
+
+    learn_variance = True
+
+    def forward(self, x, t):
+        return 0.4 * x
+
+    def eps_and_variance(self, x, t):
+        return self(x, t), torch.full_like(x, 0.7)
+
+
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde", "learned"])
+@pytest.mark.parametrize("n_t", [None, 3])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_vlb_of_a_one_step_chain_is_prior_plus_decoder(variance, n_t, discrete):
+    # Regression (issue 30.9): "RuntimeError: stack expects a non-empty TensorList".
+    # One step, beta_1 = 0.3: L = L_T + L_0 in closed form, with the decoder's draw of x_1 redone
+    # here from the same seed (the bound draws nothing else on one step).
+    beta = 0.3
+    sde = VPSDE(schedule="table", betas=torch.tensor([beta], dtype=F64))
+    a, s = math.sqrt(1 - beta), math.sqrt(beta)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 256, (4, 1, 2, 3), generator=g, dtype=torch.uint8) if discrete else
+         torch.randn(4, 3, generator=g, dtype=F64))
+    res = vlb(_OneStepModel(), sde, x, variance=variance, n_t=n_t,
+              generator=torch.Generator().manual_seed(1))
+    x0 = uint8_to_model(x).double() if discrete else x  # [-1, 1] levels, via float32 as vlb
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x1 = a * x0 + s * z
+    x0_hat = (x1 - s * 0.4 * x1) / a  # eps_to_x0 with eps_hat = 0.4 x_1
+    dims = tuple(range(1, x0.ndim))
+    prior = 0.5 * (s**2 + a**2 * x0**2 - 1 - math.log(s**2))  # KL(N(a x0, s^2) || N(0, 1))
+    if discrete:  # [Ho20] Eq. (13), edge bins open, variance beta_1
+        cdf = torch.special.ndtr
+        h = 1 / 255
+        upper = torch.where(x0 > 1 - h / 2, 1.0, cdf((x0 + h - x0_hat) / s))
+        lower = torch.where(x0 < -1 + h / 2, 0.0, cdf((x0 - h - x0_hat) / s))
+        decoder = -torch.log(upper - lower)
+    else:
+        decoder = 0.5 * math.log(2 * math.pi * beta) + (x0 - x0_hat) ** 2 / (2 * beta)
+    torch.testing.assert_close(res.prior, prior.sum(dims), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res.decoder, decoder.sum(dims), rtol=1e-10, atol=1e-10)
+    assert torch.equal(res.diffusion, torch.zeros(4, dtype=F64))
+    assert torch.equal(res.diffusion_stderr, torch.zeros(4, dtype=F64))
+    torch.testing.assert_close(res.nats, res.prior + res.decoder, rtol=1e-15, atol=0)
+    assert res.nfe == 1

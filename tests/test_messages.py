@@ -159,7 +159,7 @@ def _labelled(n: int = 20) -> ImageData:
 
 
 def _cache_file(data: ImageData, steps: int) -> Path:
-    return sq.CACHE / f"{data.name}_{'x'.join(map(str, data.shape))}_{len(data)}_{steps}.pt"
+    return sq.classifier_cache_path(data, steps)
 
 
 @pytest.mark.parametrize("spoil, reason", [
@@ -188,6 +188,44 @@ def test_corrupt_classifier_cache_is_retrained(tmp_path, monkeypatch, capsys, sp
     assert capsys.readouterr().err == ""
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
                                                 again.state_dict().values()))
+
+
+def _weights(net) -> list[torch.Tensor]:
+    return list(net.state_dict().values())
+
+
+def test_classifier_cache_is_keyed_by_the_data_not_its_name_shape_and_size(tmp_path, monkeypatch):
+    # Regression (issue 30.2): the key was (name, shape, size, steps), so 'eval --data other.npz'
+    # after 'eval --data ok.npz' reused ok.npz's classifier, and another class count replaced it.
+    monkeypatch.setattr(sq, "CACHE", tmp_path / "cache")
+    first = _labelled()
+    other = ImageData(255 - first.x, first.y, 2, "toy")  # same name, shape, size; other pixels
+    three = ImageData(first.x, torch.arange(20) % 3, 3, "toy")  # same pixels, 3 classes
+    relabelled = ImageData(first.x, 1 - first.y, 2, "toy")  # same pixels, other labels
+    nets = {}
+    for key, data in (("first", first), ("other", other), ("three", three),
+                      ("relabelled", relabelled)):
+        nets[key] = sq.load_or_train_classifier(data, steps=3)
+        fresh, _ = sq.train_classifier(data, steps=3)
+        assert all(torch.equal(a, b) for a, b in zip(_weights(nets[key]), _weights(fresh))), key
+    assert len(list((tmp_path / "cache").glob("toy_1x8x8_20_3_*.pt"))) == 4
+    trained = []
+    monkeypatch.setattr(sq, "train_classifier", lambda *a, **k: trained.append(1))
+    for key, data in (("first", first), ("other", other), ("three", three)):
+        again = sq.load_or_train_classifier(data, steps=3)  # every one is still cached
+        assert all(torch.equal(a, b) for a, b in zip(_weights(again), _weights(nets[key]))), key
+    assert not trained
+
+
+def test_classifier_cache_file_of_other_data_is_not_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sq, "CACHE", tmp_path / "cache")
+    first, other = _labelled(), ImageData(255 - _labelled().x, _labelled().y, 2, "toy")
+    sq.load_or_train_classifier(first, steps=3)
+    sq.classifier_cache_path(first, 3).rename(sq.classifier_cache_path(other, 3))
+    net = sq.load_or_train_classifier(other, steps=3)
+    assert "it was trained on other data); retraining it" in capsys.readouterr().err
+    fresh, _ = sq.train_classifier(other, steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(net), _weights(fresh)))
 
 
 def test_eval_loads_the_classifier_before_sampling(tmp_path, monkeypatch, capsys):

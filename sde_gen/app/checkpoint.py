@@ -1,7 +1,7 @@
 """Atomic checkpoint files in a run directory, safe loading, and resume discovery.
 
-A checkpoint is written to a temporary file, fsync'ed and renamed, so a crash or a full disk
-leaves either the old or the new file, never a torn one. Loading uses
+A checkpoint is written to a temporary file, fsync'ed and renamed (:mod:`.atomic`), so a crash
+or a full disk leaves either the old or the new file, never a torn one. Loading uses
 ``torch.load(weights_only=True)``, which refuses pickled code; :func:`check_run_state` then checks
 that a training checkpoint holds every entry that sampling or resuming reads.
 """
@@ -9,15 +9,17 @@ that a training checkpoint holds every entry that sampling or resuming reads.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from .atomic import write_atomic
 from .config import RESUMABLE_KEYS, Config, to_dict
 
 CKPT_DIR = "checkpoints"
@@ -44,37 +46,27 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             file is removed and a previous file at ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: _save(state, tmp))
     except (OSError, RuntimeError) as e:  # torch's writer reports a short write as RuntimeError
-        _remove(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(e)}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}; earlier "
+                              "checkpoints are unchanged") from None
     return path
 
 
-def _remove(tmp: str | None) -> None:
-    if tmp is not None:
-        Path(tmp).unlink(missing_ok=True)
+def _save(state: dict[str, Any], tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
-def _write_failure(e: BaseException) -> str:
-    """A one-line reason for a failed write."""
+def write_failure(e: BaseException) -> str:
+    """A one-line reason for a failed write (``OSError``, or a writer's ``RuntimeError``)."""
     if isinstance(e, OSError) and e.errno is not None:  # e.g. ENOSPC: No space left on device
-        reason = f"{e.strerror or os.strerror(e.errno)} (errno {e.errno})"
-    else:  # torch's writer: "[enforce fail at inline_container.cc:...] . unexpected pos ..."
-        text = str(e).strip()
-        reason = (text.splitlines()[0][:200] if text else type(e).__name__) + " (disk full?)"
-    return reason + "; earlier checkpoints are unchanged"
+        return f"{e.strerror or os.strerror(e.errno)} (errno {e.errno})"
+    # torch's writer: "[enforce fail at inline_container.cc:...] . unexpected pos ..."
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__) + " (disk full?)"
 
 
 def remove_stale_temps(workdir: str | os.PathLike) -> list[Path]:
@@ -102,13 +94,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with path.open("rb") as f:
+            magic = f.read(4)
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for torn or hostile files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(e, magic)}"
+                              ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an sde-gen checkpoint")
     return state
+
+
+#: The first bytes of what ``torch.save`` writes: a zip archive, or (before torch 1.6) a pickle.
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _read_failure(e: BaseException, magic: bytes) -> str:
+    """Why ``torch.load`` failed, in words a user can act on, for a file starting ``magic``."""
+    if not magic:
+        return "the file is empty"
+    if not magic.startswith(TORCH_MAGIC):
+        return ("it is not a checkpoint (not a file written by torch.save); --ckpt takes a "
+                "checkpoint (.pt), an export (.safetensors), a run directory or a diffusers "
+                "pipeline folder")
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        return ("it holds pickled Python objects other than tensors, which are not loaded "
+                "(loading them could run code)")
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__) + " (a torn write?)"
 
 
 #: What :func:`check_run_state` requires: entries of every training checkpoint (and export),
@@ -172,21 +187,53 @@ def check_resume_config(cfg: Config, saved: Mapping[str, Any], workdir: str | os
         f"{', '.join(RESUMABLE_KEYS)}; use a new --workdir")
 
 
-def latest_readable_checkpoint(workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+def latest_readable_checkpoint(
+    workdir: str | os.PathLike, *, set_aside: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint in ``workdir`` and its path, loaded onto the CPU, or
-    ``None``; unreadable ones (torn writes) are reported on stderr, renamed ``*.corrupt`` (never
-    picked or pruned again) and skipped.
+    ``None`` for a run with no checkpoint yet.
+
+    With ``set_aside`` (the process that writes the run), unreadable checkpoints newer than it
+    (torn writes) are reported on stderr and renamed ``*.corrupt`` (never picked or pruned
+    again). Nothing is renamed or
+    reported when no checkpoint is readable: that is an error, not a fresh start.
 
     Loaded onto the CPU because ``torch.Generator.set_state`` takes a CPU ByteTensor, also for a
     CUDA generator; ``load_state_dict`` moves weights and optimizer state to their device.
+
+    Raises:
+        CheckpointError: the run has checkpoints (or ones set aside as ``*.corrupt`` earlier) but
+            none is readable; one line naming them. Nothing in ``workdir`` is changed.
     """
+    unreadable: list[tuple[Path, CheckpointError]] = []
     for path in reversed(list_checkpoints(workdir)):
         try:
-            return path, load_checkpoint(path, map_location="cpu")
+            state = load_checkpoint(path, map_location="cpu")
         except CheckpointError as e:
+            unreadable.append((path, e))
+            continue
+        for bad, e in unreadable if set_aside else ():
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
-            path.replace(path.with_name(path.name + ".corrupt"))
+            bad.replace(bad.with_name(bad.name + ".corrupt"))
+        return path, state
+    corrupt = sorted((Path(workdir) / CKPT_DIR).glob("ckpt_*.pt.corrupt"))
+    if unreadable:
+        newest = unreadable[0][1]
+        raise CheckpointError(
+            f"cannot resume {workdir}: no checkpoint of the run is readable "
+            f"({_names([p for p, _ in unreadable] + corrupt)}; newest: {newest}); nothing was "
+            "changed: restore a checkpoint, or use a new --workdir to start again")
+    if corrupt:
+        raise CheckpointError(
+            f"cannot resume {workdir}: its only checkpoints were set aside as unreadable "
+            f"({_names(corrupt)}); nothing was changed: restore a checkpoint, or use a new "
+            "--workdir to start again")
     return None
+
+
+def _names(paths: list[Path], limit: int = 4) -> str:
+    more = f", ... ({len(paths)} in all)" if len(paths) > limit else ""
+    return ", ".join(p.name for p in paths[:limit]) + more
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -196,8 +243,20 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         return p
     ckpts = list_checkpoints(p)
     if not ckpts:
-        raise CheckpointError(f"no checkpoint in {p}")
+        raise CheckpointError(f"no checkpoint in {p}: {_what_else(p)}")
     return ckpts[-1]
+
+
+def _what_else(p: Path) -> str:
+    """What the folder ``p`` (with no checkpoint) is, and what ``--ckpt`` takes instead."""
+    if not p.exists():
+        return "it does not exist"
+    if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file():
+        return ("it looks like a diffusers model folder, but sde-gen loads a diffusers pipeline "
+                "folder with model_index.json, unet/ and scheduler/ (as save_pretrained writes "
+                "it) or a UNet2DModel folder with config.json and scheduler_config.json")
+    return ("--ckpt takes a checkpoint (.pt), an export (.safetensors), a run directory (with "
+            "checkpoints/) or a diffusers pipeline folder")
 
 
 DEFAULT_RUNS = Path("runs")

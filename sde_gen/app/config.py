@@ -2,7 +2,8 @@
 
 Sections map to frozen dataclasses. A YAML file or ``--set section.key=value`` override that names
 an unknown key, gives a value of the wrong type or outside its allowed range (NaN and infinities
-included) raises :class:`ConfigError` with a one-line message naming the key and what is allowed.
+included) raises :class:`ConfigError` with a one-line message naming the key and what is allowed;
+so does a YAML mapping that repeats a key (:class:`StrictLoader`).
 
 The allowed names of ``sde.name``, ``model.name`` and ``data.name`` are the keys of the registries
 the factory builds from: :data:`sde_gen.sde.SDES`, :data:`sde_gen.nets.NETWORKS` and
@@ -295,6 +296,34 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
             for s, sec in dataclasses.asdict(cfg).items()}
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated within one mapping: PyYAML keeps the last
+    value silently (``sde: {name: vp}`` then ``sde: {name: ve}`` would train VE), and the YAML
+    spec requires keys to be unique."""
+
+
+def _unique_keys_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:  # before merge keys (<<) are flattened: literal keys only
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line "
+                    f"{first[key]})", key_node.start_mark)
+            first[key] = line
+        except TypeError:  # an unhashable key: SafeLoader's own error follows
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                             _unique_keys_mapping)
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``section.key=value`` (value read as YAML: ``3``, ``1e-4``, ``true``, ``vp``)."""
     if "=" not in text:
@@ -304,7 +333,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override key {path!r} must look like section.key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts[0], parts[1], value
@@ -322,7 +351,7 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(), Loader=StrictLoader)  # safe, unique keys
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
         except UnicodeDecodeError:

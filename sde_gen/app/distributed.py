@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ..errors import UserInputError
+from .. import errors
+from ..errors import SDEGenError, UserInputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,52 @@ def all_reduce(t: torch.Tensor, op: str = "mean") -> torch.Tensor:
     return t / dist.get_world_size() if op == "mean" else t
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)`` on rank 0 only (its result there, ``None`` elsewhere), and a
+    failure of it on every rank.
+
+    Rank 0 broadcasts whether ``fn`` raised; the other ranks wait for that (as at a barrier) and
+    then raise an :class:`~sde_gen.errors.SDEGenError` of the same type with the same one-line
+    message, so that no rank is left waiting in a collective for a rank 0 that stopped (a
+    checkpoint that cannot be written, a run lock held by another process). Rank 0 re-raises its
+    own exception. In one process this is just ``fn(*args, **kwargs)``.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return fn(*args, **kwargs)
+    result, error, status = None, None, [None]
+    if rank == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # every failure (an interrupt too) must reach the other ranks
+            error, status = e, [(type(e).__name__, _first_line(e))]
+    dist.broadcast_object_list(status, src=0)
+    if error is not None:
+        raise error
+    if status[0] is not None:
+        raise _error_from_main(*status[0])
+    return result
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _error_from_main(name: str, message: str) -> SDEGenError:
+    """The error a non-zero rank raises for rank 0's exception named ``name``: the package's
+    error type of that name with the same message, else one saying what rank 0 raised."""
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, SDEGenError):
+        return cls(message)
+    if name in _EXPECTED_OS_ERRORS:  # FileNotFoundError, PermissionError, ...: the same words
+        return SDEGenError(message)
+    return SDEGenError(f"rank 0 stopped with {name}: {message}")
+
+
+#: ``OSError`` types whose message already says what went wrong.
+_EXPECTED_OS_ERRORS = ("OSError", "FileNotFoundError", "FileExistsError", "PermissionError",
+                       "IsADirectoryError", "NotADirectoryError")
 
 
 def cleanup() -> None:

@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.images import is_grey
 from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..scaling import model_to_uint8, uint8_to_model
+from .atomic import new_file_mode
 from .factory import is_image
 from .runs import LoadedRun
 
@@ -53,6 +55,7 @@ def read_png(path: str | os.PathLike, *, flag: str = "--image") -> np.ndarray:
                 a = np.asarray(img.convert("L"))[None]
             elif mode in COLOUR_MODES:
                 a = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+                a = a[:1] if mode in ("P", "PA") and is_grey(a.transpose(1, 2, 0)) else a
             else:
                 raise UserInputError(f"{flag} {path} has the image mode {mode}; save it as an "
                                      "8-bit greyscale or RGB PNG")
@@ -163,6 +166,7 @@ def write_png(pixels: torch.Tensor, out: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="png")
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 -> the umask's mode, as any new file
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

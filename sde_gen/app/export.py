@@ -5,14 +5,23 @@ safetensors holds tensors only and cannot run code when loaded, unlike a pickle.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import CheckpointError, UserInputError
-from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
+from .atomic import write_atomic
+from .checkpoint import (
+    check_run_state,
+    find_checkpoint,
+    latest_run,
+    load_checkpoint,
+    write_failure,
+)
 
 
 def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -> Path:
@@ -29,6 +38,14 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserInputError(f"--out must end in .safetensors, got {out}")
+    if ckpt is not None and Path(ckpt).is_dir():
+        from ..interop.diffusers import is_diffusers_folder
+
+        if is_diffusers_folder(ckpt):
+            raise UserInputError(
+                f"{ckpt} is a diffusers pipeline folder, not an sde-gen run: export writes an "
+                "sde-gen run's EMA weights as .safetensors; a diffusers folder is used as it is "
+                "(--ckpt FOLDER in sample, likelihood and eval)")
     path = find_checkpoint(latest_run() if ckpt is None else ckpt)
     if _same_file(path, out):
         raise UserInputError(f"--out {out} is the input file {path}; choose another output path")
@@ -36,14 +53,24 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     check_run_state(state, path)
     tensors = {k: v.contiguous() for k, v in state["ema"].items()}
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp_" + out.name)
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    except (OSError, SafetensorError) as e:  # SafetensorError: e.g. a full disk mid-write
+        raise CheckpointError(f"cannot write {out}: {_export_failure(e)}; nothing was "
+                              "written") from None
     return out
+
+
+def _export_failure(e: BaseException) -> str:
+    """One line for a failed write; safetensors wraps the OS error in its own message."""
+    if isinstance(e, OSError):
+        return write_failure(e)
+    text = " ".join(str(e).split())
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if f"os error {code}" in text:
+            return f"{os.strerror(code)} (errno {code})"
+    return text[:200] or type(e).__name__
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -44,7 +44,7 @@ def run_lock(workdir: str | os.PathLike) -> Iterator[Path | None]:
         return
     path = workdir / LOCK_NAME
     # Opened without truncating: the holder's PID must survive a failed attempt to lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as any new file
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

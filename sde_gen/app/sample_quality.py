@@ -9,6 +9,7 @@ a message.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -55,32 +56,58 @@ def train_classifier(data: ImageData, *, steps: int = 1500, batch_size: int = 12
     return net.eval().requires_grad_(False), acc
 
 
+def classifier_cache_path(data: ImageData, steps: int) -> Path:
+    """Where the classifier for ``data`` trained ``steps`` steps is cached: the file name holds
+    the data's name, shape and size, for people, and a hash of what determines the classifier,
+    for the lookup (see :func:`data_digest`)."""
+    shape = "x".join(map(str, data.shape))
+    return CACHE / f"{data.name}_{shape}_{len(data)}_{steps}_{data_digest(data, steps)[:16]}.pt"
+
+
+def data_digest(data: ImageData, steps: int) -> str:
+    """SHA-256 of what the cached classifier depends on: the pixels, the labels, the number of
+    classes, ``steps`` and the classifier's layout and training recipe (:data:`RECIPE`), so two
+    datasets of the same name, shape and size never share a classifier."""
+    h = hashlib.sha256(f"{RECIPE};{tuple(data.x.shape)};{data.num_classes};{steps};".encode())
+    h.update(data.x.contiguous().numpy().data)
+    if data.y is not None:
+        h.update(data.y.contiguous().numpy().data)
+    return h.hexdigest()
+
+
+#: Changed whenever :func:`train_classifier` or :class:`FeatureClassifier` change what they make.
+RECIPE = "fd-classifier-1;adam-2e-3;batch-128;seed-0"
+
+
 def load_or_train_classifier(data: ImageData, *, device: torch.device | str = "cpu",
                              steps: int = 1500) -> FeatureClassifier:
-    """The cached classifier for this dataset (keyed by name, shape, size and steps).
+    """The cached classifier for this dataset (:func:`classifier_cache_path`: keyed by a hash
+    of the pixels, labels, number of classes and ``steps``), or a newly trained and cached one.
 
-    A cache file that cannot be read or does not fit (torn write, another classifier layout) is
-    reported on stderr and replaced by a freshly trained classifier; the cache is written
-    atomically, and a cache that cannot be written is only a warning.
+    A cache file that cannot be read or does not fit (torn write, another classifier layout, or a
+    file whose recorded data hash is not this data's) is reported on stderr and replaced by a
+    freshly trained classifier; the cache is written atomically, and a cache that cannot be
+    written is only a warning.
     """
-    key = f"{data.name}_{'x'.join(map(str, data.shape))}_{len(data)}_{steps}.pt"
-    path = CACHE / key
+    path = classifier_cache_path(data, steps)
+    digest = data_digest(data, steps)
     if path.exists():
         try:
-            return _load_classifier(path, data, device)
+            return _load_classifier(path, data, device, digest)
         except Exception as e:  # torch.load raises many types for torn or foreign files
             print(f"warning: cached classifier {path} is unreadable ({_reason(e)}); retraining it",
                   file=sys.stderr)
     net, acc = train_classifier(data, steps=steps, device=device)
     try:
         save_checkpoint({"model": net.state_dict(), "num_classes": data.num_classes,
-                         "train_acc": acc}, path)
+                         "train_acc": acc, "data_sha256": digest}, path)
     except CheckpointError as e:
         print(f"warning: {e}; the classifier is not cached", file=sys.stderr)
     return net
 
 
-def _load_classifier(path: Path, data: ImageData, device: torch.device | str) -> FeatureClassifier:
+def _load_classifier(path: Path, data: ImageData, device: torch.device | str,
+                     digest: str) -> FeatureClassifier:
     """The classifier cached at ``path``; raises on a file that is unreadable or does not fit."""
     state = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
@@ -92,6 +119,8 @@ def _load_classifier(path: Path, data: ImageData, device: torch.device | str) ->
     problem = weights_mismatch(net, state["model"])
     if problem is not None:
         raise ValueError(problem)
+    if state.get("data_sha256") != digest:  # a file copied or renamed into this name
+        raise ValueError("it was trained on other data")
     net.load_state_dict(state["model"])
     return net.eval().requires_grad_(False)
 

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,19 @@ def _truncate_metrics(path: Path, step: int) -> dict[str, Any] | None:
     return last
 
 
+def _remove_stale_temps(workdir: Path) -> None:
+    stale = remove_stale_temps(workdir)
+    if stale:
+        print(f"note: removed {len(stale)} temporary file(s) left by an interrupted write in "
+              f"{workdir}", file=sys.stderr)
+
+
+def _start_files(cfg: Config, workdir: Path, step: int) -> dict[str, Any] | None:
+    """Write ``config.yaml`` and cut ``metrics.jsonl`` back to ``step``; its last record kept."""
+    save_config(cfg, workdir / CONFIG)
+    return _truncate_metrics(workdir / METRICS, step)
+
+
 def _global_rows(values: torch.Tensor, shard: slice | None, batch: int,
                  world: int) -> torch.Tensor:
     """The whole batch's per-example values from each rank's ``shard`` rows (identical on all)."""
@@ -173,6 +186,11 @@ def _global_rows(values: torch.Tensor, shard: slice | None, batch: int,
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     """bf16 autocast: ``precision=bf16``, or ``auto`` on CUDA."""
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def _append(metrics, line: str) -> None:
+    metrics.write(line + "\n")
+    metrics.flush()
 
 
 def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device) -> None:
@@ -190,15 +208,39 @@ def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device
     os.replace(tmp, path)
 
 
+#: Files that make a folder a diffusers model (a pipeline, or a UNet with its weights).
+DIFFUSERS_MARKERS = ("model_index.json", "unet/config.json",
+                     "config.json+diffusion_pytorch_model.safetensors",
+                     "config.json+diffusion_pytorch_model.bin")
+
+
+def check_workdir(workdir: str | os.PathLike) -> None:
+    """Refuse a run directory that holds a diffusers model (:data:`DIFFUSERS_MARKERS`): a run
+    written into it would mix with the pipeline's files.
+
+    Raises:
+        UserInputError: naming the folder and the file that marks it.
+    """
+    workdir = Path(workdir)
+    for marker in DIFFUSERS_MARKERS:
+        if all((workdir / part).is_file() for part in marker.split("+")):
+            raise UserInputError(
+                f"--workdir {workdir} holds a diffusers model ({marker.split('+')[0]}); a run "
+                "written there would mix with its files: use a new --workdir (the diffusers "
+                "folder itself is used with --ckpt)")
+
+
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir`` (see :func:`_train`); under ``torchrun`` with
     several processes it joins the process group and trains with DDP (:mod:`.distributed`).
 
     The process that writes the run (rank 0) holds ``workdir``'s run lock (:mod:`.run_lock`)
     throughout, so a second ``train`` on the same directory fails at once."""
+    check_workdir(workdir)  # before the lock file is created in it
     di = distributed.setup(resolve_device(cfg.train.device))
     try:
-        with run_lock(workdir) if di.is_main else nullcontext():
+        with ExitStack() as held:  # rank 0 holds the lock; a failure to take it stops every rank
+            distributed.on_main(lambda: held.enter_context(run_lock(workdir)))
             return _train(cfg, workdir, di, progress=progress and di.is_main)
     finally:
         if di.enabled:
@@ -221,15 +263,12 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if di.is_main:  # under the run lock: no write of this run is in progress
-        stale = remove_stale_temps(workdir)
-        if stale:
-            print(f"note: removed {len(stale)} temporary file(s) left by an interrupted write "
-                  f"in {workdir}", file=sys.stderr)
-    found = latest_readable_checkpoint(workdir)
-    if found is not None:  # checked before anything is built, written or trained
+    # Checked before anything is built, written or trained (rank 0 alone sets torn ones aside).
+    found = latest_readable_checkpoint(workdir, set_aside=di.is_main)
+    if found is not None:
         check_run_state(found[1], found[0], resume=True)
         check_resume_config(cfg, found[1]["config"], workdir)
+    distributed.on_main(_remove_stale_temps, workdir)  # under the run lock: no write is running
     run = _Trainer(cfg, workdir, di)
     run.resume(found)
     tc = cfg.train
@@ -237,10 +276,7 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
         raise UserInputError(f"the run in {workdir} is already at step {run.step}, past "
                              f"train.steps={tc.steps}; set train.steps above {run.step} to go on "
                              "training it, or use a new --workdir")
-    last_logged = None
-    if run.main:
-        save_config(cfg, workdir / CONFIG)
-        last_logged = _truncate_metrics(workdir / METRICS, run.step)
+    last_logged = distributed.on_main(_start_files, cfg, workdir, run.step)
     already_done = run.step == tc.steps
     if already_done and last_logged is not None:
         logged = last_logged.get("loss")  # null: a non-finite loss (strict JSON)
@@ -248,7 +284,7 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
 
     run.start_clock()
     bar = tqdm(total=tc.steps, initial=run.step, disable=not progress, desc="train", unit="it")
-    metrics = (workdir / METRICS).open("a") if run.main else None
+    metrics = distributed.on_main((workdir / METRICS).open, "a")  # rank 0 writes the run
     first_step, plot = run.step, None
     try:
         with _StopFlag() as stop:
@@ -463,24 +499,24 @@ class _Trainer:
             if terms is not None:  # the mean L_t of the batch (nats, reduced like the MSE)
                 rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
                                                     "mean").item()
-            if metrics is not None:
-                metrics.write(dumps_strict(rec) + "\n")
-                metrics.flush()
+            distributed.on_main(_append, metrics, dumps_strict(rec))
             bar.set_postfix(loss=f"{self.loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
-        if self.main and self.images and tc.sample_every and step % tc.sample_every == 0:
-            _write_grid(self.ema.module, self.sde, self.cfg, self.data.shape,
-                        self.workdir / "samples" / f"step_{step:09d}.png", self.device)
+        if self.images and tc.sample_every and step % tc.sample_every == 0:
+            distributed.on_main(_write_grid, self.ema.module, self.sde, self.cfg,
+                                self.data.shape, self.workdir / "samples" /
+                                f"step_{step:09d}.png", self.device)
 
     def checkpoint(self) -> None:
         """Every ``train.ckpt_every`` steps, at the last and when stopping: write (rank 0) and
-        prune checkpoints; all ranks wait for it."""
+        prune checkpoints; all ranks wait for it, and all stop with its error if it fails."""
         tc, step = self.cfg.train, self.step
         if not (step % tc.ckpt_every == 0 or step == tc.steps or self.stopping):
             return
-        if self.main:
-            save_checkpoint(self.state_dict(), checkpoint_path(self.workdir, step))
-            prune_checkpoints(self.workdir, tc.keep)
-        distributed.barrier()
+        distributed.on_main(self._save_and_prune)  # a failure stops every rank, none waits
+
+    def _save_and_prune(self) -> None:
+        save_checkpoint(self.state_dict(), checkpoint_path(self.workdir, self.step))
+        prune_checkpoints(self.workdir, self.cfg.train.keep)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`resume` restores (see :func:`~.checkpoint.check_run_state`)."""

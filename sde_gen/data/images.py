@@ -9,7 +9,8 @@
 - ``npz``: any ``.npz`` via ``path``, with keys ``x_<split>`` (``(N, H, W)``, ``(N, H, W, C)`` or
   ``(N, C, H, W)``, uint8) or ``<split>_jpeg`` + ``<split>_offsets`` (concatenated JPEG bytes),
   and optionally ``y_<split>``.
-- ``folder``: PNG/JPEG files under ``path``; class subfolders give labels.
+- ``folder``: PNG/JPEG files under ``path``; class subfolders give labels. A 16-bit PNG keeps
+  the high byte of each sample (see :func:`pixels_8bit`).
 
 Nothing touches the network unless ``download=True``. Pixels become model inputs only through
 :func:`~sde_gen.scaling.uint8_to_model`, in :class:`ImageDataset` (host, ``DataLoader``) or
@@ -21,6 +22,7 @@ Refs: [Ho20] Sec. 3.3 and [Song21] Appendix D (data in [-1, 1], random horizonta
 from __future__ import annotations
 
 import io
+import os
 import random
 import zipfile
 from dataclasses import dataclass
@@ -208,6 +210,11 @@ def _read_npz(path: Path, names: tuple[str, ...]) -> tuple[set[str], dict[str, n
     """The archive's keys and those of its arrays named in ``names``; one-line errors for files
     that are not an ``.npz`` of plain arrays (torn zip, a pickle, object arrays)."""
     try:
+        with path.open("rb") as raw:
+            magic = raw.read(6)
+        if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":  # a zip (.npz) or an .npy
+            what = "the file is empty" if not magic else "it is not a zip of NumPy arrays"
+            raise UserInputError(f"{path} is not an .npz archive: {what} (np.savez writes one)")
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise UserInputError(f"{path} is a single .npy array, not an .npz archive")
@@ -268,6 +275,48 @@ def _decode_errors() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
+#: PIL modes with 16 bits per sample (greyscale PNGs of bit depth 16).
+MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pixels_8bit(img: Any, name: str | os.PathLike) -> np.ndarray:
+    """The pixels of the PIL image ``img`` at 8 bits: ``(H, W)`` uint8 for greyscale modes and
+    palettes whose colours are all grey, else ``(H, W, 3)`` RGB (an alpha band is dropped).
+
+    A 16-bit greyscale PNG (PIL mode ``I;16``, or ``I`` from a PNG) keeps the high byte of each
+    sample (``v >> 8``), as Pillow itself decodes 16-bit colour PNGs, so one picture saved as
+    16-bit grey or 16-bit colour gives the same pixels (and an 8-bit picture widened to 16 bits,
+    ``v * 257``, gives back exactly ``v``). PIL's own conversion would clip every sample above 255
+    to white.
+
+    Raises:
+        UserInputError: a 32-bit integer or floating-point image, naming ``name`` and the mode.
+    """
+    mode = img.mode
+    if mode in MODES_16BIT or (mode == "I" and img.format == "PNG"):
+        a = np.asarray(img).astype(np.int64)
+        return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
+    if mode in ("I", "F"):
+        raise UserInputError(f"{name} has the image mode {mode} (32-bit samples); save it as an "
+                             "8- or 16-bit greyscale or RGB PNG")
+    if mode in ("1", "L", "LA", "La"):
+        return np.asarray(img.convert("L"))
+    rgb = np.asarray(img.convert("RGB"))
+    if mode in ("P", "PA") and is_grey(rgb):  # a palette of greys only
+        return np.ascontiguousarray(rgb[..., 0])
+    return rgb
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether the ``(H, W, 3)`` pixels ``rgb`` have equal R, G and B everywhere."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    """``(H, W)`` greyscale or ``(H, W, 3)`` pixels as ``(H, W, 3)``."""
+    return np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a
+
+
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, split: str) -> torch.Tensor:
     """Decode the JPEG files concatenated in ``<split>_jpeg``, file i in bytes
     ``offsets[i]:offsets[i + 1]``."""
@@ -283,18 +332,20 @@ def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, split: str) 
             offsets[0] < 0 or offsets[-1] > len(buf):
         raise UserInputError(f"{path}: {split}_offsets must increase strictly within the byte "
                              f"buffer {split}_jpeg")
-    images, mode = [], None
+    images = []
     for i in range(len(offsets) - 1):
+        name = f"image {i} of {path}'s {split}_jpeg"
         try:
             with Image.open(io.BytesIO(buf[int(offsets[i]):int(offsets[i + 1])].tobytes())) as img:
-                mode = mode or ("L" if img.mode == "L" else "RGB")
-                images.append(np.asarray(img.convert(mode)))
+                images.append(pixels_8bit(img, name))
         except _decode_errors() as e:
             raise UserInputError(f"{path}: image {i} of {split}_jpeg cannot be decoded: "
                                  f"{_first_line(e)}") from None
-    if len({a.shape for a in images}) != 1:
+    if len({a.shape[:2] for a in images}) != 1:
         raise UserInputError(f"{path}: JPEG images have unequal sizes")
-    return _to_nchw(np.stack(images)[..., None] if mode == "L" else np.stack(images), path)
+    grey = all(a.ndim == 2 for a in images)  # one colour image makes the split RGB
+    x = np.stack(images)[..., None] if grey else np.stack([_rgb(a) for a in images])
+    return _to_nchw(x, path)
 
 
 def _load_folder(root: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
@@ -317,7 +368,7 @@ def _load_folder(root: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor 
     for p in files:
         try:
             with Image.open(p) as img:
-                a = np.asarray(img.convert(mode))
+                a = np.asarray(Image.fromarray(pixels_8bit(img, p)).convert(mode))
         except _decode_errors() as e:
             raise UserInputError(f"cannot read image {p}: {_first_line(e)}") from None
         if first is None:

@@ -24,6 +24,7 @@ Refs: [Ho20] Eq. (4), Alg. 2; [Song21ddim] Eq. (12); [Salimans22] (v); [Saharia2
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,15 +77,23 @@ def diffusers_betas(config: Mapping[str, Any]) -> torch.Tensor:
     """The scheduler's ``betas``, ``(N,)`` float64, computed as diffusers computes them (float32).
 
     Raises:
-        UserInputError: an unknown ``beta_schedule`` or a zero-terminal-SNR rescale.
+        UserInputError: an unknown ``beta_schedule``, a zero-terminal-SNR rescale, or a field of
+            the wrong type (``num_train_timesteps`` not a positive integer, ``trained_betas`` not
+            a list of numbers, ...), naming the field.
     """
     if config.get("rescale_betas_zero_snr"):
         raise UserInputError("rescale_betas_zero_snr=true gives abar_N = 0 (no Gaussian prior); "
                              "the VP SDE needs abar_N > 0")
-    if config.get("trained_betas") is not None:
-        return torch.tensor(config["trained_betas"], dtype=torch.float32).double()
-    n = int(config.get("num_train_timesteps", 1000))
-    b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    trained = config.get("trained_betas")
+    if trained is not None:
+        if not isinstance(trained, (list, tuple)) or not trained or not all(
+                _is_number(b) for b in trained):
+            raise UserInputError(f"trained_betas must be a non-empty list of numbers, got "
+                                 f"{_show(trained)}")
+        return torch.tensor(trained, dtype=torch.float32).double()
+    n = _field(config, "num_train_timesteps", 1000, "positive integer")
+    b0 = _field(config, "beta_start", 1e-4, "number")
+    b1 = _field(config, "beta_end", 0.02, "number")
     kind = config.get("beta_schedule", "linear")
     f32 = torch.float32
     if kind == "linear":
@@ -96,9 +105,32 @@ def diffusers_betas(config: Mapping[str, Any]) -> torch.Tensor:
     elif kind == "sigmoid":
         betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (b1 - b0) + b0
     else:
-        raise UserInputError(f"beta_schedule {kind!r} has no VP equivalent here; supported: "
+        raise UserInputError(f"beta_schedule {_show(kind)} has no VP equivalent here; supported: "
                              f"linear, scaled_linear, squaredcos_cap_v2, sigmoid")
     return betas.double()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v: Any, limit: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _field(config: Mapping[str, Any], key: str, default: Any, kind: str) -> Any:
+    """``config[key]`` (``default`` when absent), checked to be a finite ``number`` or a
+    ``positive integer``.
+
+    Raises:
+        UserInputError: naming ``key``, what it must be and the value found.
+    """
+    value = config.get(key, default)
+    ok = _is_number(value) and (kind == "number" or (isinstance(value, int) and value >= 1))
+    if not ok:
+        raise UserInputError(f"{key} must be a {kind}, got {_show(value)}")
+    return value
 
 
 def sde_from_scheduler_config(config: Mapping[str, Any]) -> VPSDE:
@@ -118,11 +150,12 @@ def _sampler_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """The sampler options the scheduler config implies (see the module docstring)."""
     out: dict[str, Any] = {}
     if config.get("thresholding"):
-        out["threshold"] = float(config.get("dynamic_thresholding_ratio", 0.995))
-        out["clip_sample"] = float(config.get("sample_max_value", 1.0))
+        out["threshold"] = float(_field(config, "dynamic_thresholding_ratio", 0.995, "number"))
+        out["clip_sample"] = float(_field(config, "sample_max_value", 1.0, "number"))
     elif config.get("clip_sample", config.get("_class_name") in ("DDPMScheduler", "DDIMScheduler")):
-        out["clip_sample"] = float(config.get("clip_sample_range", 1.0))
-    variance = VARIANCE_TYPES.get(config.get("variance_type", "fixed_small"))
+        out["clip_sample"] = float(_field(config, "clip_sample_range", 1.0, "number"))
+    variance_type = config.get("variance_type", "fixed_small")
+    variance = VARIANCE_TYPES.get(variance_type) if isinstance(variance_type, str) else None
     if variance is not None:
         out["variance"] = variance
     return out
@@ -194,10 +227,17 @@ class DiffusersEpsModel(nn.Module):
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; a one-line error for an unreadable file, malformed JSON or
+    JSON that is not an object (a list, a number)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot read {path}: {type(e).__name__}") from None
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # also json.JSONDecodeError and UnicodeDecodeError
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"cannot read {path}: {reason}") from None
+    if not isinstance(value, dict):
+        raise UserInputError(f"{path} must hold a JSON object ({{...}}), got a "
+                             f"{type(value).__name__}")
+    return value
 
 
 def is_diffusers_folder(path: str | os.PathLike) -> bool:
@@ -210,8 +250,10 @@ def is_diffusers_folder(path: str | os.PathLike) -> bool:
         "_class_name") == "UNet2DModel"
 
 
-def _locate(path: Path, scheduler: str | os.PathLike | Mapping | None) -> tuple[Path, dict]:
-    """The UNet folder and the scheduler config of a pipeline or UNet folder."""
+def _locate(path: Path, scheduler: str | os.PathLike | Mapping | None
+            ) -> tuple[Path, dict, str]:
+    """The UNet folder and the scheduler config of a pipeline or UNet folder, and where that
+    config came from (for messages)."""
     if not path.is_dir():
         raise UserInputError(f"{path} is not a folder (a diffusers pipeline has model_index.json)")
     if (path / "model_index.json").is_file():
@@ -231,18 +273,20 @@ def _locate(path: Path, scheduler: str | os.PathLike | Mapping | None) -> tuple[
         if scheduler is None and (path / "scheduler_config.json").is_file():
             scheduler = path / "scheduler_config.json"
         if scheduler is None:
-            raise UserInputError(f"{path} is a UNet2DModel folder without a scheduler config; "
-                                 f"pass scheduler=FOLDER or a scheduler_config.json")
+            raise UserInputError(
+                f"{path} is a UNet2DModel folder without a scheduler config: copy the pipeline's "
+                f"scheduler_config.json into it, or use the whole pipeline folder (model_index."
+                f"json, unet/, scheduler/)")
     else:
         raise UserInputError(f"{path} is not a diffusers pipeline (no model_index.json, nor a "
                              f"UNet2DModel config.json)")
     if isinstance(scheduler, Mapping):
-        return unet_dir, dict(scheduler)
+        return unet_dir, dict(scheduler), "the scheduler config"
     s = Path(scheduler)
     s = s / "scheduler_config.json" if s.is_dir() else s
     if not s.is_file():
         raise UserInputError(f"no scheduler config at {s}")
-    return unet_dir, _read_json(s)
+    return unet_dir, _read_json(s), str(s)
 
 
 def load_diffusers(
@@ -271,19 +315,28 @@ def load_diffusers(
             folder, a scheduler with no VP equivalent, or a UNet that contradicts ``shape``.
     """
     path = Path(path)
-    unet_dir, config = _locate(path, scheduler)
-    sde = sde_from_scheduler_config(config)
-    unet_config = _read_json(unet_dir / "config.json")
+    unet_dir, config, source = _locate(path, scheduler)
+    try:
+        sde = sde_from_scheduler_config(config)
+        defaults = _sampler_defaults(config)
+    except UserInputError as e:
+        raise UserInputError(f"{source}: {e}") from None
+    unet_json = unet_dir / "config.json"
+    unet_config = _read_json(unet_json)
     if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise UserInputError(f"{unet_dir}: {unet_config['_class_name']} is not supported (only "
                              f"UNet2DModel)")
     if unet_config.get("num_class_embeds") or unet_config.get("class_embed_type"):
         raise UserInputError(f"{unet_dir}: class-conditional UNets are not supported")
-    c_in, c_out = int(unet_config.get("in_channels", 3)), int(unet_config.get("out_channels", 3))
+    try:
+        c_in = _field(unet_config, "in_channels", 3, "positive integer")
+        c_out = _field(unet_config, "out_channels", 3, "positive integer")
+    except UserInputError as e:
+        raise UserInputError(f"{unet_json}: {e}") from None
     size = unet_config.get("sample_size")
-    if not isinstance(size, int):
-        raise UserInputError(f"{unet_dir}: sample_size must be one integer (square images), "
-                             f"got {size!r}")
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+        raise UserInputError(f"{unet_dir}: sample_size must be one positive integer (square "
+                             f"images), got {_show(size)}")
     learned = config.get("variance_type") in ("learned", "learned_range")
     if c_out != c_in * (2 if learned else 1):
         raise UserInputError(f"{unet_dir}: out_channels={c_out} does not fit in_channels={c_in} "
@@ -294,9 +347,78 @@ def load_diffusers(
     if config.get("variance_type") == "learned":
         raise UserInputError("variance_type=learned (log-variance output) is not supported; "
                              "learned_range is")
-    diffusers = _require_diffusers()
-    unet = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
-    model = DiffusersEpsModel(unet, sde, prediction_type=config.get("prediction_type", "epsilon"),
-                              learned_variance=learned, sampler_defaults=_sampler_defaults(config))
+    prediction_type = config.get("prediction_type", "epsilon")
+    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
+        raise UserInputError(f"{source}: prediction_type {_show(prediction_type)} is not "
+                             f"supported; choose one of {', '.join(PREDICTION_TYPES)}")
+    unet = _load_unet(unet_dir)
+    model = DiffusersEpsModel(unet, sde, prediction_type=prediction_type,
+                              learned_variance=learned, sampler_defaults=defaults)
     model.to(device).eval().requires_grad_(False)
     return model, sde
+
+
+#: The weight files of a UNet folder that ``UNet2DModel.from_pretrained`` reads (one of them).
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "diffusion_pytorch_model.safetensors.index.json",
+                "diffusion_pytorch_model.bin.index.json")
+
+
+def _load_unet(unet_dir: Path) -> nn.Module:
+    """``UNet2DModel.from_pretrained(unet_dir)`` offline, with diffusers' log silenced and a
+    one-line :class:`UserInputError` for missing or unreadable weights, a ``config.json`` that
+    diffusers cannot build, or weights that do not fit it."""
+    diffusers = _require_diffusers()
+    weights = next((unet_dir / f for f in WEIGHT_FILES if (unet_dir / f).is_file()), None)
+    if weights is None:
+        raise UserInputError(f"{unet_dir} has no UNet weights (expected {WEIGHT_FILES[0]} "
+                             "beside its config.json)")
+    if weights.suffix == ".safetensors":
+        _check_safetensors(weights)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # no "An error occurred ..." lines before ours
+    try:
+        unet, info = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
+                                                           output_loading_info=True)
+    except Exception as e:  # diffusers raises OSError, ValueError, TypeError, RuntimeError, ...
+        reason = _diffusers_reason(e)
+        if reason.startswith(MISMATCH):
+            raise UserInputError(f"the UNet weights {weights} do not fit {unet_dir / 'config.json'}"
+                                 f": {reason[len(MISMATCH):]}") from None
+        raise UserInputError(f"cannot load the UNet in {unet_dir} (its config.json and "
+                             f"{weights.name}): {reason}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    for kind in ("missing", "unexpected"):  # diffusers only warns about these
+        keys = info.get(f"{kind}_keys") or []
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+            raise UserInputError(f"the UNet weights {weights} do not fit {unet_dir / 'config.json'}"
+                                 f": {kind} keys {', '.join(keys[:3])}{more}")
+    return unet
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise a one-line :class:`UserInputError` unless ``path`` is a complete safetensors file
+    (its header parses and every tensor lies within the file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except Exception as e:  # SafetensorError, OSError
+        raise UserInputError(f"cannot read the UNet weights {path}: "
+                             f"{_diffusers_reason(e)} (a truncated or corrupt file?)") from None
+
+
+def _diffusers_reason(e: BaseException) -> str:
+    """The first sentence of a diffusers or safetensors error, without its advice."""
+    text = " ".join(str(e).split()).split(". If you want")[0]
+    return text[:240] or type(e).__name__
+
+
+#: How diffusers begins the error for a weight whose shape differs from the config's.
+MISMATCH = "Cannot load because "

@@ -50,7 +50,8 @@ class DiscreteChain:
         beta: forward variance of the step, ``1 - abar_i / abar_{i-1}`` (``beta_1`` at ``i = 0``).
         beta_tilde: posterior variance ([Ho20] Eq. 7); 0 at ``i = 0``.
         beta_tilde_clipped: ``beta_tilde`` with step 0 set to step 1's, as DDPM's code clips it
-            (the lower end of a learned variance, [Nichol21] Eq. 15).
+            (the lower end of a learned variance, [Nichol21] Eq. 15); a 1-step chain has no
+            step 1, and its step 0 is ``beta`` there.
     """
 
     t: torch.Tensor
@@ -81,7 +82,8 @@ def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> Dis
     c_x, c_x0, var_tilde, v = posterior_coeffs(alpha, sigma)  # interval k: step N-1-k -> N-2-k
     if (v <= 0).any():
         raise UserInputError("the discrete chain has a non-positive transition variance")
-    clipped = torch.cat([var_tilde[:-1], var_tilde[-2:-1]])
+    # DDPM clips beta~_1 = 0 to beta~_2; a 1-step chain has no beta~_2, and uses beta_1.
+    clipped = torch.cat([var_tilde[:-1], var_tilde[-2:-1] if n > 1 else v[-1:]])
     return DiscreteChain(t=ts.flip(0), alpha=alpha[:-1].flip(0), sigma=sigma[:-1].flip(0),
                          c_x=c_x.flip(0), c_x0=c_x0.flip(0), beta=v.flip(0),
                          beta_tilde=var_tilde.flip(0), beta_tilde_clipped=clipped.flip(0))
@@ -158,7 +160,8 @@ def vlb(
             ``(B, *D)`` in model units (continuous Gaussian decoder).
         variance: reverse variance ``beta``, ``beta_tilde`` or ``learned`` ([Nichol21] Eq. 15).
         n_t: sum all ``N - 1`` middle terms (``None``) or estimate their sum from ``n_t`` steps
-            drawn uniformly per example (unbiased, with a standard error).
+            drawn uniformly per example (unbiased, with a standard error). A 1-step chain has
+            no middle term (its bound is ``L_T + L_0``, exact, whatever ``n_t``).
         generator: source of the ``x_t`` draws and sampled steps.
 
     Returns:
@@ -208,10 +211,10 @@ def vlb(
     prior_var = torch.tensor(sde.prior_std**2, dtype=torch.float64, device=dev)
     a_n, s_n = ch.alpha[-1], ch.sigma[-1]
     l_prior = sum_flat(gaussian_kl(a_n * x0, s_n**2, torch.zeros_like(x0), prior_var))
-    # Middle terms, steps N-1..1 (DDPM's t = N..2).
-    if n_t is None:
+    # Middle terms, steps N-1..1 (DDPM's t = N..2); a 1-step chain has none: L = L_T + L_0.
+    if n_t is None or n == 1:
         terms = torch.stack([middle(torch.full((b,), i, device=dev))
-                             for i in range(n - 1, 0, -1)], 1)
+                             for i in range(n - 1, 0, -1)], 1) if n > 1 else x0.new_zeros(b, 0)
         l_mid, se = terms.sum(1), torch.zeros(b, dtype=torch.float64, device=dev)
         nfe, kept = n, terms
     else:
