@@ -21,7 +21,7 @@ Refs: [Karras22] code, ``StackedRandomGenerator``; NumPy ``SeedSequence`` (indep
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +109,17 @@ class IndexedGenerator:
     def take(self, rows: torch.Tensor, m: int = 1) -> torch.Tensor:
         """This batch's ``n * m`` rows of the concatenated block draws ``rows``."""
         return rows[self._offset * m:(self._offset + self.n) * m]
+
+    def draw(self, fn: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """This batch's rows of a draw made by ``fn(rows, generator)`` block by block: for
+        samplers that take a ``torch.Generator`` (``fn(64, g)`` returns 64 rows drawn from
+        ``g``), so that row ``i`` is the same in any batch.
+
+        Example: ``IndexedGenerator(seed, start, n).draw(lambda m, g: data.sample(m,
+        generator=g))`` draws examples ``start .. start + n - 1`` of a dataset sampler.
+        """
+        blocks = [fn(self.block, g) for g in self._generators]
+        return self.take(torch.cat(blocks) if len(blocks) > 1 else blocks[0])
 
     def _draw(self, fn, shape: Sequence[int], **kw) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)

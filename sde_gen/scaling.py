@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .errors import UserInputError
+from .noise import Generator, rand
 
 LOW, HIGH = -1.0, 1.0
 SCALE = HIGH - LOW  # dz/dy of the affine map [0, 1] -> [LOW, HIGH]
@@ -39,10 +40,12 @@ def model_to_uint8(z: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(
-    x_uint8: torch.Tensor, *, generator: torch.Generator | None = None, dtype=torch.float32
+    x_uint8: torch.Tensor, *, generator: Generator = None, dtype=torch.float32
 ) -> torch.Tensor:
-    """Uniformly dequantize 8-bit data into the model range: ``to_model((x + u) / 256)``."""
+    """Uniformly dequantize 8-bit data into the model range: ``to_model((x + u) / 256)``
+    (``generator`` as in :func:`sde_gen.noise.rand`: an IndexedGenerator gives each image its
+    own noise)."""
     if x_uint8.dtype != torch.uint8:
         raise UserInputError(f"dequantize expects uint8 pixels, got {x_uint8.dtype}")
-    u = torch.rand(x_uint8.shape, generator=generator, device=x_uint8.device, dtype=dtype)
+    u = rand(x_uint8.shape, generator, device=x_uint8.device, dtype=dtype)
     return to_model((x_uint8.to(dtype) + u) / 256.0)

@@ -35,6 +35,19 @@ def test_draws_do_not_depend_on_the_batch(block: int) -> None:
         assert torch.equal(_batched(draw, 37, sizes), whole), sizes
 
 
+def test_a_sampler_that_takes_a_torch_generator_is_drawn_per_example() -> None:
+    data = mixture()
+
+    def draw(start: int, b: int) -> torch.Tensor:
+        return IndexedGenerator(9, start, b, block=8).draw(
+            lambda m, g: data.sample(m, generator=g, dtype=F64))
+
+    whole = draw(0, 21)
+    assert whole.shape == (21, 2)
+    assert torch.equal(_batched(draw, 21, [2, 19]), whole)
+    assert torch.equal(draw(0, 30)[:21], whole)  # more examples: the first ones unchanged
+
+
 def test_streams_differ_by_seed_and_index() -> None:
     a = IndexedGenerator(1, 0, 128).randn((128, 4))
     b = IndexedGenerator(2, 0, 128).randn((128, 4))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserInputError
+from ..noise import Generator, randint, randn
 from ..scaling import uint8_to_model
 from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
 from ..chain import grid_coeffs, posterior_coeffs
@@ -147,7 +148,7 @@ def vlb(
     *,
     variance: str = "beta",
     n_t: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
 ) -> VLBResult:
     """DDPM's variational bound on ``-log p(x)`` per example, with its term breakdown.
 
@@ -162,7 +163,8 @@ def vlb(
         n_t: sum all ``N - 1`` middle terms (``None``) or estimate their sum from ``n_t`` steps
             drawn uniformly per example (unbiased, with a standard error). A 1-step chain has
             no middle term (its bound is ``L_T + L_0``, exact, whatever ``n_t``).
-        generator: source of the ``x_t`` draws and sampled steps.
+        generator: source of the ``x_t`` draws and sampled steps (an
+            :class:`~sde_gen.noise.IndexedGenerator` gives each example its own).
 
     Returns:
         :class:`VLBResult`.
@@ -186,7 +188,7 @@ def vlb(
     ndim = x0[0].numel()
 
     def draw_xt(i: torch.Tensor):  # i: (B,) 0-based step; x_t at step i
-        z = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        z = randn(x0.shape, generator, device=dev, dtype=x0.dtype)
         return append_dims(ch.alpha[i], x0.ndim) * x0 + append_dims(ch.sigma[i], x0.ndim) * z
 
     def predict(x_t, i):  # (x0_hat, Sigma_theta per dim or None for a fixed variance)
@@ -218,7 +220,9 @@ def vlb(
         l_mid, se = terms.sum(1), torch.zeros(b, dtype=torch.float64, device=dev)
         nfe, kept = n, terms
     else:
-        steps = (n - 1) - torch.randint(0, n - 1, (n_t, b), generator=generator, device=dev)
+        # (B, n_t) then transposed: example i's steps come from its own stream with an
+        # IndexedGenerator
+        steps = (n - 1) - randint(n - 1, (b, n_t), generator, device=dev).T
         terms = torch.stack([middle(steps[j]) for j in range(n_t)], 1)
         l_mid = (n - 1) * terms.mean(1)
         se = (n - 1) * terms.std(1) / math.sqrt(n_t) if n_t > 1 else torch.full_like(l_mid, math.nan)
