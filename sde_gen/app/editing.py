@@ -16,7 +16,6 @@ class-conditional run can be conditioned on a class too (:mod:`sde_gen.guidance`
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..scaling import model_to_uint8, uint8_to_model
 from .factory import is_image
+from .outputs import _atomic
 from .runs import LoadedRun
 
 #: PIL modes read as greyscale and as colour (an alpha band is dropped); others are refused.
@@ -44,6 +44,8 @@ def read_png(path: str | os.PathLike, *, flag: str = "--image") -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{flag} {path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path} does not exist")
     try:
@@ -153,20 +155,13 @@ def read_grey_for_run(path: str | os.PathLike, shape: tuple[int, int, int]) -> t
 
 
 def write_png(pixels: torch.Tensor, out: str | os.PathLike) -> Path:
-    """Write ``(C, H, W)`` uint8 pixels as a PNG at ``out`` atomically (temp file, rename)."""
+    """Write ``(C, H, W)`` uint8 pixels as a PNG at ``out`` atomically (temp file, rename); a
+    write error names ``out``."""
     from PIL import Image
 
-    out = Path(out)
     a = pixels.cpu().numpy()
     img = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp_", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="png")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return _atomic(Path(out), lambda tmp: img.save(tmp, format="png"))
 
 
 def labelled_model(run: LoadedRun, label: int | None, guidance: float | None) -> EpsModel:
@@ -250,3 +245,72 @@ def colorize_file(run: LoadedRun, image: str | os.PathLike, out: str | os.PathLi
     res = colorize(model, run.sde, grey.to(device), generator=g, **options)
     check_nonfinite(res.x)
     return write_png(model_to_uint8(res.x[0].float().cpu()), out)
+
+
+EDIT_METHODS = ("replacement", "smc")
+
+
+def edit_options(*, method: str = "replacement", solver: str | None = None,
+                 steps: int | None = None, eps: float | None = None, resample: int = 1,
+                 particles: int | None = None, denoise: bool = True,
+                 solver_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampler options of ``inpaint`` / ``colorize`` for :func:`inpaint_file` /
+    :func:`colorize_file`, checked before any file is read: ``--method replacement`` takes a
+    ``solver`` (default ``pc``), its options and ``resample``; ``--method smc`` takes
+    ``particles`` and none of those (its own ancestral kernel).
+
+    Raises:
+        UserInputError: an unknown method or solver, or an option that does not apply.
+    """
+    from .solver_options import flag_list, solver_options
+
+    if method not in EDIT_METHODS:
+        raise UserInputError(f"unknown --method {method!r}; choose replacement or smc")
+    if particles is not None and method != "smc":
+        raise UserInputError("--particles applies to --method smc")
+    if method == "smc":
+        given = {k: v for k, v in (solver_opts or {}).items() if v is not None}
+        if solver is not None:
+            given = {"solver": solver, **given}
+        if particles is None:
+            raise UserInputError("--method smc needs --particles K (particles per image)")
+        if resample != 1:
+            raise UserInputError("--resample applies to --method replacement (SMC resamples "
+                                 "particles)")
+        if given:
+            raise UserInputError(f"{flag_list(given)} does not apply to --method smc (its own "
+                                 "ancestral kernel)")
+        opts: dict[str, Any] = {"method": "smc", "particles": particles}
+    else:
+        solver = solver or "pc"
+        opts = {**solver_options(solver, solver_opts or {}), "method": "replacement",
+                "solver": solver, "resample": resample}
+    opts.update({k: v for k, v in (("steps", steps), ("eps", eps)) if v is not None})
+    return {**opts, "denoise": denoise}
+
+
+def edit_command(
+    command: str, ckpt: str | os.PathLike | None, image: str | os.PathLike,
+    out: str | os.PathLike, *, mask: str | os.PathLike | None = None, label: int | None = None,
+    guidance: float | None = None, seed: int = 0, device: str = "auto", threads: int = 0,
+    **options: Any,
+) -> Path:
+    """``sde-gen inpaint`` (``command="inpaint"``, with ``mask``) or ``sde-gen colorize``: the
+    options (:func:`edit_options`) and ``out`` checked before the checkpoint is read, the run
+    loaded with its thread policy, the picture written to ``out``.
+
+    Raises:
+        UserInputError: see :func:`edit_options`, :func:`inpaint_file`, :func:`colorize_file`.
+    """
+    from .command_run import open_run
+    from .distributed import resolve_device
+    from .outputs import check_out_path
+
+    opts = edit_options(**options)
+    out = check_out_path(out, ".png")  # before the checkpoint is even read
+    dev = resolve_device(device)
+    run = open_run(ckpt, dev, threads)
+    kw = dict(label=label, guidance=guidance, seed=seed, device=dev, **opts)
+    if command == "inpaint":
+        return inpaint_file(run, image, mask, out, **kw)
+    return colorize_file(run, image, out, **kw)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import UserInputError
-from ..scaling import dequantize
 from ..data.toy2d import Toy2D
+from ..errors import UserInputError
+from ..likelihood.bpd import bits_per_dim
+from ..likelihood.ode_likelihood import check_solve, log_likelihood
+from ..scaling import dequantize
 from .distributed import gather_batches, rank_world
 from .factory import build_data, is_image
 from .runs import LoadedRun
-from ..likelihood.bpd import bits_per_dim
-from ..likelihood.ode_likelihood import check_solve, log_likelihood
 
 SPLITS = {"train": 0, "test": 1_000_003}  # seed offsets: a fresh draw per split
 
@@ -141,12 +143,94 @@ def evaluate_vlb(
             parts[k].append(getattr(res, k).cpu())
         nfe = res.nfe
     cat = {k: torch.cat(v) for k, v in parts.items()}
-    rep: dict[str, Any] = {"vlb_variance": variance, "vlb_n_t": n_t, "vlb_nfe": nfe,
-                           "vlb_seconds": time.perf_counter() - start}
+    rep: dict[str, Any] = {"split": split, "n": n, "vlb_variance": variance, "vlb_n_t": n_t,
+                           "vlb_nfe": nfe, "vlb_seconds": time.perf_counter() - start}
     rep["vlb_nats"], rep["vlb_stderr"] = _mean_stderr(cat["nats"])
     for k in ("prior", "diffusion", "decoder"):
         rep[f"vlb_{k}"] = cat[k].mean().item()
     if images:
         d = math.prod(x_all.shape[1:])
-        rep["vlb_bpd"], rep["vlb_bpd_stderr"] = (v / (d * math.log(2)) for v in _mean_stderr(cat["nats"]))
+        rep["vlb_bpd"], rep["vlb_bpd_stderr"] = (v / (d * math.log(2))
+                                                 for v in _mean_stderr(cat["nats"]))
     return rep
+
+
+METHODS = ("ode", "vlb", "both")
+TRACES = ("exact", "hutchinson")
+#: The options of each likelihood: those of one are refused with the other alone.
+ODE_FLAGS = ("--trace", "--rtol", "--atol", "--eps")
+VLB_FLAGS = ("--variance", "--n-t")
+
+
+def _check_likelihood_options(method: str, trace: str | None, ode: dict[str, Any],
+                              vlb: dict[str, Any]) -> None:
+    if method not in METHODS:
+        raise UserInputError(f"unknown method {method!r}; choose ode, vlb or both")
+    if trace not in (None, *TRACES):
+        raise UserInputError(f"unknown trace {trace!r}; choose exact or hutchinson")
+    for given, alone, other in ((ode, "vlb", "ode"), (vlb, "ode", "vlb")):
+        flags = [f for f, v in given.items() if v is not None]
+        if method == alone and flags:
+            verb = "applies" if len(flags) == 1 else "apply"
+            raise UserInputError(f"{', '.join(flags)} {verb} to --method {other} or both, not "
+                                 f"--method {alone}")
+
+
+def likelihood_command(
+    ckpt: str | os.PathLike | None, *, data: str | None = None, split: str = "test",
+    n: int = 2048, batch_size: int = 512, method: str = "ode", trace: str | None = None,
+    rtol: float | None = None, atol: float | None = None, eps: float | None = None,
+    variance: str | None = None, n_t: int | None = None, seed: int = 0,
+    out: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
+    threads: int = 0,
+) -> tuple[dict[str, Any], Path] | None:
+    """``sde-gen likelihood``: the ODE likelihood and/or DDPM's bound of ``n`` examples, written
+    as a JSON report (default ``<run>/likelihood_<split>.json``); returns it and its path
+    (``None`` on the ranks of a torchrun group other than 0).
+
+    ``trace``, ``rtol``, ``atol`` and ``eps`` (default 1e-5 each) belong to the ODE,
+    ``variance`` (default ``beta``) and ``n_t`` to the bound: giving those of the method not
+    run is refused. Where the split has fewer than ``n`` examples, all are used, a note says
+    so and the report holds ``n`` (used) and ``n_requested``.
+
+    Raises:
+        UserInputError: bad options or output path (before the checkpoint is read), or a result
+            that is not finite (nothing is written then).
+    """
+    from ..parameterization import learned_variance_fn
+    from .command_run import open_run, process_group
+    from .outputs import check_out_path, nonfinite_keys, note, write_json
+    from .runs import with_data
+
+    _check_likelihood_options(method, trace, {"--trace": trace, "--rtol": rtol, "--atol": atol,
+                                              "--eps": eps}, {"--variance": variance,
+                                                              "--n-t": n_t})
+    if out is not None:  # before any work: a bad path must not cost the whole computation
+        check_out_path(out, ".json")
+    variance = variance or "beta"
+    with process_group(device) as di:
+        run = with_data(open_run(ckpt, di.device, threads), data)
+        out = check_out_path(out or run.workdir / f"likelihood_{split}.json", ".json")
+        if method in ("vlb", "both") and variance == "learned":
+            learned_variance_fn(run.model)  # fail before the ODE solves, not after
+        rep: dict[str, Any] = {"method": method}
+        if method in ("ode", "both"):
+            rep.update(evaluate_likelihood(
+                run, n=n, batch_size=batch_size, split=split, trace=trace,
+                rtol=1e-5 if rtol is None else rtol, atol=1e-5 if atol is None else atol,
+                eps=1e-5 if eps is None else eps, seed=seed, device=di.device,
+                progress=progress))
+        if method in ("vlb", "both"):
+            rep.update(evaluate_vlb(run, n=n, batch_size=batch_size, split=split,
+                                    variance=variance, n_t=n_t, seed=seed, device=di.device,
+                                    progress=progress))
+        if not di.is_main:
+            return None
+    bad = nonfinite_keys(rep, ("nll_nats", "bpd", "vlb_nats", "vlb_bpd"))
+    if bad:
+        raise UserInputError(f"the likelihood is not finite ({bad}): the model or the ODE solve "
+                             "diverged; nothing was written")
+    if rep["n"] < n:
+        rep["n_requested"] = n
+        note(f"the {split} split has {rep['n']} examples: all {rep['n']} were used, not --n {n}")
+    return rep, write_json(rep, out)
