@@ -38,6 +38,24 @@ def image_run(workdir: Path, *sets: str) -> Path:
     return workdir
 
 
+def nan_weights(monkeypatch) -> None:
+    """Make every run loaded from now on (in this test) a model whose weights are all NaN."""
+    import torch
+
+    import sde_gen.app.runs as runs
+
+    load_run = runs.load_run
+
+    def load(*args, **kwargs):
+        run = load_run(*args, **kwargs)
+        with torch.no_grad():
+            for p in run.model.parameters():
+                p.fill_(float("nan"))
+        return run
+
+    monkeypatch.setattr(runs, "load_run", load)
+
+
 def png(path: Path, array) -> Path:
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
     return path

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import image_run, pictures, toy_run
+from cli_runs import image_run, nan_weights, pictures, toy_run
 from helpers import one_error_line
 from typer.testing import CliRunner
 
 import sde_gen.app.outputs as outputs
-import sde_gen.app.runs as runs
 from sde_gen.app.cli import app, main
 from sde_gen.app.outputs import deferred_signals
 from sde_gen.app.sampling_commands import check_class_memory
@@ -55,19 +54,6 @@ def console(monkeypatch, capsys, *args) -> tuple[int, list[str]]:
     with pytest.raises(SystemExit) as done:
         main()
     return done.value.code, capsys.readouterr().err.strip().splitlines()
-
-
-def nan_weights(monkeypatch):
-    load_run = runs.load_run
-
-    def load(*args, **kwargs):
-        run = load_run(*args, **kwargs)
-        with torch.no_grad():
-            for p in run.model.parameters():
-                p.fill_(float("nan"))
-        return run
-
-    monkeypatch.setattr(runs, "load_run", load)
 
 
 # ------------------------------------------------------- (a) figures on short chains, no leftovers
@@ -232,7 +218,8 @@ def test_signals_during_the_renames_wait_for_them():
 # -------------------------------------------------------------------- (g) misleading messages
 @pytest.mark.parametrize("args, message", [
     (["sample", "--class", "1", "--guidance", "nan"], "'--guidance': nan is not a number"),
-    (["sample", "--solver", "ddim", "--clip-sample", "nan"], "'--clip-sample': nan is not a number"),
+    (["sample", "--solver", "ddim", "--clip-sample", "nan"],
+     "'--clip-sample': nan is not a number"),
     (["sample", "--solver", "ddim", "--eta", "inf"], "'--eta': inf is not a finite number"),
     (["likelihood", "--rtol", "nan"], "'--rtol': nan is not a number"),
 ])

@@ -33,14 +33,9 @@ from .cli_options import (
     Data,
     Denoise,
     Device,
-    EditClass,
-    EditMethod,
-    EditSolver,
     EndTime,
     Guidance,
-    Particles,
     Progress,
-    Resample,
     Seed,
     Sets,
     Spacing,
@@ -48,6 +43,7 @@ from .cli_options import (
     Threads,
     number,
     out_option,
+    with_edit_options,
     with_solver_flags,
 )
 from .config import load_config
@@ -241,7 +237,7 @@ def sample(
 
 @app.command()
 @one_line_errors
-@with_solver_flags(exclude=("method",))
+@with_edit_options
 def inpaint(
     *,
     ckpt: Ckpt = None,
@@ -251,67 +247,38 @@ def inpaint(
         "--mask", help="PNG of the run's size, black (0) where pixels are to be filled in, "
                        "white (1 or 255) where known.")],
     out: Annotated[Path, out_option("Output PNG path (the known pixels are the input's).")],
-    solver: EditSolver = None,
-    steps: Steps = None,
-    eps: EndTime = None,
-    resample: Resample = 1,
-    method: EditMethod = "replacement",
-    particles: Particles = None,
-    class_: EditClass = None,
-    guidance: Guidance = None,
-    seed: Seed = 0,
-    denoise: Denoise = True,
-    device: Device = "auto",
-    threads: Threads = 0,
-    **solver_opts,
+    **options,
 ) -> None:
     """Inpaint an image of an image run: fill in the masked-out (black) pixels with the run's
     model (--seed seeds the sampler)."""
     from .editing import edit_command
 
-    path = edit_command("inpaint", ckpt, image, out, mask=mask, label=class_, guidance=guidance,
-                        seed=seed, device=device, threads=threads, method=method, solver=solver,
-                        steps=steps, eps=eps, resample=resample, particles=particles,
-                        denoise=denoise, solver_opts=solver_opts)
-    typer.echo(f"inpainted with {_edit_text(method, solver)}: {path}")
+    path = edit_command("inpaint", ckpt, image, out, mask=mask, **options)
+    typer.echo(f"inpainted with {_edit_text(options)}: {path}")
 
 
-def _edit_text(method: str, solver: str | None) -> str:
-    return method if method == "smc" else f"{method} ({solver or 'pc'})"
+def _edit_text(options: dict) -> str:
+    method = options["method"]
+    return method if method == "smc" else f"{method} ({options['solver'] or 'pc'})"
 
 
 @app.command()
 @one_line_errors
-@with_solver_flags(exclude=("method",))
+@with_edit_options
 def colorize(
     *,
     ckpt: Ckpt = None,
     image: Annotated[Path, typer.Option(
         "--image", help="A greyscale PNG (one channel, or equal R, G, B) of the run's size.")],
     out: Annotated[Path, out_option("Output (RGB) PNG path.")],
-    solver: EditSolver = None,
-    steps: Steps = None,
-    eps: EndTime = None,
-    resample: Resample = 1,
-    method: EditMethod = "replacement",
-    particles: Particles = None,
-    class_: EditClass = None,
-    guidance: Guidance = None,
-    seed: Seed = 0,
-    denoise: Denoise = True,
-    device: Device = "auto",
-    threads: Threads = 0,
-    **solver_opts,
+    **options,
 ) -> None:
     """Colorize a greyscale image with a colour image run's model (imputation in a colour basis
     whose first axis is the grey level; --seed seeds the sampler)."""
     from .editing import edit_command
 
-    path = edit_command("colorize", ckpt, image, out, label=class_, guidance=guidance, seed=seed,
-                        device=device, threads=threads, method=method, solver=solver,
-                        steps=steps, eps=eps, resample=resample, particles=particles,
-                        denoise=denoise, solver_opts=solver_opts)
-    typer.echo(f"colorized with {_edit_text(method, solver)}: {path}")
+    path = edit_command("colorize", ckpt, image, out, **options)
+    typer.echo(f"colorized with {_edit_text(options)}: {path}")
 
 
 @app.command()

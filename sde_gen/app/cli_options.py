@@ -140,3 +140,22 @@ def with_solver_flags(command: Callable | None = None, *,
                                         annotation=flag.type | None))
     command.__signature__ = signature.replace(parameters=params)
     return command
+
+
+#: The options of ``inpaint`` and ``colorize`` after their pictures: ``(name, alias, default)``.
+EDIT_OPTIONS = (("solver", EditSolver, None), ("steps", Steps, None), ("eps", EndTime, None),
+                ("resample", Resample, 1), ("method", EditMethod, "replacement"),
+                ("particles", Particles, None), ("class_", EditClass, None),
+                ("guidance", Guidance, None), ("seed", Seed, 0), ("denoise", Denoise, True),
+                ("device", Device, "auto"), ("threads", Threads, 0))
+
+
+def with_edit_options(command: Callable) -> Callable:
+    """Give ``command(..., **options)`` the options of :data:`EDIT_OPTIONS` and the solver flags
+    (but ``--method``, which is the editing method's), all received in ``options``."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=alias) for name, alias, default in EDIT_OPTIONS]
+    command.__signature__ = signature.replace(parameters=params)
+    return with_solver_flags(command, exclude=("method",))

@@ -84,6 +84,18 @@ def _check_size(a: np.ndarray, shape: tuple[int, int, int], path: Path, flag: st
                              f"images are {w}x{h} (width x height)")
 
 
+def _read_grey(path: Path, shape: tuple[int, int, int], flag: str, unequal: str) -> np.ndarray:
+    """A picture of the run's size as one channel ``(1, H, W)``: an RGB one must have equal
+    R, G and B (else ``unequal`` says why not)."""
+    a = read_png(path, flag=flag)
+    _check_size(a, shape, path, flag)
+    if a.shape[0] == 3:
+        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
+            raise UserInputError(f"{flag} {path} {unequal}")
+        a = a[:1]
+    return a
+
+
 def read_image_for_run(path: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Tensor:
     """``--image`` as the run's model input ``(1, C, H, W)`` in [-1, 1], checked.
 
@@ -108,13 +120,8 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Ten
             0/255), or a mask with no known or no unknown pixel.
     """
     path = Path(path)
-    a = read_png(path, flag="--mask")
-    _check_size(a, shape, path, "--mask")
-    if a.shape[0] == 3:
-        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
-            raise UserInputError(f"--mask {path} has unequal R, G and B channels; a mask is "
-                                 "black and white (one channel)")
-        a = a[:1]
+    a = _read_grey(path, shape, "--mask", "has unequal R, G and B channels; a mask is black and "
+                                          "white (one channel)")
     values = set(np.unique(a).tolist())
     if values <= {0, 1}:
         known = a == 1
@@ -144,13 +151,8 @@ def read_grey_for_run(path: str | os.PathLike, shape: tuple[int, int, int]) -> t
         raise UserInputError("sde-gen colorize needs a run on colour (RGB) images; this run's "
                              "images have 1 channel")
     path = Path(path)
-    a = read_png(path)
-    _check_size(a, shape, path, "--image")
-    if a.shape[0] == 3:
-        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
-            raise UserInputError(f"--image {path} is not greyscale: its R, G and B channels "
-                                 "differ; colorize takes a grey picture")
-        a = a[:1]
+    a = _read_grey(path, shape, "--image", "is not greyscale: its R, G and B channels differ; "
+                                           "colorize takes a grey picture")
     return uint8_to_model(torch.from_numpy(np.array(a)))[None]
 
 
@@ -291,13 +293,16 @@ def edit_options(*, method: str = "replacement", solver: str | None = None,
 
 def edit_command(
     command: str, ckpt: str | os.PathLike | None, image: str | os.PathLike,
-    out: str | os.PathLike, *, mask: str | os.PathLike | None = None, label: int | None = None,
+    out: str | os.PathLike, *, mask: str | os.PathLike | None = None, class_: int | None = None,
     guidance: float | None = None, seed: int = 0, device: str = "auto", threads: int = 0,
-    **options: Any,
+    method: str = "replacement", solver: str | None = None, steps: int | None = None,
+    eps: float | None = None, resample: int = 1, particles: int | None = None,
+    denoise: bool = True, **solver_opts: Any,
 ) -> Path:
     """``sde-gen inpaint`` (``command="inpaint"``, with ``mask``) or ``sde-gen colorize``: the
-    options (:func:`edit_options`) and ``out`` checked before the checkpoint is read, the run
-    loaded with its thread policy, the picture written to ``out``.
+    options (:func:`edit_options`; ``solver_opts``: the solver flags, ``None`` where not given)
+    and ``out`` checked before the checkpoint is read, the run loaded with its thread policy,
+    the picture written to ``out``.
 
     Raises:
         UserInputError: see :func:`edit_options`, :func:`inpaint_file`, :func:`colorize_file`.
@@ -306,11 +311,12 @@ def edit_command(
     from .distributed import resolve_device
     from .outputs import check_out_path
 
-    opts = edit_options(**options)
+    opts = edit_options(method=method, solver=solver, steps=steps, eps=eps, resample=resample,
+                        particles=particles, denoise=denoise, solver_opts=solver_opts)
     out = check_out_path(out, ".png")  # before the checkpoint is even read
     dev = resolve_device(device)
     run = open_run(ckpt, dev, threads)
-    kw = dict(label=label, guidance=guidance, seed=seed, device=dev, **opts)
+    kw = dict(label=class_, guidance=guidance, seed=seed, device=dev, **opts)
     if command == "inpaint":
         return inpaint_file(run, image, mask, out, **kw)
     return colorize_file(run, image, out, **kw)
