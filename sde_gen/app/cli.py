@@ -1,4 +1,5 @@
-"""The ``sde-gen`` command line: parse, build, call one library function, report.
+"""The ``sde-gen`` command line: each command parses its options (the shared ones declared once
+in :mod:`.cli_options`), calls one application function and reports its result.
 
 Every expected failure prints one line ``error: ...`` to stderr and exits with code 2, without a
 traceback: the package's own errors (:class:`~sde_gen.errors.SDEGenError`: bad config or option,

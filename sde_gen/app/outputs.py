@@ -84,6 +84,8 @@ def remove_empty(dirs: list[Path]) -> None:
 def write_error(e: OSError, path: Path) -> OSError:
     """``e`` (a failed write, e.g. a full disk) as an ``OSError`` of the same errno whose message
     names ``path``, the file that was being written (not its temp file)."""
+    if e.errno is None:
+        return OSError(f"cannot write {path}: {e}")
     return OSError(e.errno, f"cannot write {path}: {e.strerror or e}")
 
 
