@@ -60,9 +60,11 @@ def block_size_for(shape: Sequence[int]) -> int:
     return block
 
 
-def _stream_seed(seed: int, block: int, index: int) -> int:
-    """The torch seed of block ``index``: independent of every other (seed, block, index)."""
-    state = np.random.SeedSequence([seed, block, index]).generate_state(2, np.uint32)
+def _stream_seed(seed: int, stream: int, block: int, index: int) -> int:
+    """The torch seed of block ``index``: independent of every other (seed, stream, block,
+    index)."""
+    key = [seed, block, index] if stream == 0 else [seed, block, index, stream]
+    state = np.random.SeedSequence(key).generate_state(2, np.uint32)
     return (int(state[0]) << 32 | int(state[1])) & MAX_SEED
 
 
@@ -76,6 +78,8 @@ class IndexedGenerator:
     Args:
         seed: the run's seed, in ``[0, MAX_SEED]``.
         start: the run index of this batch's first example.
+        stream: which of the run's independent uses this is (e.g. the data draw and the
+            probes of one likelihood run), so that they do not share numbers.
         n: examples in the batch.
         block: examples per block (default: :data:`MAX_BLOCK`); pass :func:`block_size_for`
             of the example shape to keep large examples cheap. Results depend on it, so keep it
@@ -84,16 +88,17 @@ class IndexedGenerator:
     """
 
     def __init__(self, seed: int, start: int, n: int, *, block: int = MAX_BLOCK,
-                 device: torch.device | str | None = None) -> None:
+                 stream: int = 0, device: torch.device | str | None = None) -> None:
         self.seed, self.start, self.n = check_seed(seed), int(start), int(n)
         if self.start < 0 or self.n < 1 or block < 1:
             raise UserInputError(f"need start >= 0, n >= 1 and block >= 1, got {start}, {n}, "
                                  f"{block}")
-        self.block = int(block)
+        self.block, self.stream = int(block), int(stream)
         self.device = torch.device(device if device is not None else "cpu")
         first, last = self.start // self.block, (self.start + self.n - 1) // self.block
         self._generators = [
-            torch.Generator(device=self.device).manual_seed(_stream_seed(self.seed, self.block, b))
+            torch.Generator(device=self.device).manual_seed(
+                _stream_seed(self.seed, self.stream, self.block, b))
             for b in range(first, last + 1)]
         self._offset = self.start - first * self.block  # rows of the first block before ours
 

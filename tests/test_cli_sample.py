@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-import torch
 import typer
+from cli_runs import nan_weights
 from typer.testing import CliRunner
 
 from sde_gen.app.cli import app
@@ -162,18 +162,7 @@ def test_sample_flags_and_their_help_come_from_the_registry():
 
 def test_sample_refuses_non_finite_samples(run_dir, tmp_path, monkeypatch):
     """Regression: a model with NaN weights sampled 100% NaN, wrote the files and exited 0."""
-    from sde_gen.app import runs
-
-    load_run = runs.load_run
-
-    def nan_weights(*args, **kwargs):
-        run = load_run(*args, **kwargs)
-        with torch.no_grad():
-            for p in run.model.parameters():
-                p.fill_(float("nan"))
-        return run
-
-    monkeypatch.setattr(runs, "load_run", nan_weights)
+    nan_weights(monkeypatch)
     out = tmp_path / "nan.png"
     res = CliRunner().invoke(app, ["sample", "--solver", "ddim", "--steps", "5", "--ckpt",
                                    str(run_dir), "--n", "8", "--out", str(out), "--no-progress",

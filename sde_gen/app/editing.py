@@ -16,7 +16,6 @@ class-conditional run can be conditioned on a class too (:mod:`sde_gen.guidance`
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ from ..data.images import is_grey
 from ..errors import UserInputError
 from ..parameterization import EpsModel
 from ..scaling import model_to_uint8, uint8_to_model
-from .atomic import new_file_mode
 from .factory import is_image
+from .outputs import _atomic
 from .runs import LoadedRun
 
 #: PIL modes read as greyscale and as colour (an alpha band is dropped); others are refused.
@@ -46,6 +45,8 @@ def read_png(path: str | os.PathLike, *, flag: str = "--image") -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{flag} {path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path} does not exist")
     try:
@@ -85,6 +86,18 @@ def _check_size(a: np.ndarray, shape: tuple[int, int, int], path: Path, flag: st
                              f"images are {w}x{h} (width x height)")
 
 
+def _read_grey(path: Path, shape: tuple[int, int, int], flag: str, unequal: str) -> np.ndarray:
+    """A picture of the run's size as one channel ``(1, H, W)``: an RGB one must have equal
+    R, G and B (else ``unequal`` says why not)."""
+    a = read_png(path, flag=flag)
+    _check_size(a, shape, path, flag)
+    if a.shape[0] == 3:
+        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
+            raise UserInputError(f"{flag} {path} {unequal}")
+        a = a[:1]
+    return a
+
+
 def read_image_for_run(path: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Tensor:
     """``--image`` as the run's model input ``(1, C, H, W)`` in [-1, 1], checked.
 
@@ -109,13 +122,8 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Ten
             0/255), or a mask with no known or no unknown pixel.
     """
     path = Path(path)
-    a = read_png(path, flag="--mask")
-    _check_size(a, shape, path, "--mask")
-    if a.shape[0] == 3:
-        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
-            raise UserInputError(f"--mask {path} has unequal R, G and B channels; a mask is "
-                                 "black and white (one channel)")
-        a = a[:1]
+    a = _read_grey(path, shape, "--mask", "has unequal R, G and B channels; a mask is black and "
+                                          "white (one channel)")
     values = set(np.unique(a).tolist())
     if values <= {0, 1}:
         known = a == 1
@@ -145,32 +153,19 @@ def read_grey_for_run(path: str | os.PathLike, shape: tuple[int, int, int]) -> t
         raise UserInputError("sde-gen colorize needs a run on colour (RGB) images; this run's "
                              "images have 1 channel")
     path = Path(path)
-    a = read_png(path)
-    _check_size(a, shape, path, "--image")
-    if a.shape[0] == 3:
-        if not (np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])):
-            raise UserInputError(f"--image {path} is not greyscale: its R, G and B channels "
-                                 "differ; colorize takes a grey picture")
-        a = a[:1]
+    a = _read_grey(path, shape, "--image", "is not greyscale: its R, G and B channels differ; "
+                                           "colorize takes a grey picture")
     return uint8_to_model(torch.from_numpy(np.array(a)))[None]
 
 
 def write_png(pixels: torch.Tensor, out: str | os.PathLike) -> Path:
-    """Write ``(C, H, W)`` uint8 pixels as a PNG at ``out`` atomically (temp file, rename)."""
+    """Write ``(C, H, W)`` uint8 pixels as a PNG at ``out`` atomically (temp file, rename); a
+    write error names ``out``."""
     from PIL import Image
 
-    out = Path(out)
     a = pixels.cpu().numpy()
     img = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp_", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="png")
-        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 -> the umask's mode, as any new file
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return _atomic(Path(out), lambda tmp: img.save(tmp, format="png"))
 
 
 def labelled_model(run: LoadedRun, label: int | None, guidance: float | None) -> EpsModel:
@@ -254,3 +249,76 @@ def colorize_file(run: LoadedRun, image: str | os.PathLike, out: str | os.PathLi
     res = colorize(model, run.sde, grey.to(device), generator=g, **options)
     check_nonfinite(res.x)
     return write_png(model_to_uint8(res.x[0].float().cpu()), out)
+
+
+EDIT_METHODS = ("replacement", "smc")
+
+
+def edit_options(*, method: str = "replacement", solver: str | None = None,
+                 steps: int | None = None, t_min: float | None = None, resample: int = 1,
+                 particles: int | None = None, denoise: bool = True,
+                 solver_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampler options of ``inpaint`` / ``colorize`` for :func:`inpaint_file` /
+    :func:`colorize_file`, checked before any file is read: ``--method replacement`` takes a
+    ``solver`` (default ``pc``), its options and ``resample``; ``--method smc`` takes
+    ``particles`` and none of those (its own ancestral kernel).
+
+    Raises:
+        UserInputError: an unknown method or solver, or an option that does not apply.
+    """
+    from .solver_options import flag_list, solver_options
+
+    if method not in EDIT_METHODS:
+        raise UserInputError(f"unknown --method {method!r}; choose replacement or smc")
+    if particles is not None and method != "smc":
+        raise UserInputError("--particles applies to --method smc")
+    if method == "smc":
+        given = {k: v for k, v in (solver_opts or {}).items() if v is not None}
+        if solver is not None:
+            given = {"solver": solver, **given}
+        if particles is None:
+            raise UserInputError("--method smc needs --particles K (particles per image)")
+        if resample != 1:
+            raise UserInputError("--resample applies to --method replacement (SMC resamples "
+                                 "particles)")
+        if given:
+            raise UserInputError(f"{flag_list(given)} does not apply to --method smc (its own "
+                                 "ancestral kernel)")
+        opts: dict[str, Any] = {"method": "smc", "particles": particles}
+    else:
+        solver = solver or "pc"
+        opts = {**solver_options(solver, solver_opts or {}), "method": "replacement",
+                "solver": solver, "resample": resample}
+    opts.update({k: v for k, v in (("steps", steps), ("t_min", t_min)) if v is not None})
+    return {**opts, "denoise": denoise}
+
+
+def edit_command(
+    command: str, ckpt: str | os.PathLike | None, image: str | os.PathLike,
+    out: str | os.PathLike, *, mask: str | os.PathLike | None = None, class_: int | None = None,
+    guidance: float | None = None, seed: int = 0, device: str = "auto", threads: int = 0,
+    method: str = "replacement", solver: str | None = None, steps: int | None = None,
+    t_min: float | None = None, resample: int = 1, particles: int | None = None,
+    denoise: bool = True, **solver_opts: Any,
+) -> Path:
+    """``sde-gen inpaint`` (``command="inpaint"``, with ``mask``) or ``sde-gen colorize``: the
+    options (:func:`edit_options`; ``solver_opts``: the solver flags, ``None`` where not given)
+    and ``out`` checked before the checkpoint is read, the run loaded with its thread policy,
+    the picture written to ``out``.
+
+    Raises:
+        UserInputError: see :func:`edit_options`, :func:`inpaint_file`, :func:`colorize_file`.
+    """
+    from .command_run import open_run
+    from .distributed import resolve_device
+    from .outputs import check_out_path
+
+    opts = edit_options(method=method, solver=solver, steps=steps, t_min=t_min, resample=resample,
+                        particles=particles, denoise=denoise, solver_opts=solver_opts)
+    out = check_out_path(out, ".png")  # before the checkpoint is even read
+    dev = resolve_device(device)
+    run = open_run(ckpt, dev, threads)
+    kw = dict(label=class_, guidance=guidance, seed=seed, device=dev, **opts)
+    if command == "inpaint":
+        return inpaint_file(run, image, mask, out, **kw)
+    return colorize_file(run, image, out, **kw)

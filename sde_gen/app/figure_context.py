@@ -41,6 +41,37 @@ class FigureContext:
         self.ancestral_steps, self.interpolation_steps = ancestral_steps, interpolation_steps
         self.t_min = sde.default_t_min
         self.x0_hat = denoise_fn(model, sde)
+        self.chain = chain_times(sde, self.t_min, device=device)
+        if len(self.chain) < 2:
+            raise UserInputError(f"the figures need a discrete chain of two or more steps above "
+                                 f"t_min = {self.t_min:g}; this model's has {len(self.chain)}")
+
+    @property
+    def max_steps(self) -> int:
+        """The most intervals a grid on the discrete chain holds (between t_min and T)."""
+        return len(self.chain) - 1
+
+    def fit_steps(self, steps: int) -> int:
+        """``steps`` clamped to what the discrete chain holds (:attr:`max_steps`)."""
+        return min(steps, self.max_steps)
+
+    def ddim_steps(self) -> tuple[int, ...]:
+        """:data:`DDIM_STEPS` clamped to the chain (and then distinct): DDIM's consistency
+        figure on a 100-step chain shows 10, 20, 50 and 99 steps."""
+        return tuple(sorted({self.fit_steps(s) for s in DDIM_STEPS}))
+
+    def interp_times(self, levels: tuple[float, ...]) -> list[float]:
+        """The noise levels of the DDPM interpolation rows: for each ``level``, the chain step
+        nearest ``level * T`` that leaves at least one chain interval below it (distinct, in
+        order; a short chain has fewer)."""
+        chain = self.chain.double()
+        times: list[float] = []
+        for level in levels:
+            i = int((chain - level * self.sde.T).abs().argmin())
+            t = float(chain[min(i, len(chain) - 2)])
+            if t not in times:
+                times.append(t)
+        return times
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A generator on the model's device seeded ``seed + offset`` (one offset per use)."""
@@ -79,15 +110,14 @@ class FigureContext:
 
     def ddim(self, x_T: torch.Tensor, steps: int, **kw: Any):
         """Deterministic DDIM (eta = 0) on the discrete chain ([Song21ddim] Eq. (12))."""
-        return sample(self.model, self.sde, None, "ddim", x_T=x_T, steps=steps, discrete=True,
-                      eta=0.0, **kw)
+        return sample(self.model, self.sde, None, "ddim", x_T=x_T, steps=self.fit_steps(steps),
+                      discrete=True, spacing="uniform", eta=0.0, **kw)
 
     def chain_from(self, t: float, steps: int | None = None) -> torch.Tensor:
         """A respaced DDPM chain from the step nearest ``t`` down to the one nearest ``t_min``:
         ``steps`` intervals of the chain's steps (default ``ceil(interpolation_steps * t / T)``),
         at most every step."""
-        chain = chain_times(self.sde, self.t_min, device=self.device)
-        chain = chain[chain <= t + 1e-9]
+        chain = self.chain[self.chain <= t + 1e-9]
         if steps is None:
             steps = math.ceil(self.interpolation_steps * t / self.sde.T)
         k = min(len(chain) - 1, max(1, steps))

@@ -13,7 +13,8 @@ path versions. Every figure uses fixed seeds, the model in eval mode and ``torch
 - ``interpolation_ode``: two data points encoded to ``x_T`` by the probability-flow ODE, their
   latents slerped and decoded, [Song21ddim] Sec. 5.3, [Song21] Sec. 4.3.
 - ``interpolation_ddpm``: both points diffused to ``x_t`` (with the same noise), linearly mixed and
-  denoised by the reverse chain (its noise fixed across the mixing weights), [Ho20] Sec. 4.4, Fig. 8.
+  denoised by the reverse chain (its noise fixed across the mixing weights), [Ho20] Sec. 4.4,
+  Fig. 8.
 - 2-D runs also get ``trajectories``: reverse-SDE (DDPM) and PF-ODE (DDIM) paths from ``x_T``.
 
 Refs: [Ho20] Eq. (4), Sec. 4.3 (Fig. 6), Sec. 4.4 (Fig. 8); [Song21ddim] Sec. 5.2, 5.3;
@@ -37,7 +38,9 @@ from .config import Config
 from .factory import is_image
 from .figure_context import IMAGE_FIGURES, TOY_FIGURES, FigureContext
 
-__all__ = ["IMAGE_FIGURES", "TOY_FIGURES", "check_out_dir", "figures_command", "write_figures"]
+__all__ = ["IMAGE_FIGURES", "TOY_FIGURES", "check_out_dir", "check_prefix", "figures_command",
+           "write_figures"]
+from .command_run import SEED_MAX
 from .outputs import _atomic_all
 from .plots import pyplot, save_figure
 
@@ -68,45 +71,62 @@ def check_out_dir(path: str | os.PathLike, *, flag: str = "--out", create: bool 
     return path
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it keeps every figure inside ``--out``: no path separator, no ``..``.
+
+    Raises:
+        UserInputError: naming the prefix.
+    """
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if any(c in prefix for c in seps) or ".." in prefix:
+        raise UserInputError(f"--prefix {prefix!r} must be a plain file-name prefix (no path "
+                             "separator or '..'): the figures go into --out")
+    return prefix
+
+
 def figures_command(
     ckpt: str | os.PathLike | None, out: str | os.PathLike, *, n: int | None = None, seed: int = 0,
-    device: str | None = None, prefix: str = "",
+    device: str | None = None, prefix: str = "", threads: int = 0,
 ) -> list[Path]:
     """``sde-gen figures --ckpt RUN --out DIR``: load the run's EMA model and write its figures.
 
-    Everything is checked before anything is computed or created: ``n``, ``out`` (a directory,
-    or one that can be made, writable), ``ckpt`` (an existing, loadable checkpoint file or run
-    directory) and ``device``; then ``out`` is created.
+    Everything is checked before anything is computed or created: ``n``, ``seed``, ``prefix``,
+    ``out`` (a directory, or one that can be made, writable), ``ckpt`` (an existing, loadable
+    checkpoint file or run directory) and ``device``; the run's thread policy is applied when
+    it is loaded. ``out`` is made only when the figures are written, together: a failure or an
+    interrupt leaves neither figures nor an empty ``out``.
 
     Args:
         ckpt: a checkpoint file or run directory (``None``: the latest run under ``runs/``).
         out: the directory the PNGs go to (created).
         n: examples per figure (see :func:`write_figures`).
-        seed: the seed of every draw.
+        seed: the seed of every draw, in ``[0, 2**63 - 1]``.
         device: ``auto`` (default), ``cpu`` or ``cuda``.
-        prefix: prepended to each file name.
+        prefix: prepended to each file name (a plain name: :func:`check_prefix`).
+        threads: CPU intra-op threads (0: the run's policy, :mod:`.threads`).
 
     Returns:
         the PNGs written.
 
     Raises:
-        UserInputError: a bad ``n``, ``out``, ``ckpt`` path or ``device``, in one line.
+        UserInputError: a bad ``n``, ``seed``, ``prefix``, ``out``, ``ckpt`` path or ``device``,
+            in one line.
         CheckpointError: ``ckpt`` holds no loadable run (one line).
     """
+    from .command_run import open_run
     from .distributed import resolve_device
-    from .runs import load_run
 
     if n is not None and n < 1:
         raise UserInputError(f"--n must be a positive number of examples, got {n}")
-    if seed < 0:
-        raise UserInputError(f"--seed must be >= 0, got {seed}")
-    check_out_dir(out, create=False)
+    if not 0 <= seed <= SEED_MAX:
+        raise UserInputError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
+    check_prefix(prefix)
+    out = check_out_dir(out, create=False)
     if ckpt is not None and not Path(ckpt).exists():
         raise UserInputError(f"--ckpt {ckpt} does not exist; give a checkpoint file or run "
                              f"directory")
     dev = resolve_device(device or "auto")
-    run = load_run(ckpt, device=dev)
-    out = check_out_dir(out)
+    run = open_run(ckpt, dev, threads)
     return write_figures(run.model, run.sde, run.cfg, out, n=n, seed=seed, device=dev,
                          prefix=prefix)
 
@@ -120,11 +140,15 @@ def write_figures(
     """Compute every figure of :data:`IMAGE_FIGURES` (image data) or :data:`TOY_FIGURES` (2-D data)
     and write them all to ``out_dir`` (temp files renamed together: a failure leaves none).
 
+    The step counts the figures show are clamped to what the model's discrete chain holds (a
+    10-step chain gets DDIM with at most 9 intervals, not 100).
+
     Args:
         model: eps-model ``model(x, t)`` (in eval mode; a ``torch.nn.Module`` is put there).
         sde: its forward SDE.
         cfg: the run's config (which data set; 2-D or images).
-        out_dir: an existing directory (:func:`check_out_dir`).
+        out_dir: the directory (checked with :func:`check_out_dir`; made, with its missing
+            parents, when the figures are written, and only then).
         n: examples: rows of an image figure (default 6), points of a 2-D scatter (default 1000).
         seed: every draw uses a generator seeded from it.
         device: where the model runs.
@@ -136,6 +160,7 @@ def write_figures(
     Returns:
         the paths written, in the order of the figure tuple.
     """
+    check_prefix(prefix)
     if isinstance(model, torch.nn.Module):
         model.eval()
     out_dir = Path(out_dir)

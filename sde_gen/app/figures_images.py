@@ -9,7 +9,6 @@ import torch
 
 from ..scaling import from_model
 from .figure_context import (
-    DDIM_STEPS,
     FORWARD_TIMES,
     INTERP_LEVELS,
     PROGRESSIVE_TIMES,
@@ -81,17 +80,22 @@ def progressive(ctx: FigureContext, k: int):
 
 
 def ddim_consistency(ctx: FigureContext, rows: int):
-    """The same ``x_T`` by DDIM (eta = 0) with :data:`DDIM_STEPS` steps and by DDPM's chain
-    ([Song21ddim] Sec. 5.2)."""
+    """The same ``x_T`` by DDIM (eta = 0) with the steps of :meth:`FigureContext.ddim_steps` and
+    by DDPM's chain ([Song21ddim] Sec. 5.2)."""
     x_T = ctx.prior((rows, *ctx.data(1).shape[1:]), offset=4)
-    cols = [_show(ctx.ddim(x_T, s).x) for s in DDIM_STEPS]
+    steps = ctx.ddim_steps()
+    cols = [_show(ctx.ddim(x_T, s).x) for s in steps]
     ddpm = ctx.ancestral(x_T, offset=4)
     cols.append(_show(ddpm.x))
     return image_table(
         [[c[i] for c in cols] for i in range(rows)],
-        col_titles=[f"{s} steps" for s in DDIM_STEPS] + [f"DDPM\n{len(ddpm.ts) - 1} steps"],
+        col_titles=[f"{s} steps" for s in steps] + [f"DDPM\n{len(ddpm.ts) - 1} steps"],
         title="DDIM consistency: one $x_T$ per row,\n"
-              r"DDIM ($\eta = 0$) with 10 to 100 steps, and DDPM's chain")
+              rf"DDIM ($\eta = 0$) with {_step_range(steps)} steps, and DDPM's chain")
+
+
+def _step_range(steps: tuple[int, ...]) -> str:
+    return f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else str(steps[0])
 
 
 def _pair_table(x0, x1, mixed, row_labels, title, weight):
@@ -111,8 +115,9 @@ def interpolation_ode(ctx: FigureContext, x0: torch.Tensor, x1: torch.Tensor):
 
 
 def interpolation_ddpm(ctx: FigureContext, x0: torch.Tensor, x1: torch.Tensor):
-    """DDPM interpolation at each level of :data:`INTERP_LEVELS` ([Ho20] Sec. 4.4, Fig. 8)."""
-    levels = [level * ctx.sde.T for level in INTERP_LEVELS]
+    """DDPM interpolation at each level of :data:`INTERP_LEVELS` (on the chain:
+    :meth:`FigureContext.interp_times`) ([Ho20] Sec. 4.4, Fig. 8)."""
+    levels = ctx.interp_times(INTERP_LEVELS)
     by_level = [ctx.ddpm_interpolation(x0, x1, t, INTERP_WEIGHTS, offset=10 + k)
                 for k, t in enumerate(levels)]  # each (weights, pairs, *D)
     rows_a, rows_b, mixed, labels = [], [], [], []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .figure_context import DDIM_STEPS, INTERP_LEVELS, FigureContext, nearest_index, time_label
+from .figure_context import INTERP_LEVELS, FigureContext, nearest_index, time_label
 from .plots import fit_title, pyplot
 
 TOY_TIMES = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -100,7 +100,8 @@ def progressive(ctx: FigureContext, n: int, data: torch.Tensor):
     axes[0][-1].set_title("sample", fontsize=10)
     axes[0][0].set_ylabel(r"$x_t$", fontsize=11)
     axes[1][0].set_ylabel(r"$\hat{x}_0(x_t, t)$", fontsize=11)
-    return _finish(fig, f"Progressive generation: one DDPM ancestral run ({len(res.ts) - 1} steps); "
+    return _finish(fig, "Progressive generation: one DDPM ancestral run "
+                        f"({len(res.ts) - 1} steps); "
                         r"top $x_t$, bottom its prediction $\hat{x}_0$ (data in grey)")
 
 
@@ -123,11 +124,12 @@ def _paths(ax, traj: torch.Tensor, ts: torch.Tensor, cmap: str = "viridis"):
 def trajectories(ctx: FigureContext, data: torch.Tensor):
     """:data:`PATHS` paths from the same ``x_T``: DDPM's chain and DDIM's (the PF-ODE)."""
     x_T = ctx.prior((PATHS, 2), offset=5)
-    ts = ctx.chain_from(ctx.sde.T, PATH_STEPS)
-    runs = {f"reverse SDE: DDPM ancestral,\n{PATH_STEPS} respaced steps":
+    steps = ctx.fit_steps(PATH_STEPS)
+    ts = ctx.chain_from(ctx.sde.T, steps)
+    runs = {f"reverse SDE: DDPM ancestral,\n{len(ts) - 1} respaced steps":
             ctx.ancestral(x_T, offset=5, ts=ts, return_trajectory=True),
-            f"PF-ODE: DDIM ($\\eta = 0$),\n{PATH_STEPS} steps":
-            ctx.ddim(x_T, PATH_STEPS, return_trajectory=True)}
+            f"PF-ODE: DDIM ($\\eta = 0$),\n{steps} steps":
+            ctx.ddim(x_T, steps, return_trajectory=True)}
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, squeeze=False, figsize=(8.4, 4.3), layout="constrained")
     lim = max(_data_lim(data), 1.1 * float(x_T.abs().max()))
@@ -149,12 +151,13 @@ def trajectories(ctx: FigureContext, data: torch.Tensor):
 
 
 def ddim_consistency(ctx: FigureContext, n: int, data: torch.Tensor):
-    """The same ``x_T`` decoded by DDIM with :data:`DDIM_STEPS` steps and DDPM's chain; each
-    point coloured by the angle of its ``x_T`` ([Song21ddim] Sec. 5.2)."""
+    """The same ``x_T`` decoded by DDIM with the steps of :meth:`FigureContext.ddim_steps` and
+    DDPM's chain; each point coloured by the angle of its ``x_T`` ([Song21ddim] Sec. 5.2)."""
     x_T = ctx.prior((n, 2), offset=4)
     colour = torch.atan2(x_T[:, 1], x_T[:, 0]).cpu().numpy()
     style = {"c": colour, "cmap": "hsv", "vmin": -3.1416, "vmax": 3.1416, "s": 3, "alpha": 0.8}
-    outs = {f"DDIM, {s} steps": ctx.ddim(x_T, s).x for s in DDIM_STEPS}
+    steps = ctx.ddim_steps()
+    outs = {f"DDIM, {s} steps": ctx.ddim(x_T, s).x for s in steps}
     ddpm = ctx.ancestral(x_T, offset=4)
     outs[f"DDPM, {len(ddpm.ts) - 1} steps"] = ddpm.x
     fig, axes = _panels(1, len(outs) + 1)
@@ -165,8 +168,9 @@ def ddim_consistency(ctx: FigureContext, n: int, data: torch.Tensor):
         _scatter(ax, x, **style)
         _lim(ax, _data_lim(data))
         ax.set_title(name, fontsize=10)
-    return _finish(fig, r"DDIM consistency: the same $x_T$ (coloured by angle) decoded with 10 to "
-                        r"100 DDIM steps keeps its colours; DDPM's chain mixes them")
+    which = f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else str(steps[0])
+    return _finish(fig, r"DDIM consistency: the same $x_T$ (coloured by angle) decoded with "
+                        f"{which} DDIM steps keeps its colours; DDPM's chain mixes them")
 
 
 def interpolation(ctx: FigureContext, data: torch.Tensor):
@@ -179,8 +183,7 @@ def interpolation(ctx: FigureContext, data: torch.Tensor):
     keep = (cos > -0.8).nonzero()[:PAIRS, 0]
     x0, x1 = a[keep], b[keep]
     paths = {"PF-ODE: slerp of the\nencoded latents": ctx.ode_interpolation(x0, x1, TOY_WEIGHTS)}
-    for k, level in enumerate(INTERP_LEVELS):
-        t = level * ctx.sde.T
+    for k, t in enumerate(ctx.interp_times(INTERP_LEVELS)):
         paths[f"DDPM: mix at {time_label(t)},\nthen the reverse chain"] = ctx.ddpm_interpolation(
             x0, x1, t, TOY_WEIGHTS, offset=10 + k)
     fig, axes = _panels(1, len(paths), size=3.2)

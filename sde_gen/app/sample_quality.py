@@ -18,17 +18,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
-from ..errors import CheckpointError, UserInputError
 from ..data.images import ImageData
+from ..errors import CheckpointError, UserInputError
+from ..metrics import frechet_distance
+from ..nets.classifier import FeatureClassifier
 from ..scaling import from_model, uint8_to_model
+from .checkpoint import save_checkpoint
 from .factory import build_data, is_image
 from .generate import generate
 from .likelihood_report import evaluate_likelihood
-from ..metrics import frechet_distance
-from ..nets.classifier import FeatureClassifier
+from .outputs import note
 from .runs import LoadedRun, weights_mismatch
 
+NOT_IMAGES = "sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data"
 CACHE = Path(os.environ.get("SDE_GEN_CACHE", "~/.cache/sde_gen")).expanduser() / "classifiers"
 
 
@@ -36,7 +38,8 @@ def train_classifier(data: ImageData, *, steps: int = 1500, batch_size: int = 12
                      device: torch.device | str = "cpu") -> tuple[FeatureClassifier, float]:
     """Train the feature classifier with Adam; return it and its training-batch accuracy."""
     if data.y is None or data.num_classes is None:
-        raise UserInputError(f"dataset {data.name} has no labels: FD-classifier needs a labelled set")
+        raise UserInputError(f"dataset {data.name} has no labels: FD-classifier needs a labelled "
+                             "set")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -160,9 +163,17 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
                  progress: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample ``n`` images, score them (FID if possible, FD-classifier) and measure bits/dim.
 
-    ``options``: the solver's options (a diffusers checkpoint's ``clip_sample``, ...)."""
+    ``options``: the solver's options (a diffusers checkpoint's ``clip_sample``, ...). Data
+    without labels has no FD-classifier: the report says why under ``fd_classifier_note`` (and
+    a note on stderr). Fewer test images than ``n_bpd``: all are used, ``bpd_n_requested``
+    records the request.
+
+    Raises:
+        UserInputError: a 2-D run, or samples that are NaN or infinite (checked before they are
+            scored).
+    """
     if not is_image(run.cfg.data):
-        raise UserInputError("sde-gen eval is for image runs; use 'sde-gen likelihood' for 2-D data")
+        raise UserInputError(NOT_IMAGES)
     train = build_data(run.cfg.data, "train")
     # The classifier (cached, or trained once) comes before sampling, so that a problem with the
     # data or the cache shows up before the long part.
@@ -170,6 +181,10 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
            if train.y is not None else None)
     gen = generate(run.model, run.sde, n, run.shape, solver, batch_size=batch_size,
                    seed=seed, device=device, progress=progress, steps=steps, **(options or {}))
+    if gen.n_nonfinite:
+        raise UserInputError(f"{gen.n_nonfinite} of {n} samples are NaN or infinite (the model or "
+                             "the solver diverged): no FID or FD-classifier of them; nothing was "
+                             "written")
     real = train.x[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]]
     report: dict[str, Any] = {"n_samples": n, "solver": solver, "nfe": gen.nfe,
                               "sample_seconds": gen.seconds}
@@ -177,8 +192,53 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
     if net is not None:
         report["fd_classifier"] = frechet_distance(_features(net, gen.x, device),
                                                    _features(net, uint8_to_model(real), device))
+    else:
+        report["fd_classifier_note"] = (f"FD-classifier skipped: the data ({train.origin}) has "
+                                        "no labels to train its classifier on")
+        note(report["fd_classifier_note"])
     if n_bpd > 0:
         ll = evaluate_likelihood(run, n=n_bpd, batch_size=min(batch_size, n_bpd), split="test",
                                  seed=seed, device=device, progress=progress)
         report.update(bpd=ll["bpd"], bpd_stderr=ll["bpd_stderr"], bpd_n=ll["n"], bpd_nfe=ll["nfe"])
+        if ll["n"] < n_bpd:
+            report["bpd_n_requested"] = n_bpd
+            note(f"the test split has {ll['n']} images: bits/dim of all {ll['n']}, not "
+                 f"--n-bpd {n_bpd}")
     return report
+
+
+def eval_command(
+    ckpt: str | os.PathLike | None, *, data: str | None = None, n: int = 1000,
+    solver: str = "ddim", steps: int | None = 49, n_bpd: int = 256, batch_size: int = 256,
+    seed: int = 0, classifier_steps: int = 1500, out: str | os.PathLike | None = None,
+    device: str = "auto", progress: bool = True, threads: int = 0,
+) -> tuple[dict[str, Any], Path]:
+    """``sde-gen eval``: :func:`evaluate_run` of the run (on ``data``, default its own), written
+    as a JSON report (default ``<run>/eval.json``); returns it and its path.
+
+    Raises:
+        UserInputError: an unknown solver or a bad output path (before the checkpoint is read), a
+            2-D run, non-finite samples or scores (nothing is written then).
+    """
+    from .command_run import open_run
+    from .distributed import resolve_device
+    from .outputs import check_out_path, nonfinite_keys, write_json
+    from .runs import with_data
+    from .solver_options import check_solver, checkpoint_sampler_defaults
+
+    check_solver(solver)
+    if out is not None:
+        check_out_path(out, ".json")
+    dev = resolve_device(device)
+    run = open_run(ckpt, dev, threads)
+    if not is_image(run.cfg.data):
+        raise UserInputError(NOT_IMAGES)
+    run = with_data(run, data)
+    out = check_out_path(out or run.workdir / "eval.json", ".json")
+    rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
+                       seed=seed, classifier_steps=classifier_steps, device=dev,
+                       progress=progress, options=checkpoint_sampler_defaults(run, solver, {}))
+    bad = nonfinite_keys(rep, ("fid", "fd_classifier", "bpd"))
+    if bad:
+        raise UserInputError(f"the evaluation is not finite ({bad}); nothing was written")
+    return rep, write_json(rep, out)

@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .config import Config, save_config, to_dict
 from .outputs import dumps_strict
+from .threads import apply_thread_policy
 from ..ema import EMA
 from . import distributed
 from .distributed import resolve_device
@@ -325,10 +326,7 @@ class _Trainer:
         self.data = build_data(cfg.data)
         self.images = images = is_image(cfg.data)
         device = self.device
-        if device.type == "cpu":
-            # The 2-D MLP's ops are small: on a 2-core machine torch's default intra-op threading
-            # made the default run 5x slower in wall time (550 s vs ~100 s) than one thread.
-            torch.set_num_threads(tc.threads or (torch.get_num_threads() if images else 1))
+        apply_thread_policy(cfg, device)  # on the CPU, one thread for 2-D data (.threads)
         channels_last = images and tc.channels_last and device.type == "cuda"
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(tc.seed)

@@ -1,0 +1,52 @@
+"""What every command that runs a trained model does first: join torchrun's process group when
+there is one, load the run, and apply its CPU thread policy before any compute."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import UserInputError
+from . import distributed
+from .runs import LoadedRun
+from .threads import apply_thread_policy
+
+#: The largest ``--seed`` of every command: torch generators take 64-bit seeds, and the commands
+#: add small offsets to it (a batch index, a split).
+SEED_MAX = 2**63 - 1
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[distributed.DistInfo]:
+    """Join torchrun's process group when there is one (ranks share work, rank 0 writes) on the
+    device named ``device`` (``auto``, ``cpu``, ...)."""
+    di = distributed.setup(distributed.resolve_device(device))
+    try:
+        yield di
+    finally:
+        if di.enabled:
+            distributed.cleanup()
+
+
+def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
+             threads: int = 0) -> LoadedRun:
+    """:func:`~.runs.load_run` of ``ckpt`` on ``device``, then its thread policy
+    (:func:`~.threads.apply_thread_policy`, ``threads`` > 0 overriding it)."""
+    from . import runs
+
+    run = runs.load_run(ckpt, device=device)
+    apply_thread_policy(run.cfg, device, threads)
+    return run
+
+
+def check_input_file(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` as an input file: one that is a directory is refused as such (a missing one is
+    left to the reader, whose message says what it wanted)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{flag} {path} is a directory, not a file")
+    return path

@@ -1,0 +1,221 @@
+"""``sde-gen sample`` and ``sde-gen optimize-grid`` behind the command line: every option checked
+before the checkpoint is read where it can be, the run loaded with its thread policy, the work
+done, and the outputs written atomically (a failure or an interrupt leaves none)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserInputError
+from .command_run import check_input_file, open_run, process_group
+from .outputs import check_out_path, writing
+from .solver_options import checkpoint_sampler_defaults, solver_options
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """What ``sde-gen sample`` made: ``n`` samples with ``solver`` (``what``: their class and
+    guidance, for the report), the NFE per batch, the seconds, and the files (``None`` on the
+    ranks of a torchrun group other than 0, which write nothing)."""
+
+    n: int
+    solver: str
+    what: str
+    nfe: int
+    seconds: float
+    png: Path | None
+    npz: Path | None
+
+
+def parse_class(text: str | None, guidance: float | None) -> int | str | None:
+    """``--class``: ``None``, a label ``K >= 0`` or ``"all"``; ``--guidance`` needs it.
+
+    Raises:
+        UserInputError: a text that is neither, or ``--guidance`` without ``--class``.
+    """
+    if text is None:
+        if guidance is not None:
+            raise UserInputError("--guidance needs --class K (the class to guide towards) or "
+                                 "--class all")
+        return None
+    text = text.strip().lower()
+    if text == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise UserInputError(f"--class must be a class label 0, 1, ... or all, got {text!r}")
+    return k
+
+
+def check_class_memory(n: int, classes: int, shape: tuple[int, ...],
+                       available: int | None = None) -> None:
+    """Refuse ``--class all --n n`` (``n`` samples of each of ``classes`` classes) when the
+    ``n * classes`` samples would not fit in memory, before any label is made; the message
+    gives the largest per-class ``--n`` that fits.
+
+    Raises:
+        UserInputError: naming the total, the memory needed and available, and that ``--n``.
+    """
+    from .generate import BYTES_PER_VALUE, available_memory
+
+    available = available_memory() if available is None else available
+    per_sample = BYTES_PER_VALUE * math.prod(shape) + 8  # + its int64 label
+    total = n * classes
+    if available is None or total * per_sample <= available:
+        return
+    fits = available // per_sample // classes
+    raise UserInputError(
+        f"--class all --n {n} asks for {total} samples ({n} of each of {classes} classes) of "
+        f"shape {tuple(shape)}, about {total * per_sample / 1e9:.1f} GB of memory, and this "
+        f"machine has {available / 1e9:.1f} GB available; ask for at most --n {fits} per class")
+
+
+def class_labels(model: Any, label: int | str | None, n: int,
+                 shape: tuple[int, ...]) -> tuple[torch.Tensor | None, int | None]:
+    """The labels ``(y, nrow)`` for ``--class`` (``"all"``: ``n`` of each class in order, one
+    grid row per class), checked against the model's classes and, before they are made, against
+    the memory the samples need; ``(None, None)`` without a label.
+
+    Raises:
+        UserInputError: an unconditional model, a class outside its classes, or too many samples.
+    """
+    from .generate import check_memory
+
+    if label is None:
+        return None, None
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        raise UserInputError("--class and --guidance need a class-conditional run (trained with "
+                             "model.class_cond=true); this one is unconditional")
+    if label == "all":
+        check_class_memory(n, k, shape)
+        return torch.arange(k).repeat_interleave(n), n
+    if label >= k:
+        raise UserInputError(f"--class {label} is outside this run's classes 0..{k - 1}")
+    check_memory(n, shape)
+    return torch.full((n,), label, dtype=torch.long), None
+
+
+def _grid_file(grid: Path, solver: str | None, steps, t_min, spacing):
+    """The grid file's :class:`OptimizedGrid`, checked against the options that it fixes."""
+    from ..sampling.optimized_grid import OptimizedGrid
+
+    given = [f for f, v in (("--steps", steps), ("--t-min", t_min), ("--spacing", spacing))
+             if v is not None]
+    if given:
+        raise UserInputError(f"--grid fixes the time grid; drop {', '.join(given)}")
+    tuned = OptimizedGrid.load(check_input_file(grid, "--grid"))
+    if solver is not None and solver != tuned.solver:
+        print(f"warning: {grid} was optimized for --solver {tuned.solver}, not {solver}",
+              file=sys.stderr)
+    return tuned
+
+
+def _label_text(label: int | str | None, guidance: float | None) -> str:
+    if label is None:
+        return ""
+    which = "every class" if label == "all" else f"class {label}"
+    return f", {which}" + (f", guidance {guidance:g}" if guidance else "")
+
+
+def sample_command(
+    ckpt: str | os.PathLike | None, *, solver: str | None = None, steps: int | None = None,
+    grid: str | os.PathLike | None = None, n: int = 2000, batch_size: int = 512, seed: int = 0,
+    out: str | os.PathLike | None = None, t_min: float | None = None,
+    spacing: str | None = None,
+    denoise: bool = True, device: str = "auto", progress: bool = True,
+    class_: str | None = None, guidance: float | None = None, threads: int = 0,
+    solver_opts: dict[str, Any] | None = None,
+) -> Sampled:
+    """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
+    and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
+
+    The options, ``out`` and a grid file are checked before the checkpoint is read; the labels
+    and their memory before any is made; the output paths before sampling.
+
+    Raises:
+        UserInputError: a bad option, grid file or output path, or samples that are NaN or
+            infinite (nothing is written then).
+    """
+    from .generate import generate
+    from .outputs import write_samples
+
+    label = parse_class(class_, guidance)
+    if out is not None:  # before the checkpoint is even read
+        out = check_out_path(out, ".png")
+        check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
+    tuned = None if grid is None else _grid_file(Path(grid), solver, steps, t_min, spacing)
+    solver = solver or (tuned.solver if tuned is not None else "ode")
+    opts = solver_options(solver, solver_opts or {})
+    if tuned is not None and solver == tuned.solver:
+        opts = {**tuned.options, **opts}
+    with process_group(device) as di:
+        run = open_run(ckpt, di.device, threads)
+        if tuned is not None:  # made for this run's SDE? (checked before sampling)
+            from ..sampling.optimized_grid import OptimizedGrid
+
+            opts["ts"] = OptimizedGrid.load(grid, run.sde).ts
+        y, nrow = class_labels(run.model, label, n, run.shape)
+        if out is None:  # checked before sampling, not after
+            tag = "" if label is None else ("_all_classes" if label == "all" else f"_class{label}")
+            out = check_out_path(run.workdir / f"samples_{solver}{tag}.png", ".png")
+            check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
+        total = n if y is None else len(y)
+        opts = checkpoint_sampler_defaults(run, solver, opts)
+        gen = generate(run.model, run.sde, total, run.shape, solver,
+                       batch_size=batch_size, seed=seed, device=di.device, progress=progress,
+                       steps=steps, t_min=t_min, spacing=spacing, denoise=denoise, y=y,
+                       guidance=guidance, **opts)
+        if gen.n_nonfinite:
+            raise UserInputError(f"{gen.n_nonfinite} of {total} samples are NaN or infinite (the "
+                                 "model or the solver diverged); nothing was written")
+        what = _label_text(label, guidance)
+        if not di.is_main:
+            return Sampled(total, solver, what, gen.nfe, gen.seconds, None, None)
+    png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
+                             nrow=nrow, labels=y)
+    return Sampled(total, solver, what, gen.nfe, gen.seconds, png, npz)
+
+
+def optimize_grid_command(
+    ckpt: str | os.PathLike | None, *, solver: str = "dpm", nfe: int = 10, search: str = "gits",
+    n: int = 256, n_heldout: int = 256, evals: int = 200, t_min: float | None = None,
+    spacing: str | None = None, seed: int = 0, out: str | os.PathLike | None = None,
+    device: str = "auto", threads: int = 0, solver_opts: dict[str, Any] | None = None,
+):
+    """``sde-gen optimize-grid``: tune the time grid of ``solver`` at ``nfe`` for the run and
+    write it as a grid file (default ``<run>/grid_<solver>_<nfe>nfe.json``); returns the
+    :class:`~sde_gen.sampling.optimized_grid.OptimizedGrid` and the path.
+
+    Raises:
+        UserInputError: a bad option or output path (checked before the checkpoint is read where
+            the run is not needed).
+    """
+    from ..sampling.grids import check_spacing
+    from ..sampling.optimized_grid import optimize_grid, steps_for_nfe
+    from .distributed import resolve_device
+
+    opts = solver_options(solver, solver_opts or {})
+    steps_for_nfe(solver, nfe, opts)  # a stochastic solver or an impossible NFE: before loading
+    if spacing is not None:
+        check_spacing(spacing)
+    if out is not None:
+        check_out_path(out, ".json")
+    dev = resolve_device(device)
+    run = open_run(ckpt, dev, threads)
+    out = check_out_path(out or run.workdir / f"grid_{solver}_{nfe}nfe.json", ".json")
+    g = optimize_grid(run.model, run.sde, run.shape, solver, nfe, method=search, n=n,
+                      n_heldout=n_heldout, t_min=t_min, spacing=spacing, seed=seed, evals=evals,
+                      device=dev, **opts)
+    with writing(out):
+        return g, g.save(out)
