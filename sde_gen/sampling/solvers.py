@@ -111,7 +111,7 @@ def _spacing_text(spec: SolverSpec) -> str:
 def _grid_text(spec: SolverSpec) -> str:
     per_step = spec.calls_per_step(spec.defaults())
     if spec.steps is None:
-        where = ("every discrete-chain step from eps to T" if spec.discrete_default
+        where = ("every discrete-chain step from t_min to T" if spec.discrete_default
                  else f"N−1 {_spacing_text(spec)} intervals")
         nfe = {1: "N", 2: "2N−1"}.get(per_step, f"{per_step}(N−1)+1")
         return f"{where} (NFE {nfe})"
