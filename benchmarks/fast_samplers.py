@@ -18,10 +18,10 @@ tuning cases. The digits model is unseen too.
 
 Peers (optional extra ``bench``): k-diffusion ``sample_dpmpp_2m``, ``sample_lms`` and
 ``sample_heun`` on Karras (rho 7) and log-SNR-uniform sigmas; diffusers ``UniPCMultistepScheduler``
-(bh1, bh2; orders 2 and 3), ``DPMSolverMultistepScheduler`` (DPM-Solver++ 3M), ``DEISMultistepScheduler``
-(order 3) on their ``linspace``, Karras and exponential sigmas, and ``IPNDMScheduler`` on our
-log-SNR grid. Each peer is reported at its best spacing for the case (in its favour). How they
-are wired is written into the results file.
+(bh1, bh2; orders 2 and 3), ``DPMSolverMultistepScheduler`` (DPM-Solver++ 3M),
+``DEISMultistepScheduler`` (order 3) on their ``linspace``, Karras and exponential sigmas, and
+``IPNDMScheduler`` on our log-SNR grid. Each peer is reported at its best spacing for the case (in
+its favour). How they are wired is written into the results file.
 
 Usage::
 
@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from benchmarks.peers import import_diffusers, import_kdiffusion, kdiffusion_denoiser, ve_sigma
-from benchmarks.samplers import (ROOT, PROBLEMS as TUNING_PROBLEMS, TimedModel, environment)
+from benchmarks.samplers import PROBLEMS as TUNING_PROBLEMS
+from benchmarks.samplers import ROOT, TimedModel, environment
 from sde_gen.analytic import GaussianMixture
 from sde_gen.app.outputs import dumps_strict
-from sde_gen.sampling import SOLVERS, make_grid, sample
 from sde_gen.chain import grid_coeffs
+from sde_gen.sampling import SOLVERS, make_grid, sample
 from sde_gen.sampling.grids import SPACINGS
 from sde_gen.sampling.optimized_grid import optimize_grid
 from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE

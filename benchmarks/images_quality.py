@@ -154,7 +154,8 @@ def _ours_cfg(dataset: str, recipe: str, steps: int) -> Config:
 
 
 def calibrate(run_steps: Callable[[int], float], budget: float, probe: int) -> dict:
-    """Steps that fill ``budget`` CPU seconds, from ``run_steps(k) -> CPU seconds of a k-step call``.
+    """Steps that fill ``budget`` CPU seconds, from
+    ``run_steps(k) -> CPU seconds of a k-step call``.
 
     A warm-up call (2 steps, not used) loads data and caches; calls of ``probe`` and ``2 probe``
     steps then give the cost of a step and the fixed cost of a call.
@@ -241,7 +242,8 @@ def train_ours(dataset: str, recipe: str, workdir: Path, args) -> dict:
 
 
 class PeerEps(nn.Module):
-    """A diffusers ``UNet2DModel`` as our eps-model: ``model(x, t) = unet(x, 1000 t - 1).sample``."""
+    """A diffusers ``UNet2DModel`` as our eps-model:
+    ``model(x, t) = unet(x, 1000 t - 1).sample``."""
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
@@ -451,7 +453,8 @@ def report(runs: Path, *, copy_grids: bool = True) -> str:
                  + f"; budget {r0['budget_cpu_s']:g} single-thread CPU s per model; bpd and VLB "
                  f"on the first {r0['bpd_n']} test images; FD-classifier of {r0['fd_n']} DDIM "
                  f"samples ({r0['ddim_nfe']} NFE) against {r0['fd_n']} training images "
-                 f"(held-out test images score {r0['fd_floor']:.2f} with n = {r0['fd_floor_n']}).\n\n")
+                 f"(held-out test images score {r0['fd_floor']:.2f} "
+                 f"with n = {r0['fd_floor_n']}).\n\n")
         if dataset in STEP_NOTES:
             text += STEP_NOTES[dataset] + "\n\n"
         text += table([_table_row(r) for r in rows], COLUMNS) + "\n\n"

@@ -49,8 +49,9 @@ def main() -> None:
         wall = time.perf_counter() - t0
         evals = res.nfe * kw.get("particles", 1)
         mse_known = float(((res.x - x0) * mask).pow(2).mean())
-        rows.append({"method": name.replace("\n", " "), "NFE": res.nfe, "evaluations per image": evals,
-                     "wall s": wall, "known-pixel error": mse_known})
+        rows.append({"method": name.replace("\n", " "), "NFE": res.nfe,
+                     "evaluations per image": evals, "wall s": wall,
+                     "known-pixel error": mse_known})
         results[name] = res.x
     masked = x0 * mask  # the unknown half shown mid-grey
     cells = [[from_model(v[i]) for v in [x0, masked, *results.values()]] for i in range(args.n)]

@@ -56,8 +56,15 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS, header, table, write_result
-from benchmarks.peers import (BETA_SCHEDULE, LEARNING_RATE, NUM_TRAIN_TIMESTEPS, import_diffusers,
-                              import_kdiffusion, timed, train_image_peer)
+from benchmarks.peers import (
+    BETA_SCHEDULE,
+    LEARNING_RATE,
+    NUM_TRAIN_TIMESTEPS,
+    import_diffusers,
+    import_kdiffusion,
+    timed,
+    train_image_peer,
+)
 from sde_gen.app.config import DataConfig
 from sde_gen.app.factory import build_data
 from sde_gen.interop import KarrasDenoiser, load_diffusers

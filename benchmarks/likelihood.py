@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import header, table, write_result
 from benchmarks.peers import import_kdiffusion, kdiffusion_denoiser, timed, ve_sigma
-from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
 from sde_gen.likelihood import log_likelihood
 
 F64 = torch.float64
@@ -80,7 +80,8 @@ def main() -> None:
                     model, sde, x, trace="hutchinson", n_probes=probes, t_min=eps,
                     generator=torch.Generator().manual_seed(2)))
                 d = res.logp - reference(gm, sde, x, res.z, eps)
-                rows_hutch.append({"data": pname, "sde": sname, "estimator": f"ours, {probes} probe(s)",
+                rows_hutch.append({"data": pname, "sde": sname,
+                                   "estimator": f"ours, {probes} probe(s)",
                                    "mean err": d.mean().item(),
                                    "stderr of mean": d.std().item() / math.sqrt(n),
                                    "per-example MAE": d.abs().mean().item(), "NFE": res.nfe,
@@ -89,7 +90,8 @@ def main() -> None:
                 for tol in (1e-4, 1e-5):
                     (ll, nfe), sec = timed(lambda: kdiffusion_ll(kd, gm, sde, x, eps, tol))
                     # k-diffusion returns no latent; re-solve ours exactly for the reference's z.
-                    ref_res = log_likelihood(model, sde, x, trace="exact", rtol=1e-8, atol=1e-8, t_min=eps)
+                    ref_res = log_likelihood(model, sde, x, trace="exact", rtol=1e-8, atol=1e-8,
+                                             t_min=eps)
                     d = ll - ref_res.logp
                     rows_hutch.append({"data": pname, "sde": sname,
                                        "estimator": f"k-diffusion 1 probe, tol {tol:g}",
@@ -98,10 +100,11 @@ def main() -> None:
                                        "per-example MAE": d.abs().mean().item(), "NFE": nfe,
                                        "ms/example": 1e3 * sec / n})
     text = header("Likelihood: accuracy vs tolerance, exact vs Hutchinson")
-    text += (f"\nExact-score analytic mixtures (asymmetric 2-D, anisotropic 8-D with full covariances), "
-             f"{n} examples, eps = {eps:g}, float64, dopri5. Error is against "
+    text += ("\nExact-score analytic mixtures (asymmetric 2-D, anisotropic 8-D with full "
+             f"covariances), {n} examples, eps = {eps:g}, float64, dopri5. Error is against "
              "log q_eps(x) + log p_T(z) - log q_T(z).\n\n## Exact trace\n\n")
-    text += table(rows_exact, ["data", "sde", "rtol=atol", "MAE (nats)", "max err", "NFE", "ms/example"])
+    text += table(rows_exact, ["data", "sde", "rtol=atol", "MAE (nats)", "max err", "NFE",
+                               "ms/example"])
     text += "\n\n## Hutchinson (rtol = atol = 1e-5) and k-diffusion's log_likelihood\n\n"
     text += table(rows_hutch, ["data", "sde", "estimator", "mean err", "stderr of mean",
                                "per-example MAE", "NFE", "ms/example"])

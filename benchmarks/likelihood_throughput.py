@@ -23,7 +23,7 @@ from benchmarks.peers import (
     timed,
     ve_sigma,
 )
-from sde_gen import ScoreModel, VPSDE
+from sde_gen import VPSDE, ScoreModel
 from sde_gen.likelihood import bits_per_dim, log_likelihood
 from sde_gen.nets.unet import UNET_PRESETS, UNet
 from sde_gen.scaling import dequantize
@@ -89,8 +89,9 @@ def main() -> None:
 
         (logp_k, nfe_k), sec_k = timed(peer, device)
         bpd_k = bits_per_dim(logp_k, x)
-        rows.append({"method": "k-diffusion log_likelihood", "s/image": sec_k / args.n, "NFE": nfe_k,
-                     "bpd": bpd_k.mean().item(), "stderr": bpd_k.std().item() / math.sqrt(args.n)})
+        rows.append({"method": "k-diffusion log_likelihood", "s/image": sec_k / args.n,
+                     "NFE": nfe_k, "bpd": bpd_k.mean().item(),
+                     "stderr": bpd_k.std().item() / math.sqrt(args.n)})
         rows[0]["speed-up vs k-diffusion"] = sec_k / sec
     text = header("Likelihood throughput: bits/dim through the probability-flow ODE", device)
     text += (f"\nU-Net preset `{args.preset}` at {args.size}x{args.size}, {args.n} uniformly "

@@ -480,7 +480,8 @@ def train_image_peer(images: torch.Tensor, *, model: str | dict | nn.Module = "t
                      batch_size: int = 16, seconds: float | None = None,
                      steps: int | None = None, lr: float | None = None, seed: int = 0,
                      device: str | torch.device = "cpu", random_flip: bool = False) -> dict:
-    """Train a diffusers ``UNet2DModel`` on ``images`` (uint8 ``(N, C, H, W)``) with the example's loop.
+    """Train a diffusers ``UNet2DModel`` on ``images`` (uint8 ``(N, C, H, W)``) with the example's
+    loop.
 
     ``model``: a key of our ``UNET_PRESETS`` (a :func:`peer_unet` of that size at the images'
     resolution), a dict of ``UNet2DModel`` keyword arguments, or a ``UNet2DModel``. Pixels map
@@ -491,7 +492,9 @@ def train_image_peer(images: torch.Tensor, *, model: str | dict | nn.Module = "t
     Stopping, schedule and the returned dict are those of :func:`train_toy_peer`.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"need uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"need uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     df = _require_diffusers()
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -528,7 +531,8 @@ def train_image_peer(images: torch.Tensor, *, model: str | dict | nn.Module = "t
 def sample_image_peer(peer: dict, n: int, *, seed: int = 0, steps: int = 1000,
                       batch_size: int | None = None, device: str | torch.device = "cpu"
                       ) -> torch.Tensor:
-    """``(n, C, H, W)`` float32 samples in ``[-1, 1]`` (on the CPU) of a :func:`train_image_peer` result.
+    """``(n, C, H, W)`` float32 samples in ``[-1, 1]`` (on the CPU) of a :func:`train_image_peer`
+    result.
 
     ``DDPMPipeline``'s loop (``steps`` inference steps) in batches of ``batch_size`` (all at
     once by default; batch ``k`` uses seed ``seed + k``), clamped to ``[-1, 1]`` as the pipeline

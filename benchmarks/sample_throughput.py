@@ -143,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--preset", default=None, help="UNET_PRESETS key (GPU: ddpm_cifar10, CPU: tiny)")
+    ap.add_argument("--preset", default=None,
+                    help="UNET_PRESETS key (GPU: ddpm_cifar10, CPU: tiny)")
     ap.add_argument("--resolution", type=int, default=None, help="image size (GPU 32, CPU 8)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (GPU 256, CPU 16)")
     ap.add_argument("--nfe", type=int, default=20)
@@ -221,7 +222,8 @@ def main() -> None:
     parts.append(
         f"- preset `{args.preset}`, images {shape}, {'bf16 autocast' if bf16 else 'fp32'}, "
         f"target NFE {args.nfe}; times are the fastest of {args.repeats} runs after a warmup\n"
-        f"- one model forward (ScoreModel + UNet, same batch; NFE back-to-back calls / NFE): {t_fwd * 1e3:.3f} ms\n"
+        "- one model forward (ScoreModel + UNet, same batch; NFE back-to-back calls / NFE): "
+        f"{t_fwd * 1e3:.3f} ms\n"
         "- overhead ratio = wall / (NFE x forward time); NFE as counted by `sample()` (pc: 1 "
         "corrector, heun: 2 calls per step, ode: torchdiffeq euler; each ends with the "
         "denoising call)\n"

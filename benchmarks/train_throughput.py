@@ -112,7 +112,8 @@ def ours_step(args, device, x0, *, fast: bool):
 
 
 def peer_step(df, args, device, x0, *, bf16: bool):
-    """The inner loop of diffusers' examples/unconditional_image_generation/train_unconditional.py."""
+    """The inner loop of diffusers'
+    examples/unconditional_image_generation/train_unconditional.py."""
     torch.manual_seed(args.seed)
     unet = peer_unet(df, args.preset, args.resolution).to(device)
     sched = df.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
@@ -140,15 +141,18 @@ def peer_step(df, args, device, x0, *, bf16: bool):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     ap.add_argument("--quick", action="store_true", help="fewer warmup/measured steps")
-    ap.add_argument("--preset", default=None, help="UNET_PRESETS key (GPU: ddpm_cifar10, CPU: tiny)")
+    ap.add_argument("--preset", default=None,
+                    help="UNET_PRESETS key (GPU: ddpm_cifar10, CPU: tiny)")
     ap.add_argument("--resolution", type=int, default=None, help="image size (GPU 32, CPU 8)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (GPU 128, CPU 16)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="measured steps per variant")
     ap.add_argument("--repeats", type=int, default=None, help="timed blocks; the best is reported")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the fast path (CUDA only)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the fast path (CUDA only)")
     ap.add_argument("--no-peer", action="store_true", help="skip diffusers")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=0)
@@ -182,8 +186,10 @@ def main() -> None:
                  + (", compile" if gpu and args.compile else "") + ")",
                  lambda: ours_step(args, device, x0, fast=True))]
     if df is not None:
-        variants += [("diffusers UNet2DModel fp32", lambda: peer_step(df, args, device, x0, bf16=False)),
-                     ("diffusers UNet2DModel bf16", lambda: peer_step(df, args, device, x0, bf16=True))]
+        variants += [("diffusers UNet2DModel fp32",
+                      lambda: peer_step(df, args, device, x0, bf16=False)),
+                     ("diffusers UNet2DModel bf16",
+                      lambda: peer_step(df, args, device, x0, bf16=True))]
     rows, t_start = [], time.perf_counter()
     for name, build in variants:
         step, params = build()
@@ -202,7 +208,8 @@ def main() -> None:
 
     notes = [
         f"- preset `{args.preset}`, images {shape}, {args.warmup} warmup steps, then the best of "
-        f"{args.repeats} timed blocks of {args.steps} steps per variant, synthetic data on the device, grad clip 1, no EMA",
+        f"{args.repeats} timed blocks of {args.steps} steps per variant, synthetic data on the "
+        "device, grad clip 1, no EMA",
         "- TF32 disabled on CUDA so that fp32 means fp32" if gpu else
         "- CPU: channels_last, fused AdamW and torch.compile are CUDA-only in `train.py` and are "
         "not applied; the fast path here is bf16 autocast alone (CPUs without native bf16 run it "
@@ -211,14 +218,17 @@ def main() -> None:
                              "process max RSS (`resource.getrusage`), cumulative over the run"),
         "- mean loss: mean over the measured steps (eps-MSE for every variant; ours draws "
         "continuous t ~ U(1e-5, 1), diffusers discrete timesteps, and the networks start from "
-        "different initializations: ours has zero-initialized output layers, so its loss starts at 1)",
+        "different initializations: ours has zero-initialized output layers, so its loss starts "
+        "at 1)",
     ]
     if df is None:
-        notes.append("- diffusers peer skipped: diffusers not installed (pip install -e '.[bench]')")
+        notes.append(
+            "- diffusers peer skipped: diffusers not installed (pip install -e '.[bench]')"
+        )
     else:
         notes.append(f"- diffusers {df.__version__}: `UNet2DModel` (DownBlock2D/AttnDownBlock2D "
-                     "layout of google/ddpm-cifar10-32, attention where ours has it) trained with the "
-                     "loop of `train_unconditional.py`")
+                     "layout of google/ddpm-cifar10-32, attention where ours has it) trained with "
+                     "the loop of `train_unconditional.py`")
     text = (header("Training throughput (U-Net)", device) + "\n" +
             ("" if gpu else GPU_NOTE + "\n\n") + "\n".join(notes) + "\n\n" + tab + "\n")
     write_result("train_throughput", text)

@@ -61,8 +61,10 @@ ABLATION: dict[str, list[str]] = {
     "time: importance + likelihood weighting": ["train.time_sampling=importance",
                                                 "train.weighting=likelihood"],
     # weighting
-    "weighting: simple, uniform t (DDPM)": ["train.weighting=simple", "train.time_sampling=uniform"],
-    "weighting: likelihood, uniform t": ["train.weighting=likelihood", "train.time_sampling=uniform"],
+    "weighting: simple, uniform t (DDPM)": ["train.weighting=simple",
+                                            "train.time_sampling=uniform"],
+    "weighting: likelihood, uniform t": ["train.weighting=likelihood",
+                                         "train.time_sampling=uniform"],
     "weighting: min-SNR-5": ["train.weighting=min_snr", "train.min_snr_gamma=5"],
     # prediction target
     "prediction: eps": ["model.prediction=eps"],
@@ -116,7 +118,9 @@ def part_ablation(args, shard: tuple[int, int], out: Path) -> list[dict]:
     rows = _done(out)
     names = [k for i, k in enumerate(ABLATION) if i % shard[1] == shard[0]]
     for name in names:
-        budgets = [f"{args.steps} steps"] + ([f"{args.seconds:g} s"] if name in COST_CHANGING else [])
+        budgets = [f"{args.steps} steps"]
+        if name in COST_CHANGING:
+            budgets.append(f"{args.seconds:g} s")
         for budget in budgets:
             if any(r["recipe"] == name and r["budget"] == budget for r in rows):
                 continue  # resumed: already measured

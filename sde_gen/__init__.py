@@ -6,7 +6,7 @@ from .losses import dsm_loss
 from .noise import IndexedGenerator
 from .parameterization import ScoreModel, denoise_fn, score_fn
 from .sampling import SampleResult, colorize, impute, sample
-from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from .sde import SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,8 @@
 """Gaussian and Gaussian-mixture data with exact perturbed marginals under every SDE here.
 
 Under any SDE of this package ``x_t | x0 ~ N(alpha_t x0, sigma_t^2 I)``, so a mixture
-``sum_k w_k N(mu_k, S_k)`` stays a mixture: ``q_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 S_k + sigma_t^2 I)``.
+``sum_k w_k N(mu_k, S_k)`` stays a mixture:
+``q_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 S_k + sigma_t^2 I)``.
 Its log-density, score, eps (``-sigma_t score``) and denoiser are closed-form. Use it as an oracle:
 ``GaussianMixture.eps_model(sde)`` is a perfect ``model(x, t)`` to drive any sampler, and
 ``log_prob_t`` is the exact density a likelihood method should reproduce.
@@ -61,7 +62,8 @@ class GaussianMixture:
 
     @classmethod
     def gaussian(cls, mean: torch.Tensor, cov: torch.Tensor) -> "GaussianMixture":
-        """A single Gaussian ``N(mean, cov)``; ``cov`` full ``(D, D)``, diagonal ``(D,)`` or scalar."""
+        """A single Gaussian ``N(mean, cov)``; ``cov`` full ``(D, D)``, diagonal ``(D,)`` or
+        scalar."""
         mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
         cov = torch.as_tensor(cov, dtype=torch.float64)
         return cls(mean, cov.reshape(1) if cov.ndim == 0 else cov[None])
@@ -82,8 +84,8 @@ class GaussianMixture:
         return self.means.shape[0]
 
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-        return_labels: bool = False,
+        self, n: int, *, generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32, return_labels: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Exact samples ``(n, D)`` from the data distribution; with ``return_labels`` also the
         component index of each, ``(n,)`` int64 (the same draws either way)."""
@@ -142,7 +144,8 @@ class GaussianMixture:
     def _components_t(
         self, sde: SDE, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Means ``(B, K, D)``, Cholesky factors ``(B, K, D, D)`` and ``(alpha, sigma)`` at time t."""
+        """Means ``(B, K, D)``, Cholesky factors ``(B, K, D, D)`` and ``(alpha, sigma)`` at
+        time t."""
         t = t.to(torch.float64)
         if t.numel() > 1 and bool((t == t[0]).all()):  # one time for the batch: factor once
             means, chol, alpha, sigma = self._components_t(sde, t[:1])
@@ -171,7 +174,9 @@ class GaussianMixture:
         return torch.logsumexp(log_comp, dim=1)
 
     def log_prob_t(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
-        """Exact ``log q_t(x)`` of the perturbed marginal. Shapes: ``x (B, D)``, ``t (B,)`` -> ``(B,)``."""
+        """Exact ``log q_t(x)`` of the perturbed marginal.
+
+        Shapes: ``x (B, D)``, ``t (B,)`` -> ``(B,)``."""
         means, chol, _, _ = self._components_t(sde, t)
         log_comp, _ = self._log_components(x, means, chol)
         return torch.logsumexp(log_comp, dim=1)
@@ -235,7 +240,9 @@ class ExactClassModel:
         self.num_classes = mixture.num_components
         self.parts = [mixture.component(k) for k in range(self.num_classes)]
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if y is None:
             return self.mixture.eps(x, t, self.sde).to(x.dtype)
         y = torch.as_tensor(y, device=x.device).reshape(-1).expand(x.shape[0])

@@ -13,7 +13,8 @@ EMA_MODES = ("fixed", "warmup", "power")
 
 
 def power_ema_gamma(sigma_rel: float) -> float:
-    """The power-EMA exponent with relative std ``sigma_rel`` ([Karras24] Eq. 3, solved for gamma)."""
+    """The power-EMA exponent with relative std ``sigma_rel`` ([Karras24] Eq. 3, solved for
+    gamma)."""
     import numpy as np
 
     # sigma_rel^2 = (g + 1) / ((g + 2)^2 (g + 3)): the cubic s^2 g^3 + 7 s^2 g^2 + (16 s^2 - 1) g
@@ -24,7 +25,8 @@ def power_ema_gamma(sigma_rel: float) -> float:
 
 
 class EMA:
-    """``ema <- beta_k ema + (1 - beta_k) params`` after update ``k = 1, 2, ...``; buffers are copied.
+    """``ema <- beta_k ema + (1 - beta_k) params`` after update ``k = 1, 2, ...``; buffers are
+    copied.
 
     ``beta_k`` by mode:
 
@@ -76,7 +78,8 @@ class EMA:
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:
-        """The averaged module's weights (loadable into the model; ``num_updates`` is kept apart)."""
+        """The averaged module's weights (loadable into the model; ``num_updates`` is kept
+        apart)."""
         return self.module.state_dict()
 
     def load_state_dict(self, state: dict, *, num_updates: int = 0) -> None:

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import UserInputError
 from .likelihood.vlb import (
     DiscreteChain,
     discrete_chain,
@@ -51,7 +52,6 @@ from .losses import REDUCTIONS
 from .parameterization import log_variance_from_v
 from .sde import SDE
 from .tensor_utils import append_dims
-from .errors import UserInputError
 
 # model(x_t, t, with_variance=True) -> (eps, v): a ScoreModel(learn_variance=True) or a wrapper of
 # its forward (DDP, torch.compile).
@@ -215,7 +215,9 @@ def hybrid_loss(
     cond = () if y is None else (y,)
     eps, v = model(x_t, ch.t[i].to(dt), *cond, with_variance=True)
     if v is None:
-        raise UserInputError("hybrid_loss needs a model with a learned variance (learn_variance=True)")
+        raise UserInputError(
+            "hybrid_loss needs a model with a learned variance (learn_variance=True)"
+        )
     eps, v = eps.to(dt), v.to(dt)
     red = REDUCTIONS[reduce]
     simple = red((eps - z) ** 2)  # Eq. (14) [Ho20]

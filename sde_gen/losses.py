@@ -2,7 +2,8 @@
 
 With ``x_t = alpha_t x0 + sigma_t z`` the score target is ``-z / sigma_t``, so
 
-    lambda(t) || s_theta(x_t, t) + z / sigma_t ||^2 = lambda(t) / sigma_t^2 || eps_theta(x_t, t) - z ||^2.
+    lambda(t) || s_theta(x_t, t) + z / sigma_t ||^2
+        = lambda(t) / sigma_t^2 || eps_theta(x_t, t) - z ||^2.
 
 A weighting is a function ``w(sde, t) -> (B,)`` returning ``lambda(t) / sigma_t^2``, the factor on
 the eps-MSE, whatever the network predicts (the prediction target is a parameterization,
@@ -30,11 +31,11 @@ from typing import Callable
 
 import torch
 
+from .errors import UserInputError
 from .parameterization import EpsModel
 from .sde import SDE
 from .tensor_utils import append_dims, mean_flat, sum_flat
 from .time_sampling import TimeSampler
-from .errors import UserInputError
 
 Weighting = Callable[[SDE, torch.Tensor], torch.Tensor]
 
@@ -59,7 +60,9 @@ def weight_min_snr(sde: SDE, t: torch.Tensor, *, gamma: float = 5.0) -> torch.Te
 
 
 def weight_edm(sde: SDE, t: torch.Tensor, *, sigma_data: float = 1.0) -> torch.Tensor:
-    """``(sigma^2 + s_d^2) / s_d^2`` on the eps-MSE, ``sigma = sigma_t / alpha_t``. [Karras22] Eq. (8)."""
+    """``(sigma^2 + s_d^2) / s_d^2`` on the eps-MSE, ``sigma = sigma_t / alpha_t``.
+
+    Refs: [Karras22] Eq. (8)."""
     alpha_t, sigma_t = sde.marginal_coeffs(t)
     return 1.0 + (sigma_t / (alpha_t * sigma_data)) ** 2
 

@@ -23,7 +23,8 @@ def sliced_wasserstein(
     distance of sorted projections. Returns ``SW2`` (0-d, float64).
     """
     if x.ndim != 2 or x.shape != y.shape:
-        raise UserInputError(f"need two (n, D) samples of equal shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise UserInputError(f"need two (n, D) samples of equal shape, "
+                             f"got {tuple(x.shape)}, {tuple(y.shape)}")
     x, y = x.to(torch.float64), y.to(torch.float64)
     u = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64)
     u = (u / u.norm(dim=0, keepdim=True)).to(x.device)

@@ -61,7 +61,8 @@ def x0_to_eps(
 def v_to_eps(
     x: torch.Tensor, v: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor
 ) -> torch.Tensor:
-    """``eps = (alpha_t v + sigma_t x_t) / (alpha_t^2 + sigma_t^2)`` for ``v = alpha_t eps - sigma_t x0``."""
+    """``eps = (alpha_t v + sigma_t x_t) / (alpha_t^2 + sigma_t^2)`` for
+    ``v = alpha_t eps - sigma_t x0``."""
     n = x.ndim
     a, s = append_dims(alpha_t, n), append_dims(sigma_t, n)
     return (a * v + s * x) / (a**2 + s**2)
@@ -253,7 +254,9 @@ class ScoreModel(nn.Module):
             raise UserInputError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.sde, self.prediction, self.sigma_data = net, sde, prediction, sigma_data
         if learn_variance and not sde.has_ddpm_chain:
-            raise UserInputError("learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t")
+            raise UserInputError(
+                "learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t"
+            )
         self.noise_cond, self.learn_variance = noise_cond, bool(learn_variance)
 
     @property

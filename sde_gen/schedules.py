@@ -39,7 +39,8 @@ class BetaSchedule(Protocol):
 
 
 class LinearBeta:
-    """``beta(t) = beta_min + t (beta_max - beta_min)``: DDPM's linear schedule in the limit N -> inf.
+    """``beta(t) = beta_min + t (beta_max - beta_min)``: DDPM's linear schedule in the limit
+    N -> inf.
 
     Refs: [Song21] Eq. (32) and Appendix B; [Ho20] Sec. 4.
     """
@@ -63,7 +64,8 @@ class LinearBeta:
 
 
 class CosineBeta:
-    """Nichol & Dhariwal's cosine schedule: ``abar(t) = f(t)/f(0)``, ``f(t) = cos^2((t+s)/(1+s) pi/2)``.
+    """Nichol & Dhariwal's cosine schedule: ``abar(t) = f(t)/f(0)``,
+    ``f(t) = cos^2((t+s)/(1+s) pi/2)``.
 
     ``beta(t) = -d log abar / dt`` diverges at t = 1, so use it with ``T < 1`` (0.9946 by default
     in :class:`~sde_gen.sde.VPSDE`, where ``abar`` is about 4e-5, as DPM-Solver does).
@@ -155,7 +157,8 @@ class TableBeta:
     def integral(self, t: torch.Tensor) -> torch.Tensor:
         s, c, past = self._piece(t)
         b = c[3] + s * (c[2] + s * (c[1] + s * c[0]))  # equals B(t_i) exactly at a knot (s = 0)
-        beyond = float(self._knots_B[-1]) + (t.to(torch.float64) - self.T) * self._end_slope  # B(T) at T
+        # B(T) at T
+        beyond = float(self._knots_B[-1]) + (t.to(torch.float64) - self.T) * self._end_slope
         return torch.where(past, beyond, b).to(t.dtype)
 
     def inverse_integral(self, b: torch.Tensor) -> torch.Tensor:
@@ -176,13 +179,15 @@ class TableBeta:
 
 
 def scaled_linear_betas(beta_start: float, beta_end: float, n: int) -> torch.Tensor:
-    """``linspace(sqrt(beta_start), sqrt(beta_end), n)^2`` (Stable Diffusion's ``scaled_linear``)."""
+    """``linspace(sqrt(beta_start), sqrt(beta_end), n)^2`` (Stable Diffusion's
+    ``scaled_linear``)."""
     return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
 
 
 def cosine_betas(n: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal's ``beta_i = min(1 - abar((i+1)/n) / abar(i/n), max_beta)`` with
-    ``abar(u) = cos^2((u + s)/(1 + s) pi/2)`` (diffusers' ``squaredcos_cap_v2``). [Nichol21] Eq. (17)."""
+    ``abar(u) = cos^2((u + s)/(1 + s) pi/2)`` (diffusers' ``squaredcos_cap_v2``).
+    [Nichol21] Eq. (17)."""
     u = torch.arange(n + 1, dtype=torch.float64) / n
     abar = torch.cos((u + s) / (1 + s) * (math.pi / 2)) ** 2
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)

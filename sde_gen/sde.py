@@ -1,10 +1,13 @@
-"""Forward SDEs ``dx = f(x, t) dt + g(t) dw`` with Gaussian perturbation kernels, and their reversals.
+"""Forward SDEs ``dx = f(x, t) dt + g(t) dw`` with Gaussian perturbation kernels, and their
+reversals.
 
-Every SDE here has an affine drift, so ``x_t | x0 ~ N(alpha_t x0, sigma_t^2 I)``; ``marginal_coeffs``
-returns ``(alpha_t, sigma_t)`` and the rest of the package is written in those two numbers.
+Every SDE here has an affine drift, so ``x_t | x0 ~ N(alpha_t x0, sigma_t^2 I)``;
+``marginal_coeffs`` returns ``(alpha_t, sigma_t)`` and the rest of the package is written in those
+two numbers.
 
 Shapes: ``x`` is ``(B, *D)`` (``(B, D)`` or ``(B, C, H, W)``); ``t`` is a float tensor ``(B,)`` of
-continuous time in ``[0, T]``; per-example scalars (``diffusion``, ``alpha_t``, ``sigma_t``) are ``(B,)``.
+continuous time in ``[0, T]``; per-example scalars (``diffusion``, ``alpha_t``, ``sigma_t``) are
+``(B,)``.
 
 Refs: [Song21] Sec. 3, Eqs. (6), (9), (11), (13), (34); [Ho20] Eq. (4); [Song21] Appendix B-C.
 """
@@ -17,16 +20,17 @@ from typing import Callable
 
 import torch
 
+from .errors import UserInputError
 from .noise import Generator, randn
 from .schedules import BetaSchedule, CosineBeta, LinearBeta, TableBeta, check_finite
 from .tensor_utils import append_dims, sum_flat
-from .errors import UserInputError
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _check_time(x: torch.Tensor, t: torch.Tensor) -> None:
-    if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim != 1 or t.shape[0] != x.shape[0]:
+    if (not torch.is_tensor(t) or not t.is_floating_point() or t.ndim != 1
+            or t.shape[0] != x.shape[0]):
         shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
         raise UserInputError(f"t must be a float tensor of shape ({x.shape[0]},), got {shape}")
 
@@ -99,7 +103,9 @@ class SDE(ABC):
         """End time of the SDE."""
         return self._T
 
-    def _table(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _table(
+        self, name: str, device: torch.device, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """The CPU table ``self.<name>`` on ``device``, copied once per (device, dtype) and cached:
         a ``.to(device)`` inside a training step or sampler loop is a blocking copy every call."""
         cache = self.__dict__.setdefault("_device_tables", {})
@@ -184,7 +190,8 @@ class SDE(ABC):
         return (i.to(torch.float64) + 1) * (self.T / self.N)
 
     def time_to_index(self, t: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`index_to_time`, rounded to the nearest step and clamped to ``[0, N)``."""
+        """Inverse of :meth:`index_to_time`, rounded to the nearest step and clamped to
+        ``[0, N)``."""
         i = torch.round(t.to(torch.float64) * (self.N / self.T)) - 1
         return i.clamp(0, self.N - 1).long()
 
@@ -218,7 +225,8 @@ class SDE(ABC):
 
 
 class VPSDE(SDE):
-    """Variance-preserving SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw``: DDPM in continuous time.
+    """Variance-preserving SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw``: DDPM in continuous
+    time.
 
     Discrete chain: DDPM's ``beta_i`` (``linspace(beta_min/N, beta_max/N, N)`` for the linear
     schedule, which is ``linspace(1e-4, 0.02, 1000)`` at the defaults). Step ``i`` (0-based, DDPM's
@@ -231,8 +239,9 @@ class VPSDE(SDE):
         schedule: ``"linear"``, ``"cosine"`` ([Nichol21]) or ``"table"``: the discrete chain
             is ``betas`` exactly (float64; ``N = len(betas)``; ``beta_min``, ``beta_max`` are
             ignored) and the continuous marginal interpolates ``-log abar`` by a monotone
-            cubic through the chain's step times (:class:`~sde_gen.schedules.TableBeta`), so it equals
-            the chain at every ``t_i``. :func:`sde_gen.interop.load_diffusers` builds these.
+            cubic through the chain's step times (:class:`~sde_gen.schedules.TableBeta`), so it
+            equals the chain at every ``t_i``. :func:`sde_gen.interop.load_diffusers` builds
+            these.
         betas: the ``(N,)`` table of ``schedule="table"`` (each in ``(0, 1)``).
         T: end time; defaults to 1 for linear and table, 0.9946 for cosine (where ``beta`` stays
             finite).
@@ -263,7 +272,9 @@ class VPSDE(SDE):
             "table": lambda: TableBeta(betas, self.T),
         }
         if schedule not in schedules:
-            raise UserInputError(f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}")
+            raise UserInputError(
+                f"unknown VP schedule {schedule!r}; choose one of {sorted(schedules)}"
+            )
         if (betas is not None) != (schedule == "table"):
             raise UserInputError("pass betas exactly when schedule='table'")
         if betas is not None:
@@ -393,12 +404,13 @@ class SubVPSDE(SDE):
 
 
 class VESDE(SDE):
-    """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw``, ``sigma(t) = s_min (s_max/s_min)^t``.
+    """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw``,
+    ``sigma(t) = s_min (s_max/s_min)^t``.
 
     As in score_sde, ``marginal_coeffs`` gives ``sigma_t = sigma(t)``: the process starts from data
-    already perturbed with ``N(0, sigma_min^2 I)`` (so ``q_0 = p_data * N(0, sigma_min^2)``), and the
-    SDE carries it exactly to ``N(x0, sigma(t)^2 I)``. The discrete chain is SMLD's geometric noise
-    ladder, step ``i`` at ``t_i = i T / (N - 1)`` so that ``sigma(t_i)`` equals it exactly.
+    already perturbed with ``N(0, sigma_min^2 I)`` (so ``q_0 = p_data * N(0, sigma_min^2)``), and
+    the SDE carries it exactly to ``N(x0, sigma(t)^2 I)``. The discrete chain is SMLD's geometric
+    noise ladder, step ``i`` at ``t_i = i T / (N - 1)`` so that ``sigma(t_i)`` equals it exactly.
 
     Refs: [Song21] Eq. (9), (30); [Song19] Sec. 4.2.
     """
@@ -481,7 +493,8 @@ class ReverseSDE:
     def discretize(
         self, x: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reverse of the forward chain: ``f - G^2 s`` and ``G`` ([Song21] Eq. 46, reverse diffusion)."""
+        """Reverse of the forward chain: ``f - G^2 s`` and ``G`` ([Song21] Eq. 46, reverse
+        diffusion)."""
         f, G = self.forward.discretize(x, t)
         return self._combine(x, t, f, G)
 

@@ -36,5 +36,7 @@ def batch_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if t.ndim == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
-        raise UserInputError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        raise UserInputError(
+            f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}"
+        )
     return t

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .sde import SDE
 from .errors import UserInputError
+from .sde import SDE
 
 TIME_SAMPLINGS = ("uniform", "importance", "lognormal")
 

@@ -14,7 +14,7 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 NAMES = ("vp", "vp_cosine", "subvp", "ve")

@@ -70,7 +70,7 @@ def test_smc_refuses_more_particles_than_memory_holds() -> None:
     assert "particles" in msg and "memory" in msg
 
 
-# -- 6: a diverged adaptive ODE ---------------------------------------------------------------------
+# -- 6: a diverged adaptive ODE --------------------------------------------------------------------
 def nan_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.full_like(x, float("nan"))
 
@@ -90,7 +90,7 @@ def test_a_nan_model_in_the_likelihood_is_one_line() -> None:
     assert "underflow" in str(err.value) and "NaN or infinite" in str(err.value)
 
 
-# -- 4, 10: grid files ---------------------------------------------------------------------------------
+# -- 4, 10: grid files -----------------------------------------------------------------------------
 def _grid(sde, **kw) -> OptimizedGrid:
     d = dict(ts=torch.tensor([1.0, 0.3, 1e-3], dtype=F64), solver="dpm", options={"order": 2},
              nfe=3, error_before=1.0, error_after=0.5, heldout_before=1.1, heldout_after=0.6,

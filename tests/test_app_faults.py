@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
+from helpers import one_error_line
 from sde_gen.app.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -20,8 +21,6 @@ from sde_gen.app.distributed import resolve_device
 from sde_gen.app.runs import load_run
 from sde_gen.app.train import train
 from sde_gen.errors import UserInputError
-
-from helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
@@ -101,8 +100,9 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
 
 def test_full_disk_during_export_is_one_line_and_leaves_no_file(run_dir, tmp_path, monkeypatch):
     # Regression (issue 30.12): 'export' on a full disk ended in a SafetensorError traceback.
-    import sde_gen.app.export as export_mod
     from safetensors import SafetensorError
+
+    import sde_gen.app.export as export_mod
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")

@@ -72,8 +72,9 @@ def _expected_nfe(solver: str, steps: int | None, options: dict, extra: list[str
 def test_sample_writes_png_and_npz(run_dir, tmp_path, solver, steps, options, extra):
     out = tmp_path / f"{solver}.png"
     grid = [] if steps is None else ["--steps", str(steps)]
-    res = CliRunner().invoke(app, ["sample", "--solver", solver, "--ckpt", str(run_dir), "--n", "30",
-                                   "--batch-size", "16", "--out", str(out), "--device", "cpu",
+    res = CliRunner().invoke(app, ["sample", "--solver", solver, "--ckpt", str(run_dir),
+                                   "--n", "30", "--batch-size", "16", "--out", str(out),
+                                   "--device", "cpu",
                                    "--no-progress", *grid, *_flags(options), *extra])
     assert res.exit_code == 0, res.output
     assert f"{_expected_nfe(solver, steps, options, extra)} NFE per batch" in res.output
@@ -117,7 +118,8 @@ def test_sample_is_reproducible(run_dir, tmp_path):
         (["--solver", "sde", "--method", "nope"], "unknown torchsde method 'nope'"),
         (["--solver", "ode", "--method", "nope"], "unknown ODE method 'nope'"),
         (["--solver", "pc", "--predictor", "x"], "unknown predictor 'x'"),
-        (["--solver", "ancestral", "--steps", "5000"], "do not fit on the 1000-step discrete chain"),
+        (["--solver", "ancestral", "--steps", "5000"],
+         "do not fit on the 1000-step discrete chain"),
         (["--solver", "ancestral", "--steps", "5000"], "use at most 999 steps"),
         (["--solver", "ancestral", "--eps", "0.01", "--steps", "999"], "use at most 990 steps"),
         (["--solver", "ddim", "--out", "x.jpg"], "--out must be a .png path"),

@@ -20,7 +20,8 @@ def test_every_shipped_config_loads(path):
 def test_overrides_and_sections_apply_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("sde: {name: ve}\ntrain: {steps: 10, lr: 1e-3}\n")
-    cfg = load_config(f, ["train.steps=20", "train.discrete=true", "train.time_sampling=uniform"], sde={"name": "subvp"})
+    cfg = load_config(f, ["train.steps=20", "train.discrete=true", "train.time_sampling=uniform"],
+                      sde={"name": "subvp"})
     assert cfg.sde.name == "subvp"  # section values beat the file
     assert cfg.train.steps == 20 and cfg.train.discrete is True  # --set beats both
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)

@@ -21,8 +21,9 @@ SETS = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size
 
 def _run(workdir: Path, nproc: int) -> subprocess.CompletedProcess:
     sets = [a for s in SETS for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "cli.py"), "train", "--no-progress", "--workdir", str(workdir), *sets]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(ROOT / "cli.py"), "train", "--no-progress",
+           "--workdir", str(workdir), *sets]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -13,13 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
+from helpers import one_error_line
 from sde_gen.app.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
 from sde_gen.app.runs import load_run
 from sde_gen.app.train import NonFiniteLossError, train
-
-from helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # These tests resume with a different train.steps than the interrupted run; a cosine LR schedule
@@ -41,7 +40,10 @@ def test_sigterm_checkpoints_and_resumes_bitwise(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    def logged_twice() -> bool:
+        return metrics.exists() and metrics.read_text().count("\n") >= 2
+
+    while time.time() < deadline and not logged_twice():
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -52,10 +54,12 @@ def test_sigterm_checkpoints_and_resumes_bitwise(tmp_path):
     stopped_at = load_checkpoint(ckpts[0])["step"]
     assert 0 < stopped_at < 3000
     # Resume to the end, and compare with a run that never stopped.
-    short = _sets([s for s in sets if not s.startswith("train.steps")] + ["train.steps=" + str(stopped_at + 40)])
+    short = _sets([s for s in sets if not s.startswith("train.steps")]
+                  + ["train.steps=" + str(stopped_at + 40)])
     for wd in ("cut", "full"):
-        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--no-progress", *short,
-                              "--workdir", str(tmp_path / wd)], env=env, capture_output=True, text=True)
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--no-progress",
+                              *short, "--workdir", str(tmp_path / wd)],
+                             env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
     a = load_checkpoint(list_checkpoints(tmp_path / "cut")[-1])
     b = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import one_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import one_error_line
 from sde_gen.app.config import load_config
 from sde_gen.app.factory import build_model, build_sde
 from sde_gen.app.figures import IMAGE_FIGURES, TOY_FIGURES, figures_command, write_figures
@@ -52,8 +52,10 @@ def test_grid_cells_are_nearest_neighbour_blocks_with_separators():
         top, left = pad + r * (cell + pad), pad + q * (cell + pad)
         block = grid[top:top + cell, left:left + cell, 0]
         assert np.array_equal(block, np.kron(pixels[i, 0], np.ones((scale, scale), np.uint8)))
-    assert (grid[:pad] == SEPARATOR).all() and (grid[:, pad + cell:2 * pad + cell] == SEPARATOR).all()
-    assert (grid[pad + cell + pad:, 2 * (cell + pad) + pad:] == SEPARATOR).all()  # the empty 6th cell
+    assert (grid[:pad] == SEPARATOR).all()
+    assert (grid[:, pad + cell:2 * pad + cell] == SEPARATOR).all()
+    # the empty 6th cell
+    assert (grid[pad + cell + pad:, 2 * (cell + pad) + pad:] == SEPARATOR).all()
 
 
 def test_grid_scale_keeps_large_images_and_default_rows_are_square():

@@ -51,9 +51,9 @@ def test_image_run_through_the_cli(tmp_path):
     assert npz["images"].shape == (6, 1, 8, 8) and npz["images"].dtype == np.uint8
 
     ll = tmp_path / "ll.json"
-    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "4", "--batch-size", "4",
-                              "--rtol", "1e-2", "--atol", "1e-2", "--out", str(ll), "--no-progress",
-                              "--device", "cpu"])
+    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "4",
+                              "--batch-size", "4", "--rtol", "1e-2", "--atol", "1e-2",
+                              "--out", str(ll), "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     rep = json.loads(ll.read_text())
     assert rep["trace"] == "hutchinson" and np.isfinite(rep["bpd"]) and rep["n"] == 4
@@ -77,7 +77,8 @@ def test_eval_reports_fd_classifier_and_bpd(tmp_path, monkeypatch):
 
 
 def test_model_data_mismatch_is_one_line_error(tmp_path):
-    res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--set", "data.name=digits"])
+    res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path),
+                                   "--set", "data.name=digits"])
     assert res.exit_code == 2 and "does not fit data.name=digits" in res.output
 
 

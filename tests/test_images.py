@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import user_error
 from sde_gen.data.images import (
     IMAGE_SHAPES,
     DeviceBatches,
@@ -26,8 +27,6 @@ from sde_gen.data.images import (
 )
 from sde_gen.errors import UserInputError
 from sde_gen.scaling import uint8_to_model
-
-from helpers import user_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -125,7 +124,8 @@ def test_jpeg_npz_layout(tmp_path: Path) -> None:
 
 
 def _jpeg_npz(path: Path, n: int = 3) -> dict[str, np.ndarray]:
-    """An npz of ``n`` 8x8 JPEGs as ``train_jpeg`` + ``train_offsets`` (int64); returns its arrays."""
+    """An npz of ``n`` 8x8 JPEGs as ``train_jpeg`` + ``train_offsets`` (int64); returns its
+    arrays."""
     blobs = []
     for im in smooth_rgb(np.random.default_rng(4), n, 8, 8):
         buf = io.BytesIO()
@@ -138,7 +138,8 @@ def _jpeg_npz(path: Path, n: int = 3) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("field, change, message", [
-    ("train_offsets", lambda a: a.astype(np.float64), "train_offsets must hold integer byte offsets"),
+    ("train_offsets", lambda a: a.astype(np.float64),
+     "train_offsets must hold integer byte offsets"),
     ("train_offsets", lambda a: a[::-1].copy(), "train_offsets must increase strictly"),
     ("train_jpeg", lambda a: a.astype(np.float32), "train_jpeg must be a 1-D uint8 byte buffer"),
     ("train_jpeg", lambda a: np.zeros_like(a), "image 0 of train_jpeg cannot be decoded"),

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
 from sde_gen.errors import UserInputError
 from sde_gen.interop import load_diffusers
 from sde_gen.interop.diffusers import sde_from_scheduler_config
 from sde_gen.sampling import sample
 from sde_gen.sampling.thresholding import clip_x0_model, process_x0
+
+diffusers = pytest.importorskip("diffusers")
 
 N_TRAIN = 100  # a short chain keeps the full DDPM loop fast
 

@@ -13,9 +13,9 @@ import warnings
 
 import pytest
 import torch
-from helpers import F64, SDES, mixture, seeded
 from torch import nn
 
+from helpers import F64, SDES, mixture, seeded
 from sde_gen.errors import UserInputError
 from sde_gen.interop.k_diffusion import DenoiserEpsModel, KarrasDenoiser, from_denoiser
 from sde_gen.sampling import sample
@@ -27,7 +27,8 @@ S_DATA = 0.7  # std of the isotropic Gaussian data of the shape tests
 
 
 def gaussian_eps(sde):
-    """Exact eps-model of data N(0, S_DATA^2 I), any shape: ``sigma_t x / (alpha^2 s^2 + sigma^2)``."""
+    """Exact eps-model of data N(0, S_DATA^2 I), any shape:
+    ``sigma_t x / (alpha^2 s^2 + sigma^2)``."""
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = (c.to(x.dtype) for c in sde.marginal_coeffs(t))
@@ -117,7 +118,8 @@ def test_sigma_grid_and_time_maps():
         assert rel_err(kd.t_to_sigma(t), s[:-1]) < 1e-11
     ve = VESDE(0.002, 80.0)
     kd = KarrasDenoiser(gaussian_eps(ve), ve)
-    assert kd.sigma_max == 80.0 and kd.sigma_to_t(torch.tensor([0.002, 80.0], dtype=F64)).tolist() == [0, 1]
+    assert kd.sigma_max == 80.0
+    assert kd.sigma_to_t(torch.tensor([0.002, 80.0], dtype=F64)).tolist() == [0, 1]
     ramp = torch.linspace(0, 1, 6, dtype=F64)  # k-diffusion's get_sigmas_karras, Eq. (5)
     lo, hi = kd.sigma_min ** (1 / 7), 80.0 ** (1 / 7)
     assert rel_err(kd.sigmas(6)[:-1], (hi + ramp * (lo - hi)) ** 7) < 1e-14
@@ -133,7 +135,8 @@ def test_from_denoiser_round_trip_is_identity():
     assert rel_err(kd(x, sigma), gaussian_denoiser(x, sigma)) < 1e-13
     # the eps-model is Tweedie's inverse on VE: eps = (x - D) / sigma_t
     t = kd.sigma_to_t(sigma)
-    assert rel_err(model(x, t), (x - gaussian_denoiser(x, sigma)) / sigma[:, None, None, None]) < 1e-13
+    eps = (x - gaussian_denoiser(x, sigma)) / sigma[:, None, None, None]
+    assert rel_err(model(x, t), eps) < 1e-13
 
 
 @pytest.mark.parametrize("solver", ["heun", "ddim"])
@@ -190,8 +193,10 @@ def test_bad_input_one_line_errors():
         (lambda: kd.sigmas(5, rho=-1.0), "rho must be positive"),
         (lambda: from_denoiser(gaussian_denoiser, 0.0, 80.0), "need 0 < sigma_min < sigma_max"),
         (lambda: from_denoiser(gaussian_denoiser, 80.0, 0.002), "need 0 < sigma_min < sigma_max"),
-        (lambda: from_denoiser(gaussian_denoiser, 0.002, float("inf")), "sigma_max must be a finite number"),
-        (lambda: from_denoiser(gaussian_denoiser, float("nan"), 1.0), "sigma_min must be a finite number"),
+        (lambda: from_denoiser(gaussian_denoiser, 0.002, float("inf")),
+         "sigma_max must be a finite number"),
+        (lambda: from_denoiser(gaussian_denoiser, float("nan"), 1.0),
+         "sigma_min must be a finite number"),
         (lambda: from_denoiser(gaussian_denoiser, "a", 1.0), "sigma_min must be a finite number"),
         (lambda: from_denoiser(None, 0.002, 80.0), "denoiser must be callable"),
         (lambda: from_denoiser(gaussian_denoiser, 0.002, 80.0)[0](x, 0.5), "t must be a float"),

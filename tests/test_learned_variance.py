@@ -9,11 +9,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from sde_gen import GaussianMixture, ScoreModel, VESDE, VPSDE
+from sde_gen import VESDE, VPSDE, GaussianMixture, ScoreModel
 from sde_gen.app.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import ConfigError, load_config
 from sde_gen.app.factory import build_model
+from sde_gen.app.train import train
+from sde_gen.chain import grid_coeffs, posterior_coeffs, snap_to_steps
 from sde_gen.hybrid_loss import VLBStepSampler, hybrid_loss
 from sde_gen.likelihood import vlb
 from sde_gen.likelihood.vlb import discrete_chain
@@ -21,9 +23,7 @@ from sde_gen.nets.embeddings import SinusoidalEmbedding
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import log_variance_from_v, v_from_log_variance
 from sde_gen.sampling import make_grid, sample, sample_ancestral
-from sde_gen.chain import grid_coeffs, posterior_coeffs, snap_to_steps
 from sde_gen.scaling import uint8_to_model
-from sde_gen.app.train import train
 
 F64 = torch.float64
 D, S2 = 2, 1e-3  # N(MU, S2 I): narrow enough that neither beta nor beta~ is near optimal

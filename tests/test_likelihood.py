@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sde_gen import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
 from sde_gen.app.cli import app
-from sde_gen.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
 from sde_gen.likelihood import bits_per_dim, decode, encode, log_likelihood, slerp
+from sde_gen.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
 from sde_gen.schedules import scaled_linear_betas
 
 F64 = torch.float64
@@ -36,7 +36,8 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=15.0),
 
 
 def reference_logp(gm, sde, x, z, eps):
-    """The density the method defines with a perfect score: log q_eps(x) + log p_T(z) - log q_T(z)."""
+    """The density the method defines with a perfect score:
+    log q_eps(x) + log p_T(z) - log q_T(z)."""
     b = x.shape[0]
     te, tT = torch.full((b,), eps, dtype=F64), torch.full((b,), sde.T, dtype=F64)
     return gm.log_prob_t(x, te, sde) + sde.prior_logp(z) - gm.log_prob_t(z, tT, sde)
@@ -169,7 +170,8 @@ def test_slerp_endpoints_and_norm():
     assert (mid > lin).all()  # linear interpolation shrinks the norm, slerp does not
 
 
-@pytest.mark.parametrize("kw, msg", [({"trace": "x"}, "unknown trace"), ({"probe": "x"}, "unknown probe"),
+@pytest.mark.parametrize("kw, msg", [({"trace": "x"}, "unknown trace"),
+                                     ({"probe": "x"}, "unknown probe"),
                                      ({"n_probes": 0}, "n_probes"), ({"t_min": 2.0}, "t_min")])
 def test_bad_arguments(kw, msg):
     gm, sde = asymmetric_2d(), VPSDE()
@@ -184,9 +186,9 @@ def test_likelihood_cli_reports_gap(tmp_path):
              "--set", "train.plot_samples=0", "--set", "train.device=cpu"]
     assert runner.invoke(app, train).exit_code == 0
     out = tmp_path / "ll.json"
-    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "64", "--batch-size", "32",
-                              "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress",
-                              "--device", "cpu"])
+    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "64",
+                              "--batch-size", "32", "--rtol", "1e-3", "--atol", "1e-3",
+                              "--out", str(out), "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
     for key in ("nll_nats", "nll_stderr", "nfe", "true_nll_nats", "kl_gap_nats"):
@@ -212,13 +214,14 @@ def test_likelihood_cli_ode_and_vlb_together(tmp_path):
              "--set", "train.plot_samples=0", "--set", "train.device=cpu", "--set", "sde.N=50"]
     assert runner.invoke(app, train).exit_code == 0
     out = tmp_path / "both.json"
-    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "both", "--n", "32",
-                              "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress",
-                              "--device", "cpu", "--variance", "beta_tilde"])
+    res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "both",
+                              "--n", "32", "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out),
+                              "--no-progress", "--device", "cpu", "--variance", "beta_tilde"])
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
     assert rep["vlb_nfe"] == 50 and rep["vlb_variance"] == "beta_tilde"
-    assert rep["vlb_nats"] == pytest.approx(rep["vlb_prior"] + rep["vlb_diffusion"] + rep["vlb_decoder"])
+    parts = rep["vlb_prior"] + rep["vlb_diffusion"] + rep["vlb_decoder"]
+    assert rep["vlb_nats"] == pytest.approx(parts)
     assert "ODE: NLL" in res.output and "VLB (beta_tilde)" in res.output
     bad = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "elbo"])
     assert bad.exit_code == 2 and "unknown method" in bad.output

@@ -15,7 +15,7 @@ import torch
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.losses import dsm_loss, sample_time
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 MU = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
@@ -221,7 +221,8 @@ def test_bad_weighting_or_reduce_raise() -> None:
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x
 
-    with pytest.raises(ValueError, match=r"unknown weighting 'elbo'.*simple.*likelihood.*min_snr.*edm"):
+    with pytest.raises(ValueError,
+                       match=r"unknown weighting 'elbo'.*simple.*likelihood.*min_snr.*edm"):
         dsm_loss(model, sde, x0, weighting="elbo")
     with pytest.raises(ValueError, match=r"unknown reduce 'max'.*mean.*sum"):
         dsm_loss(model, sde, x0, reduce="max")

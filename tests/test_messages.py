@@ -17,18 +17,17 @@ from PIL import Image
 from safetensors.torch import load_file, safe_open, save_file
 from typer.testing import CliRunner
 
+import sde_gen.app.runs as runs
 import sde_gen.app.sample_quality as sq
+from helpers import one_error_line
 from sde_gen.app.checkpoint import list_checkpoints
 from sde_gen.app.cli import app
 from sde_gen.app.config import DataConfig, load_config
 from sde_gen.app.export import export_safetensors
-import sde_gen.app.runs as runs
 from sde_gen.app.runs import load_run
 from sde_gen.app.train import train
 from sde_gen.data.images import DeviceBatches, ImageData, load_images, make_loader
 from sde_gen.errors import CheckpointError, UserInputError
-
-from helpers import one_error_line
 
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
         "train.batch_size=32", "train.plot_samples=0", "train.log_every=5", "train.warmup=2",

@@ -29,15 +29,19 @@ from functools import lru_cache
 import pytest
 import torch
 
-from sde_gen.sampling import sample
-from sde_gen.sampling.deis import (eps_multistep, lagrange_coefficients, sample_deis,
-                                   tab_coefficients, time_from_log_snr)
+from helpers import SDES, mixture, ode_reference, seeded
 from sde_gen.chain import grid_coeffs
+from sde_gen.sampling import sample
+from sde_gen.sampling.deis import (
+    eps_multistep,
+    lagrange_coefficients,
+    sample_deis,
+    tab_coefficients,
+    time_from_log_snr,
+)
 from sde_gen.sampling.grids import make_grid
 from sde_gen.sampling.ipndm import ipndm_coefficients, sample_ipndm
 from sde_gen.sde import SDE, SubVPSDE
-
-from helpers import SDES, mixture, ode_reference, seeded
 
 F64, F32 = torch.float64, torch.float32
 

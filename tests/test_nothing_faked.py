@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
+from helpers import one_error_line
 from sde_gen.app.checkpoint import list_checkpoints
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -20,8 +21,6 @@ from sde_gen.app.train import NonFiniteLossError, train
 from sde_gen.errors import UserInputError
 from sde_gen.likelihood import log_likelihood
 from sde_gen.sde import VPSDE
-
-from helpers import one_error_line
 
 FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
         "train.batch_size=32", "train.plot_samples=0", "train.log_every=1", "train.warmup=2",
@@ -168,8 +167,9 @@ def test_sample_out_that_is_a_directory_fails_before_sampling(run_dir, tmp_path,
 
     monkeypatch.setattr(gen_mod, "sample", lambda *a, **k: pytest.fail("sampled"))
     (tmp_path / "DIR.png").mkdir()
-    res = CliRunner().invoke(app, ["sample", "--ckpt", str(run_dir), "--n", "4", "--solver", "ddim",
-                                   "--steps", "3", "--no-progress", "--out", str(tmp_path / "DIR.png")])
+    res = CliRunner().invoke(app, ["sample", "--ckpt", str(run_dir), "--n", "4",
+                                   "--solver", "ddim", "--steps", "3", "--no-progress",
+                                   "--out", str(tmp_path / "DIR.png")])
     assert "is a directory" in one_error_line(res)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR.png"]
 

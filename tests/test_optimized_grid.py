@@ -8,17 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import mixture
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
 from sde_gen.app.train import train
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import sample
 from sde_gen.sampling.grid_file import sde_signature
-from sde_gen.sampling.optimized_grid import (OptimizedGrid, _gits_path, optimize_grid,
-                                             steps_for_nfe)
+from sde_gen.sampling.optimized_grid import OptimizedGrid, _gits_path, optimize_grid, steps_for_nfe
 from sde_gen.sde import VESDE, VPSDE
-
-from helpers import mixture
 
 F64 = torch.float64
 
@@ -66,7 +64,8 @@ def test_grid_file_round_trip_and_checks(tmp_path):
     path = grid.save(tmp_path / "g.json")
     back = OptimizedGrid.load(path, sde)
     assert torch.equal(back.ts, grid.ts) and back.options == {"order": 2}
-    with pytest.raises(UserInputError, match=r"optimized for another SDE \(sde: VPSDE there, VESDE here\)"):
+    with pytest.raises(UserInputError,
+                       match=r"optimized for another SDE \(sde: VPSDE there, VESDE here\)"):
         OptimizedGrid.load(path, VESDE())
     (tmp_path / "bad.json").write_text(json.dumps({"ts": [1, 0.5]}))
     with pytest.raises(UserInputError, match="not a grid file"):

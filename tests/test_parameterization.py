@@ -23,7 +23,7 @@ from sde_gen.parameterization import (
     v_to_eps,
     x0_to_eps,
 )
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

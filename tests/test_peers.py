@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks import peers
-from sde_gen import SubVPSDE, VESDE, VPSDE, GaussianMixture
+from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
 from sde_gen.data.toy2d import Toy2D
 
 F64 = torch.float64

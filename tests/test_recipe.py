@@ -15,12 +15,12 @@ from torch import nn
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.app.config import ConfigError, load_config
+from sde_gen.app.train import lr_at
 from sde_gen.ema import EMA, power_ema_gamma
 from sde_gen.losses import dsm_loss, make_weighting, weight_likelihood
 from sde_gen.parameterization import ScoreModel
-from sde_gen.sde import SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import VESDE, VPSDE, SubVPSDE
 from sde_gen.time_sampling import TimeSampler
-from sde_gen.app.train import lr_at
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "vp_cosine": lambda: VPSDE(schedule="cosine"), "subvp": SubVPSDE,
@@ -109,8 +109,10 @@ def test_min_snr_and_edm_weights_equal_their_formulas():
     alpha2, sigma2 = torch.exp(-big_b), 1 - torch.exp(-big_b)
     snr = alpha2 / sigma2
     ref = torch.where(snr < 5, torch.ones_like(snr), 5 / snr)  # min(SNR, 5) / SNR
-    torch.testing.assert_close(make_weighting("min_snr", gamma=5.0)(sde, t), ref, rtol=1e-10, atol=0)
-    # EDM: lambda(sigma) = (sigma^2 + s^2) / (sigma s)^2 on ||D - x0||^2 = sigma^2 ||eps_hat - eps||^2.
+    torch.testing.assert_close(make_weighting("min_snr", gamma=5.0)(sde, t), ref,
+                               rtol=1e-10, atol=0)
+    # EDM: lambda(sigma) = (sigma^2 + s^2) / (sigma s)^2 on ||D - x0||^2
+    # = sigma^2 ||eps_hat - eps||^2.
     s, sigma2_edm = 0.5, sigma2 / alpha2
     ref = (sigma2_edm + s**2) / (sigma2_edm * s**2) * sigma2_edm
     torch.testing.assert_close(make_weighting("edm", sigma_data=s)(sde, t), ref, rtol=1e-10, atol=0)

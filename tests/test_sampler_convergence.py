@@ -48,7 +48,7 @@ from helpers import seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, sample
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SDES: dict[str, Callable[[], SDE]] = {

@@ -16,15 +16,13 @@ Model: the exact eps of a 2-D, 3-component Gaussian mixture with unequal weights
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from helpers import SDES, mixture, ode_reference, seeded
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import sample, sample_ancestral, sample_ddim
 from sde_gen.sde import VPSDE
-
-from helpers import SDES, mixture, ode_reference, seeded
 
 F64 = torch.float64
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from sde_gen.sampling import SOLVERS, sample
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 from sde_gen.tensor_utils import append_dims
 
 F32, F64 = torch.float32, torch.float64
@@ -428,7 +428,8 @@ def test_too_many_discrete_steps_state_the_limit_for_that_eps(sde_fn, eps, steps
         with pytest.raises(ValueError, match=rf"{steps} intervals do not fit on the {sde.N}-step "
                                              rf"discrete chain .* use at most {limit} steps"):
             sample(model, sde, (3, 2), solver, t_min=eps, steps=steps, generator=seeded(0), **opts)
-        res = sample(model, sde, (3, 2), solver, t_min=eps, steps=limit, generator=seeded(0), **opts)
+        res = sample(model, sde, (3, 2), solver, t_min=eps, steps=limit, generator=seeded(0),
+                     **opts)
         assert len(res.ts) == limit + 1
 
 
@@ -467,7 +468,8 @@ def test_explicit_grid_may_end_at_t0_on_the_discrete_chain() -> None:
 def test_ts_excludes_steps_eps_and_spacing() -> None:
     sde = VPSDE()
     with pytest.raises(ValueError, match="pass either ts or steps/t_min, not both"):
-        sample(GaussianEps(sde), sde, (3, 2), "ddim", ts=torch.tensor([1.0, 0.5]), steps=4, t_min=0.1)
+        sample(GaussianEps(sde), sde, (3, 2), "ddim", ts=torch.tensor([1.0, 0.5]), steps=4,
+               t_min=0.1)
 
 
 BAD_END_TIMES = [

@@ -3,13 +3,18 @@ inverses and ``time_grid``."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from sde_gen.schedules import (CosineBeta, LinearBeta, TableBeta, cosine_betas,
-                               scaled_linear_betas, time_grid)
-from sde_gen.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.schedules import (
+    CosineBeta,
+    LinearBeta,
+    TableBeta,
+    cosine_betas,
+    scaled_linear_betas,
+    time_grid,
+)
+from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX, N = 0.01, 50.0, 1000

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sde_gen.sde import SDES, SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from sde_gen.sde import SDE, SDES, VESDE, VPSDE, ReverseSDE, SubVPSDE
 
 F64 = torch.float64
 NAMES = ("vp", "vp_cosine", "subvp", "ve")

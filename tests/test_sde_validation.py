@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from sde_gen.app.config import ConfigError, load_config
+from sde_gen.chain import grid_coeffs
 from sde_gen.errors import UserInputError
 from sde_gen.likelihood.vlb import discrete_chain, vlb
 from sde_gen.losses import dsm_loss
 from sde_gen.sampling import sample
-from sde_gen.chain import grid_coeffs
 from sde_gen.schedules import CosineBeta, LinearBeta
-from sde_gen.sde import VESDE, SubVPSDE, VPSDE, vp_min_chain_steps
+from sde_gen.sde import VESDE, VPSDE, SubVPSDE, vp_min_chain_steps
 
 F64 = torch.float64
 PACKAGE = Path(__file__).resolve().parents[1] / "sde_gen"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sde_gen.analytic import GaussianMixture
-from sde_gen.errors import UserInputError
 from sde_gen.chain import grid_coeffs
+from sde_gen.errors import UserInputError
 from sde_gen.sampling.grids import make_grid
 from sde_gen.sampling.smc import _resample_indices, _resampling_uniforms, impute_smc
 from sde_gen.sde import VESDE, VPSDE

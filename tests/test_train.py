@@ -3,7 +3,12 @@ import json
 import pytest
 import torch
 
-from sde_gen.app.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
+from sde_gen.app.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+)
 from sde_gen.app.config import load_config
 from sde_gen.app.train import train
 
@@ -19,7 +24,8 @@ def test_training_lowers_the_loss(tmp_path):
     cfg = load_config(None, FAST + ["train.steps=300", "train.log_every=20",
                                     "train.lr=3e-3", "train.ckpt_every=300"])
     train(cfg, tmp_path, progress=False)
-    losses = [json.loads(ln)["loss"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(ln)["loss"] for ln in lines]
     # The eps-MSE of an untrained net is about 1 per dim; after 300 steps it must fall clearly.
     first, last = sum(losses[:2]) / 2, sum(losses[-3:]) / 3
     assert last < 0.7 * first, (first, last)
@@ -43,7 +49,8 @@ def test_resume_is_bitwise_identical(tmp_path, sde):
     ea = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])["ema"]
     eb = load_checkpoint(res.checkpoint)["ema"]
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(ln)["step"] for ln in lines]
     assert steps == sorted(set(steps))  # no duplicated metric lines after the resume
 
 
@@ -67,7 +74,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_discrete_and_likelihood_weighting_train(tmp_path):
-    for i, extra in enumerate([["train.discrete=true", "train.time_sampling=uniform"], ["train.weighting=likelihood", "sde.name=subvp"]]):
+    extras = [["train.discrete=true", "train.time_sampling=uniform"],
+              ["train.weighting=likelihood", "sde.name=subvp"]]
+    for i, extra in enumerate(extras):
         cfg = load_config(None, FAST + ["train.steps=5"] + extra)
         res = train(cfg, tmp_path / str(i), progress=False)
         assert res.step == 5 and res.loss == res.loss  # finite (not NaN)

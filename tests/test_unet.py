@@ -80,7 +80,8 @@ def test_tiny_unet_overfits_one_batch():
     assert loss.item() < first / 10, (first, loss.item())  # falls by >= 10x
 
 
-@pytest.mark.parametrize("shape, msg", [((2, 1, 8, 8), "expects x of shape"), ((2, 3, 7, 7), "divisible by 2")])
+@pytest.mark.parametrize("shape, msg", [((2, 1, 8, 8), "expects x of shape"),
+                                        ((2, 3, 7, 7), "divisible by 2")])
 def test_bad_input(shape, msg):
     with pytest.raises(ValueError, match=msg):
         UNet(**UNET_PRESETS["tiny"])(torch.randn(shape), torch.rand(shape[0]))

@@ -24,12 +24,11 @@ from functools import lru_cache
 import pytest
 import torch
 
+from helpers import SDES, mixture, ode_reference, seeded
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import make_grid, sample
 from sde_gen.sampling.unipc import FEW_STEPS, _step_orders, _unipc_coeffs, sample_unipc
 from sde_gen.sde import SDE, VESDE, VPSDE
-
-from helpers import SDES, mixture, ode_reference, seeded
 
 F64 = torch.float64
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from sde_gen import GaussianMixture, VESDE, VPSDE
+from helpers import seeded
+from sde_gen import VESDE, VPSDE, GaussianMixture
 from sde_gen.likelihood import discretized_gaussian_log_likelihood, vlb
 
 F64 = torch.float64
@@ -33,8 +34,9 @@ def chain(N):
 @pytest.fixture(scope="module")
 def result():
     sde = VPSDE()
-    x = GaussianMixture.gaussian(MU, torch.tensor(S2)).sample(4096, generator=torch.Generator().manual_seed(0), dtype=F64)
-    return x, vlb(discrete_exact_model(sde), sde, x, generator=torch.Generator().manual_seed(1))
+    gauss = GaussianMixture.gaussian(MU, torch.tensor(S2))
+    x = gauss.sample(4096, generator=seeded(0), dtype=F64)
+    return x, vlb(discrete_exact_model(sde), sde, x, generator=seeded(1))
 
 
 def test_prior_term_closed_form(result):
@@ -76,12 +78,12 @@ def test_middle_term_and_full_bound_match_closed_form(result):
 
 def test_bound_is_above_the_exact_nll_and_tightens_with_N():
     gm = GaussianMixture.gaussian(MU, torch.tensor(S2))
-    x = gm.sample(2048, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x = gm.sample(2048, generator=seeded(2), dtype=F64)
     nll = -gm.log_prob(x).mean().item()
     gaps = []
     for n in (50, 1000):
         sde = VPSDE(N=n)
-        r = vlb(discrete_exact_model(sde), sde, x, generator=torch.Generator().manual_seed(3))
+        r = vlb(discrete_exact_model(sde), sde, x, generator=seeded(3))
         se = r.nats.std().item() / math.sqrt(len(x))
         gaps.append(r.nats.mean().item() - nll)
         assert gaps[-1] > -3 * se  # a bound, up to Monte-Carlo noise
@@ -92,25 +94,27 @@ def test_bound_is_above_the_exact_nll_and_tightens_with_N():
 def test_beta_tilde_is_tighter_for_near_discrete_data():
     # Where x_0 is (nearly) determined by x_t at small t, as for 8-bit pixels, the true reverse
     # variance approaches beta~_t ([Ho20] Sec. 3.2). Two near-point masses:
-    gm = GaussianMixture(torch.tensor([[0.5, 0.5, -0.5], [-0.5, 0.3, 0.5]]), torch.tensor([1e-6, 1e-6]))
+    gm = GaussianMixture(torch.tensor([[0.5, 0.5, -0.5], [-0.5, 0.3, 0.5]]),
+                         torch.tensor([1e-6, 1e-6]))
     sde = VPSDE()
-    x = gm.sample(1024, generator=torch.Generator().manual_seed(4), dtype=F64)
-    b = vlb(gm.eps_model(sde), sde, x, variance="beta", generator=torch.Generator().manual_seed(5))
-    bt = vlb(gm.eps_model(sde), sde, x, variance="beta_tilde", generator=torch.Generator().manual_seed(5))
+    x = gm.sample(1024, generator=seeded(4), dtype=F64)
+    b = vlb(gm.eps_model(sde), sde, x, variance="beta", generator=seeded(5))
+    bt = vlb(gm.eps_model(sde), sde, x, variance="beta_tilde", generator=seeded(5))
     nll = -gm.log_prob(x).mean().item()
     assert bt.nats.mean() < b.nats.mean()  # measured -11.2 vs -9.3 nats
     assert bt.nats.mean() > nll  # still a bound (-15.8)
     # For smooth data (N(MU, 0.25 I)) it is the other way round: beta is the tighter choice.
     g = GaussianMixture.gaussian(MU, torch.tensor(S2))
-    y = g.sample(1024, generator=torch.Generator().manual_seed(6), dtype=F64)
+    y = g.sample(1024, generator=seeded(6), dtype=F64)
     m = discrete_exact_model(sde)
-    assert (vlb(m, sde, y, variance="beta").nats.mean() < vlb(m, sde, y, variance="beta_tilde").nats.mean())
+    beta = vlb(m, sde, y, variance="beta").nats.mean()
+    assert beta < vlb(m, sde, y, variance="beta_tilde").nats.mean()
 
 
 def test_sampled_steps_are_unbiased(result):
     x, full = result
     sde = VPSDE()
-    est = vlb(discrete_exact_model(sde), sde, x[:1024], n_t=20, generator=torch.Generator().manual_seed(7))
+    est = vlb(discrete_exact_model(sde), sde, x[:1024], n_t=20, generator=seeded(7))
     se = est.diffusion.std().item() / math.sqrt(1024)
     assert abs(est.diffusion.mean().item() - full.diffusion[:1024].mean().item()) < 4 * se
     assert (est.diffusion_stderr > 0).all() and est.nfe == 21
@@ -125,9 +129,9 @@ def test_discretized_decoder_sums_to_one():
 
 
 def test_uint8_images_give_bits_per_dim():
-    x = torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
+    x = torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8, generator=seeded(8))
     sde = VPSDE(N=100)  # (N = 20 would make beta_N = 1: abar_N = 0, a degenerate chain)
-    r = vlb(lambda z, t: torch.zeros_like(z), sde, x, generator=torch.Generator().manual_seed(9))
+    r = vlb(lambda z, t: torch.zeros_like(z), sde, x, generator=seeded(9))
     assert r.bpd is not None and torch.isfinite(r.bpd).all()
     torch.testing.assert_close(r.bpd, r.nats / (16 * math.log(2)))
 

@@ -265,7 +265,11 @@ DEFAULT_RUNS = Path("runs")
 def latest_run(root: str | os.PathLike = DEFAULT_RUNS) -> Path:
     """The run directory under ``root`` whose newest checkpoint is the most recent."""
     root = Path(root)
-    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)] if root.is_dir() else []
+    runs = []
+    if root.is_dir():
+        runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)]
     if not runs:
-        raise CheckpointError(f"no trained run under {root}/; train one with 'sde-gen train' or pass --ckpt")
+        raise CheckpointError(
+            f"no trained run under {root}/; train one with 'sde-gen train' or pass --ckpt"
+        )
     return max(runs, key=lambda d: list_checkpoints(d)[-1].stat().st_mtime)

@@ -127,7 +127,8 @@ class TrainConfig:
     sample_every: int = _f(0, "write an EMA sample grid every K steps (0: never)", min=0)
     sample_n: int = _f(64, "images in a sample grid", min=1, max=4096)
     max_nonfinite: int = _f(10, "stop after this many consecutive NaN/Inf steps", min=1)
-    max_seconds: float = _f(0.0, "wall-clock budget: checkpoint and stop after it (0: none)", min=0.0)
+    max_seconds: float = _f(0.0, "wall-clock budget: checkpoint and stop after it (0: none)",
+                            min=0.0)
     label_dropout: float = _f(0.1, "model.class_cond: probability that a label is replaced by "
                               "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
 
@@ -150,7 +151,9 @@ RESUMABLE_KEYS = (
     "train.max_nonfinite", "train.max_seconds", "data.download",
 )
 
-_SECTION_CLASSES = {"sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTION_CLASSES = {
+    "sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+}
 
 
 def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
@@ -216,7 +219,9 @@ def from_dict(d: Mapping[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
     for section, values in d.items():
         if section not in _SECTION_CLASSES:
-            raise ConfigError(f"unknown section '{section}'; allowed: {', '.join(_SECTION_CLASSES)}")
+            raise ConfigError(
+                f"unknown section '{section}'; allowed: {', '.join(_SECTION_CLASSES)}"
+            )
         if values is not None and not isinstance(values, Mapping):
             raise ConfigError(f"section '{section}' must be a mapping, got {values!r}")
     cfg = Config(**{s: _build_section(s, d.get(s) or {}) for s in _SECTION_CLASSES})
@@ -344,7 +349,8 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     **section_values: Mapping[str, Any],
 ) -> Config:
-    """Defaults <- YAML file <- ``section_values`` (e.g. ``sde={"name": "ve"}``) <- ``overrides``."""
+    """Defaults <- YAML file <- ``section_values`` (e.g. ``sde={"name": "ve"}``) <-
+    ``overrides``."""
     d: dict[str, dict[str, Any]] = {}
     if path is not None:
         p = Path(path)
@@ -365,7 +371,10 @@ def load_config(
     for text in overrides:
         s, k, v = parse_override(text)
         if s not in _SECTION_CLASSES:
-            raise ConfigError(f"unknown section '{s}' in --set {text}; allowed: {', '.join(_SECTION_CLASSES)}")
+            raise ConfigError(
+                f"unknown section '{s}' in --set {text}; "
+                f"allowed: {', '.join(_SECTION_CLASSES)}"
+            )
         d.setdefault(s, {})[k] = v
     return from_dict(d)
 

@@ -1,4 +1,5 @@
-"""Data-parallel training on torch.distributed, launched by ``torchrun`` (never a home-made launcher).
+"""Data-parallel training on torch.distributed, launched by ``torchrun`` (never a home-made
+launcher).
 
 Global-batch rule: ``train.batch_size`` is the global batch. Each of the W ranks evaluates a
 contiguous 1/W slice of it; all ranks draw the same global batch, times and noise from the same
@@ -52,7 +53,8 @@ class DistInfo:
 
 
 def setup(device: torch.device) -> DistInfo:
-    """Join the process group when started by torchrun (``WORLD_SIZE`` > 1); NCCL on CUDA, gloo on CPU."""
+    """Join the process group when started by torchrun (``WORLD_SIZE`` > 1); NCCL on CUDA, gloo
+    on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(0, 1, 0, device)

@@ -70,7 +70,9 @@ def is_image(cfg: DataConfig) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _images(name: str, split: str, root: str, path: str, download: bool, channels: int) -> ImageData:
+def _images(
+    name: str, split: str, root: str, path: str, download: bool, channels: int
+) -> ImageData:
     from ..data.images import load_images
 
     return load_images(name, split=split, root=root or None, path=path or None, download=download,

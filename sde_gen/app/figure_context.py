@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from ..chain import chain_times
 from ..errors import UserInputError
 from ..likelihood import decode, encode, slerp
 from ..parameterization import denoise_fn
 from ..sampling import sample
-from ..chain import chain_times
 from .factory import build_data, is_image
 
 #: The figures of an image run and of a 2-D run, each written as ``<prefix><name>.png``.

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import gather_batches, rank_world
 from ..errors import UserInputError
 from ..memory import available_memory, check_fits
 from ..noise import IndexedGenerator, block_size_for, check_seed
@@ -20,6 +19,7 @@ from ..parameterization import EpsModel
 from ..sampling import sample
 from ..sampling.result import count_nonfinite
 from ..sde import SDE
+from .distributed import gather_batches, rank_world
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,11 @@ def evaluate_likelihood(
 ) -> dict[str, Any]:
     """Negative log-likelihood of ``n`` examples of the run's dataset under its EMA model.
 
-    2-D data: fresh draws (a split is its own random stream), exact trace by default. For Gaussian-mixture
-    datasets the true NLL of the same points and the gap (an estimate of ``KL(q || p_theta)``,
-    with its paired standard error) are included. Images: the first ``n`` images of the split,
-    uniformly dequantized once each, Hutchinson trace by default, plus bits/dim (``bpd``).
+    2-D data: fresh draws (a split is its own random stream), exact trace by default. For
+    Gaussian-mixture datasets the true NLL of the same points and the gap (an estimate of
+    ``KL(q || p_theta)``, with its paired standard error) are included. Images: the first ``n``
+    images of the split, uniformly dequantized once each, Hutchinson trace by default, plus
+    bits/dim (``bpd``).
 
     Returns:
         A JSON-ready dict with ``nll_nats``, ``nll_stderr``, ``nfe`` (mean per batch),

@@ -186,8 +186,11 @@ def write_samples(
         shown = x[:MAX_GRID]
         if nrow is None:
             nrow = min(16, math.ceil(math.sqrt(shown.shape[0])))
-        write_npz = lambda p: _savez(p, samples=x.numpy(), images=pixels, **extra)
-        write_png = lambda p: save_grid(image_grid(from_model(shown), nrow=nrow), p)
+        def write_npz(p: Path) -> None:
+            _savez(p, samples=x.numpy(), images=pixels, **extra)
+
+        def write_png(p: Path) -> None:
+            save_grid(image_grid(from_model(shown), nrow=nrow), p)
     else:
         source, g = build_data(cfg.data), torch.Generator().manual_seed(0)
         data_labels = None
@@ -195,9 +198,11 @@ def write_samples(
             data, data_labels = source.sample(x.shape[0], generator=g, return_labels=True)
         else:
             data = source.sample(x.shape[0], generator=g)
-        write_npz = lambda p: _savez(p, samples=x.numpy(), **extra)
-        write_png = lambda p: scatter_compare(x, data, p, title, labels=labels,
-                                              data_labels=data_labels)
+        def write_npz(p: Path) -> None:
+            _savez(p, samples=x.numpy(), **extra)
+
+        def write_png(p: Path) -> None:
+            scatter_compare(x, data, p, title, labels=labels, data_labels=data_labels)
     npz, png = _atomic_all([(npz, write_npz), (out, write_png)])
     return png, npz
 

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UserInputError
+from ..parameterization import ScoreModel
+from ..sde import SDE
 from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
 from .config import Config, DataConfig, from_dict
 from .export import load_safetensors
 from .factory import build_model, build_sde
-from ..parameterization import ScoreModel
-from ..sde import SDE
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data.batches import ImageBatches, ToyBatches
+from ..ema import EMA
 from ..errors import CheckpointError, NonFiniteLossError, UserInputError
+from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
+from ..likelihood.vlb import discrete_chain
+from ..losses import dsm_loss, make_weighting
+from ..time_sampling import TimeSampler
+from . import distributed
 from .checkpoint import (
     check_resume_config,
     check_run_state,
@@ -45,19 +52,12 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, save_config, to_dict
-from .outputs import dumps_strict
-from .threads import apply_thread_policy
-from ..ema import EMA
-from . import distributed
 from .distributed import resolve_device
+from .factory import build_data, build_model, build_sde, is_image
+from .outputs import dumps_strict
 from .run_lock import run_lock
 from .runs import weights_mismatch
-from ..data.batches import ImageBatches, ToyBatches
-from .factory import build_data, build_model, build_sde, is_image
-from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
-from ..likelihood.vlb import discrete_chain
-from ..losses import dsm_loss, make_weighting
-from ..time_sampling import TimeSampler
+from .threads import apply_thread_policy
 
 __all__ = ["CheckpointError", "NonFiniteLossError", "TrainResult", "lr_at", "train", "use_bf16"]
 
@@ -186,7 +186,8 @@ def _global_rows(values: torch.Tensor, shard: slice | None, batch: int,
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     """bf16 autocast: ``precision=bf16``, or ``auto`` on CUDA."""
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    precision = cfg.train.precision
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def _append(metrics, line: str) -> None:
@@ -196,8 +197,8 @@ def _append(metrics, line: str) -> None:
 
 def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device) -> None:
     """EMA sample grid with DDIM (50 NFE), nearest-neighbour upscaled, written atomically."""
-    from ..scaling import from_model
     from ..sampling import sample
+    from ..scaling import from_model
     from .plots import image_grid, save_grid
 
     g = torch.Generator(device=device).manual_seed(cfg.train.seed)

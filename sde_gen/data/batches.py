@@ -130,7 +130,8 @@ class ImageBatches:
         if num_classes is not None and (data.y is None or data.num_classes != num_classes):
             raise UserInputError(f"{data.origin} has {data.num_classes or 'no'} labelled "
                                  f"classes, not {num_classes}")
-        self.source = DeviceBatches(data, batch_size=batch_size, device=device, flip=flip, seed=seed)
+        self.source = DeviceBatches(data, batch_size=batch_size, device=device, flip=flip,
+                                    seed=seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.labels = _label_dropout(num_classes, label_dropout, self.source.device, seed)
 

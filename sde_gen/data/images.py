@@ -34,9 +34,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import MissingDependencyError, UserInputError
-from ..tensor_utils import append_dims
 from ..scaling import uint8_to_model
+from ..tensor_utils import append_dims
 from .registry import IMAGE_DATASETS, IMAGE_SHAPES
+
 SPLITS = ("train", "test")
 DEFAULT_ROOT = "~/.cache/sde_gen"
 DIGITS_TRAIN = 1500

@@ -2,8 +2,8 @@
 
 For ``y = (x + u)/256 in [0, 1)^D`` and the model variable ``z = LOW + SCALE y``:
 
-    log p_y(y) = log p_z(z) + D log SCALE                       (change of variables)
-    log P(x)  >= E_u[log p_y(y)] - D log 256                      (Jensen over the bin of volume 256^-D)
+    log p_y(y) = log p_z(z) + D log SCALE       (change of variables)
+    log P(x)  >= E_u[log p_y(y)] - D log 256    (Jensen over the bin of volume 256^-D)
 
 so ``bpd = -(log p_z(z) + D log SCALE) / (D ln 2) + log2 256``. With ``[-1, 1]`` (SCALE = 2) the
 offset is ``8 - 1 = 7`` bits: score_sde's constant, derived.

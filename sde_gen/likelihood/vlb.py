@@ -1,8 +1,9 @@
 """DDPM's own likelihood: the discrete variational bound ([Ho20] Eq. 5) of the VP chain.
 
     L = L_T + sum_{t=2}^{N} L_{t-1} + L_0,
-    L_T     = KL(q(x_N | x_0) || p(x_N))                               closed form
-    L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))    [Ho20] Eq. (5)-(7)
+    L_T     = KL(q(x_N | x_0) || p(x_N))                                      closed form
+    L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))
+                                                                   [Ho20] Eq. (5)-(7)
     L_0     = -E_{q(x_1|x_0)} log p_theta(x_0 | x_1)
 
 ``q(x_{t-1} | x_t, x_0)`` is the posterior of :func:`~sde_gen.chain.posterior_coeffs`
@@ -10,9 +11,10 @@
 ``sigma_t^2 = beta_t``, ``beta~_t`` or the model's learned ``Sigma_theta`` ([Nichol21] Eq. 15, per
 dimension, between the step's ``beta_t`` and ``beta~_t``). The decoder ``p_theta(x_0 | x_1)`` is
 DDPM's discretized Gaussian over the 256 pixel bins of ``[-1, 1]`` for 8-bit images ([Ho20]
-Eq. 13) and a plain Gaussian density for continuous data; its variance is ``beta_1`` (with ``beta_tilde``, whose
-``beta~_1 = 0``, it is ``beta~_2``, as DDPM's code clips it; a learned variance interpolates
-between these two). Each ``E_q`` uses one draw of ``x_t`` per example, as DDPM's evaluation does.
+Eq. 13) and a plain Gaussian density for continuous data; its variance is ``beta_1`` (with
+``beta_tilde``, whose ``beta~_1 = 0``, it is ``beta~_2``, as DDPM's code clips it; a learned
+variance interpolates between these two). Each ``E_q`` uses one draw of ``x_t`` per example, as
+DDPM's evaluation does.
 
 :func:`discrete_chain` tabulates the chain's per-step coefficients; the hybrid training loss
 (:mod:`sde_gen.hybrid_loss`) shares it and the two closed forms :func:`gaussian_kl` and
@@ -28,11 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..chain import grid_coeffs, posterior_coeffs
 from ..errors import UserInputError
 from ..noise import Generator, randint, randn
-from ..scaling import uint8_to_model
 from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
-from ..chain import grid_coeffs, posterior_coeffs
+from ..scaling import uint8_to_model
 from ..sde import SDE
 from ..tensor_utils import append_dims, sum_flat
 
@@ -72,8 +74,8 @@ def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> Dis
         ValueError: for VE (no DDPM chain) or a chain with a non-positive transition variance.
     """
     if not sde.has_ddpm_chain:
-        raise UserInputError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); VE's x_0 "
-                         "is already perturbed by sigma_min")
+        raise UserInputError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); "
+                             "VE's x_0 is already perturbed by sigma_min")
     n = sde.N
     # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
     ts = sde.index_to_time(torch.arange(n - 1, -1, -1, device=device)).to(device)
@@ -225,7 +227,10 @@ def vlb(
         steps = (n - 1) - randint(n - 1, (b, n_t), generator, device=dev).T
         terms = torch.stack([middle(steps[j]) for j in range(n_t)], 1)
         l_mid = (n - 1) * terms.mean(1)
-        se = (n - 1) * terms.std(1) / math.sqrt(n_t) if n_t > 1 else torch.full_like(l_mid, math.nan)
+        if n_t > 1:
+            se = (n - 1) * terms.std(1) / math.sqrt(n_t)
+        else:
+            se = torch.full_like(l_mid, math.nan)
         nfe, kept = n_t + 1, None
     # L_0: the decoder at DDPM's t = 1 (step 0).
     first = torch.zeros(b, dtype=torch.long, device=dev)

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .embeddings import SinusoidalEmbedding
 from ..errors import UserInputError
+from .embeddings import SinusoidalEmbedding
 
 
 class _ResidualBlock(nn.Module):

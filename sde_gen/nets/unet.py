@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import SinusoidalEmbedding
 from ..errors import UserInputError
+from .embeddings import SinusoidalEmbedding
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -80,7 +80,10 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int, with_conv: bool) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else nn.AvgPool2d(2)
+        if with_conv:
+            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        else:
+            self.op = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -182,18 +185,25 @@ class UNet(nn.Module):
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise UserInputError(f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise UserInputError(f"UNet expects x of shape (B, {self.in_channels}, H, W), "
+                                 f"got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
-            raise UserInputError(f"image size {tuple(x.shape[2:])} must be divisible by {self.factor}")
+            raise UserInputError(
+                f"image size {tuple(x.shape[2:])} must be divisible by {self.factor}"
+            )
         emb = self.time_embed(t)
         if self.label_embed is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(y)
         elif y is not None:
-            raise UserInputError("this UNet is unconditional (num_classes=None); it takes no labels")
+            raise UserInputError(
+                "this UNet is unconditional (num_classes=None); it takes no labels"
+            )
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:

@@ -8,7 +8,8 @@ variance ``v = sigma_t^2 - a^2 sigma_s^2`` (DDPM's ``beta_t`` on the N-step grid
 | ----------- | --------------------------- | ---------------------------------------- |
 | alpha_t^2   | abar_t                      | signal power of ``x_t``                  |
 | v           | beta_t = 1 - abar_t/abar_s  | variance of ``q(x_t | x_s)``             |
-| mean        | mu~_t(x_t, x0), Eq. (7)     | ``a sigma_s^2/sigma_t^2 x_t + alpha_s v/sigma_t^2 x0`` |
+| mean        | mu~_t(x_t, x0), Eq. (7)     | ``a sigma_s^2/sigma_t^2 x_t``            |
+|             |                             | ``+ alpha_s v/sigma_t^2 x0``             |
 | var         | beta~_t or beta_t (Sec. 3.2)| ``v sigma_s^2 / sigma_t^2`` or ``v``     |
 | var learned | Sigma_theta, [Nichol21] (15)| ``exp(v_th log v + (1 - v_th) log var~)`` per dim |
 

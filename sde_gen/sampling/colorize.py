@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..noise import Generator
 from ..errors import UserInputError
+from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
 from .impute import impute

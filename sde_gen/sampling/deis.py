@@ -24,8 +24,9 @@ where the integrand ``-e^{-lambda} L(t(lambda))`` is analytic in the strip
 interval (VE at one step: ``[0.01, 50]``). Each interval is split into pieces at most
 :data:`QUAD_WIDTH` long in ``lambda`` with :data:`QUAD_NODES` Gauss-Legendre nodes each, which
 is exact to float64 rounding (checked against finer quadrature and against adaptive
-quadrature in ``t`` by tests/test_multistep_solvers.py). The authors' code sums 10^4 left-Riemann points in ``t``, and
-diffusers keeps its closed-form weights in float32, which degrade as the steps shrink.
+quadrature in ``t`` by tests/test_multistep_solvers.py). The authors' code sums 10^4
+left-Riemann points in ``t``, and diffusers keeps its closed-form weights in float32, which
+degrade as the steps shrink.
 
 The update is written for ``x = alpha y``: ``x_{k+1} = (alpha_{k+1}/alpha_k) x_k + alpha_{k+1}
 sum_j C[k, j] eps_{k-j}``, so that a float32 state never holds ``y``, which is ``1/alpha_T``

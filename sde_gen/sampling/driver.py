@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..chain import check_t_min, chain_times, grid_coeffs, snap_to_steps
+from ..chain import chain_times, check_t_min, grid_coeffs, snap_to_steps
 from ..errors import UserInputError
 from ..noise import Generator
 from ..parameterization import CountingModel, EpsModel, eps_to_x0

@@ -54,8 +54,8 @@ def ipndm_coefficients(
     """The weights ``C[k, j]`` of ``y_{k+1} = y_k + sum_j C[k, j] eps_{k-j}``, ``(K, order)``
     float64, from ``sigma~`` at the grid times ``(K + 1,)``; zero past the warm-up order ``q``.
 
-    Fixed: ``C[k, j] = (sigma~_{k+1} - sigma~_k) b[q, j]``. Variable-step: the exact integrals of the
-    Lagrange basis in ``sigma~``.
+    Fixed: ``C[k, j] = (sigma~_{k+1} - sigma~_k) b[q, j]``. Variable-step: the exact integrals of
+    the Lagrange basis in ``sigma~``.
     """
     sigma_tilde = sigma_tilde.to(torch.float64)
     if variable_step:

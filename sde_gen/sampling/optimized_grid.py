@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
+from ..chain import check_t_min, grid_coeffs
 from ..errors import UserInputError
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from ..chain import check_t_min, grid_coeffs
 from .driver import solver_spec
 from .grid_file import OptimizedGrid, sde_signature
 from .grids import check_spacing, make_grid

@@ -8,7 +8,6 @@ from typing import Callable
 
 import torch
 
-
 #: ``callback(k, x, x_mean)`` after grid interval ``k``: the state at ``ts[k + 1]`` and its
 #: noise-free mean (equal to ``x`` for deterministic solvers).
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -20,7 +19,8 @@ class SampleResult:
 
     Attributes:
         x: final samples ``(B, *D)`` (denoised if requested).
-        x_mean: the last step's noise-free mean ``(B, *D)`` (equals ``x`` for deterministic solvers).
+        x_mean: the last step's noise-free mean ``(B, *D)`` (equals ``x`` for deterministic
+            solvers).
         nfe: batched model calls actually made, counted by :class:`CountingModel`.
         ts: the time grid walked, decreasing, ``(steps + 1,)``.
         trajectory: optional ``(steps + 1, B, *D)`` states on ``ts``, when requested.

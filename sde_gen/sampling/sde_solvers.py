@@ -14,7 +14,8 @@ from ..sde import SDE
 from ..tensor_utils import append_dims
 from .result import Callback
 from .spec import Option, SolverSpec
-from .torchsde_backend import METHODS as TORCHSDE_METHODS, sample_torchsde
+from .torchsde_backend import METHODS as TORCHSDE_METHODS
+from .torchsde_backend import sample_torchsde
 
 __all__ = ["CORRECTORS", "PC_SPEC", "PREDICTORS", "SDE_SPEC", "langevin_step_size", "sample_em",
            "sample_pc", "sample_sde"]
