@@ -13,12 +13,10 @@ Refs: [Song21] Eq. (7), (29)-(30); [Karras22] Sec. 2 (ideal denoiser).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
 from .errors import UserInputError
-from .parameterization import eps_to_x0
 from .pf_ode import odeint_between, probability_flow
 from .sde import SDE
 
@@ -194,11 +192,25 @@ class GaussianMixture:
         sigma_t = sde.marginal_coeffs(t.to(torch.float64))[1].to(torch.float64)
         return -sigma_t[:, None] * self.score(x, t, sde)
 
+    def eps_and_x0(self, x: torch.Tensor, t: torch.Tensor, sde: SDE
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact ``(eps, E[x0 | x_t = x])`` (float64), finite wherever ``C_k = alpha^2 S_k +
+        sigma^2 I`` is invertible, ``alpha_t = 0`` included: with responsibilities ``r_k`` and
+        ``d_k = C_k^{-1} (x - alpha mu_k)``, ``eps = sigma sum_k r_k d_k`` and
+        ``x0 = sum_k r_k (mu_k + alpha S_k d_k)`` ([Bishop06] Eq. (2.116)).
+        """
+        means, chol, alpha_t, sigma_t = self._components_t(sde, t)
+        log_comp, diff = self._log_components(x, means, chol)
+        resp = torch.softmax(log_comp, dim=1)[..., None]  # (B, K, 1)
+        prec_diff = torch.cholesky_solve(diff, chol).squeeze(-1)  # (B, K, D)
+        eps = sigma_t[:, None] * (resp * prec_diff).sum(1)
+        post = self.means[None] + alpha_t[:, None, None] * torch.einsum(
+            "kij,bkj->bki", self.covs, prec_diff)
+        return eps, (resp * post).sum(1)
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor, sde: SDE) -> torch.Tensor:
-        """Exact ``E[x0 | x_t = x]`` (float64)."""
-        t64 = t.to(torch.float64)
-        alpha_t, sigma_t = (c.to(torch.float64) for c in sde.marginal_coeffs(t64))
-        return eps_to_x0(x.to(torch.float64), self.eps(x, t, sde), alpha_t, sigma_t)
+        """Exact ``E[x0 | x_t = x]`` (float64), finite where ``alpha_t = 0`` too."""
+        return self.eps_and_x0(x, t, sde)[1]
 
     def ode_endpoint(
         self, sde: SDE, x_T: torch.Tensor, t_end: float, *, t_start: float | None = None,
@@ -214,17 +226,31 @@ class GaussianMixture:
         return odeint_between(probability_flow(self.eps_model(sde), sde), x, ts[0], ts[1],
                               method="dopri5", rtol=tol, atol=tol)
 
-    def eps_model(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """A perfect ``model(x, t) -> eps`` for ``sde``, returning ``x``'s dtype."""
-
-        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.eps(x, t, sde).to(x.dtype)
-
-        return model
+    def eps_model(self, sde: SDE) -> "ExactModel":
+        """A perfect ``model(x, t) -> eps`` for ``sde`` (returning ``x``'s dtype), which also
+        gives its exact x0 (``predict``), as a flow path's ``T`` needs."""
+        return ExactModel(self, sde)
 
     def class_conditional_model(self, sde: SDE) -> "ExactClassModel":
         """A perfect class-conditional eps-model: label ``k`` is component ``k``."""
         return ExactClassModel(self, sde)
+
+
+class ExactModel:
+    """``model(x, t) -> eps`` of a :class:`GaussianMixture` under ``sde``, exact; ``predict``
+    gives ``(eps, x0)`` (:meth:`GaussianMixture.eps_and_x0`), both in ``x``'s dtype."""
+
+    predicts_x0 = True
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
+        self.mixture, self.sde = mixture, sde
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.mixture.eps(x, t, self.sde).to(x.dtype)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, x0 = self.mixture.eps_and_x0(x, t, self.sde)
+        return eps.to(x.dtype), x0.to(x.dtype)
 
 
 class ExactClassModel:
@@ -240,16 +266,25 @@ class ExactClassModel:
         self.num_classes = mixture.num_components
         self.parts = [mixture.component(k) for k in range(self.num_classes)]
 
+    predicts_x0 = True
+
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if y is None:
-            return self.mixture.eps(x, t, self.sde).to(x.dtype)
-        y = torch.as_tensor(y, device=x.device).reshape(-1).expand(x.shape[0])
-        out = torch.empty_like(x, dtype=torch.float64)
-        for k in torch.unique(y).tolist():
-            rows = y == k
-            part = self.mixture if k == self.num_classes else self.parts[k]
-            out[rows] = part.eps(x[rows], t[rows], self.sde)
-        return out.to(x.dtype)
+        return self.predict(x, t, y, with_x0=False)[0]
 
+    def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
+                with_x0: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(eps, x0)`` of each example's component (``x0`` None unless ``with_x0``)."""
+        labels = (torch.full((x.shape[0],), self.num_classes, device=x.device) if y is None
+                  else torch.as_tensor(y, device=x.device).reshape(-1).expand(x.shape[0]))
+        eps = torch.empty_like(x, dtype=torch.float64)
+        x0 = torch.empty_like(eps) if with_x0 else None
+        for k in torch.unique(labels).tolist():
+            rows = labels == k
+            part = self.mixture if k == self.num_classes else self.parts[k]
+            if with_x0:
+                eps[rows], x0[rows] = part.eps_and_x0(x[rows], t[rows], self.sde)
+            else:
+                eps[rows] = part.eps(x[rows], t[rows], self.sde)
+        return eps.to(x.dtype), None if x0 is None else x0.to(x.dtype)

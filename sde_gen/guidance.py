@@ -96,6 +96,11 @@ class _Labelled:
         """Whether the wrapped model learns its reverse variance ([Nichol21] Eq. 15)."""
         return bool(getattr(self.model, "learn_variance", False))
 
+    @property
+    def predicts_x0(self) -> bool:
+        """Whether the wrapped model gives its own x0 (``predict``), finite at ``alpha_t = 0``."""
+        return bool(getattr(self.model, "predicts_x0", False))
+
     def labels(self, batch: int, device: torch.device) -> torch.Tensor:
         """The bound labels as a ``(batch,)`` tensor (an int broadcast to every row)."""
         if self.y.device != device:  # moved once, not at every call
@@ -117,6 +122,10 @@ class _Conditional(_Labelled):
         """The wrapped model's ``(eps, v)`` with the bound labels."""
         return self.model.eps_and_variance(x, t, self.labels(x.shape[0], x.device))
 
+    def predict(self, x: torch.Tensor, t: torch.Tensor):
+        """The wrapped model's ``(eps, x0)`` with the bound labels."""
+        return self.model.predict(x, t, self.labels(x.shape[0], x.device))
+
 
 class _ClassifierFree(_Labelled):
     def __init__(self, model: Any, y: Any, scale: float) -> None:
@@ -137,6 +146,14 @@ class _ClassifierFree(_Labelled):
         if self.scale == 0:  # exactly the conditional model, at half the cost
             return self.model(x, t, self.labels(x.shape[0], x.device))
         return self._combine(self.model(*self._doubled(x, t)))
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor):
+        """Guided ``(eps, x0)``: x0 is affine in eps with the same coefficients, so the guided
+        x0 is the same combination of the two x0 (finite where ``alpha_t = 0``)."""
+        if self.scale == 0:
+            return self.model.predict(x, t, self.labels(x.shape[0], x.device))
+        eps, x0 = self.model.predict(*self._doubled(x, t))
+        return self._combine(eps), self._combine(x0)
 
     def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
         """Guided eps and the conditional half's learned variance (as GLIDE and ADM do)."""

@@ -5,19 +5,23 @@ tensor of continuous SDE time. With ``x_t = alpha_t x0 + sigma_t eps``:
 
 - score ``s = -eps / sigma_t``                                   [Song21] Eq. (7) with DSM target
 - denoiser ``x0_hat = (x_t - sigma_t eps) / alpha_t``            (Tweedie's formula)
-- velocity ``v = alpha_t eps - sigma_t x0``                       [Salimans22] Eq. (7), generalized
+- v ``v = alpha_t eps - sigma_t x0``                               [Salimans22] Eq. (7), generalized
+- velocity ``u = alpha_t' x0 + sigma_t' eps`` (flow matching)      [Lipman23] Eq. (15)
 - learned reverse variance ``Sigma = exp(v log beta + (1 - v) log beta~)``    [Nichol21] Eq. (15)
 
 Every solver, the final denoising step and the VLB convert through
 :func:`eps_to_x0`, :func:`x0_to_eps` and :func:`eps_to_score` (per-example ``(B,)`` or scalar
-coefficients); :data:`EpsModel` is the model type everywhere.
+coefficients); :data:`EpsModel` is the model type everywhere. Where ``alpha_t = 0`` (``T`` of
+a flow path) x0 is ``0/0`` from eps alone: there the solvers take ``(eps, x0)`` from the model
+itself (:func:`model_prediction`; :meth:`ScoreModel.predict` computes both from the network's
+raw output, finite wherever its prediction type allows).
 
-Refs: [Ho20] Eq. (11); [Karras22] Table 1 (c_in); [Nichol21] Eq. (15).
+Refs: [Ho20] Eq. (11); [Karras22] Table 1 (c_in); [Nichol21] Eq. (15); [Lipman23] Eq. (15).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,7 +32,7 @@ from .tensor_utils import append_dims
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EpsVarModel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-PREDICTIONS = ("eps", "x0", "v", "edm")
+PREDICTIONS = ("eps", "x0", "v", "velocity", "edm")
 NOISE_CONDS = ("t", "logsnr")
 
 
@@ -143,6 +147,30 @@ def check_model_output(model: object, out: object, x: torch.Tensor) -> torch.Ten
     return out
 
 
+def predicts_x0(model: object) -> bool:
+    """Whether ``model`` gives its own x0 (``model.predict(x, t) -> (eps, x0)``, finite where
+    ``alpha_t = 0``): a :class:`ScoreModel` predicting anything but eps, the package's wrappers
+    of one, or any model with such a ``predict`` and ``predicts_x0 = True``."""
+    return callable(getattr(model, "predict", None)) and bool(getattr(model, "predicts_x0", False))
+
+
+def model_prediction(model: Any, x: torch.Tensor, t: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eps, x0)`` from one call of a model that predicts x0 itself (:func:`predicts_x0`):
+    what the solvers use where ``alpha_t = 0``, x0 being ``0/0`` there from eps alone.
+
+    Raises:
+        UserInputError: the model gives eps only.
+    """
+    if not predicts_x0(model):
+        raise UserInputError(f"model {model_name(model)} gives eps only, and x0 = (x - sigma eps)"
+                             f" / alpha is 0/0 where alpha_t = 0 (T of a flow path): sample "
+                             f"from T with a model that predicts x0, v or the velocity "
+                             f"(ScoreModel(prediction=...)), or start below T (ts)")
+    eps, x0 = model.predict(x, t)
+    return check_model_output(model, eps, x), x0
+
+
 class CountingModel:
     """Wraps ``model(x, t)`` and counts its calls (the reported NFE); the first call's output is
     checked (:func:`check_model_output`)."""
@@ -162,6 +190,18 @@ class CountingModel:
     def learn_variance(self) -> bool:
         """Whether the wrapped model learns its reverse variance ([Nichol21] Eq. 15)."""
         return bool(getattr(self.model, "learn_variance", False))
+
+    @property
+    def predicts_x0(self) -> bool:
+        """Whether the wrapped model gives its own x0 (:func:`predicts_x0`)."""
+        return predicts_x0(self.model)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped model's ``(eps, x0)`` (:func:`model_prediction`), counted as one call."""
+        self.nfe += 1
+        eps, x0 = model_prediction(self.model, x, t)
+        self._checked = True
+        return eps, x0
 
     def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
         """The wrapped model's ``(eps, v)``, counted as one call."""
@@ -253,6 +293,9 @@ class ScoreModel(nn.Module):
         if not sigma_data > 0:
             raise UserInputError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.sde, self.prediction, self.sigma_data = net, sde, prediction, sigma_data
+        if noise_cond == "logsnr" and sde.pure_noise_at_T:
+            raise UserInputError("noise_cond='logsnr' feeds the log-SNR to the network, and it is "
+                                 "-inf at T on this path (alpha_T = 0); use noise_cond='t'")
         if learn_variance and not sde.has_ddpm_chain:
             raise UserInputError(
                 "learn_variance needs a DDPM chain (VP or sub-VP); VE has no beta_t"
@@ -300,11 +343,12 @@ class ScoreModel(nn.Module):
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | int | None = None, *,
-        with_variance: bool = False,
+        with_variance: bool = False, with_x0: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """eps_hat(x, t) (a class-conditional model: eps_hat(x, t, y)); with
-        ``with_variance=True`` the pair ``(eps_hat, v)`` (``v`` None without a learned variance).
-        The keyword exists so that wrappers of ``forward`` (DDP, ``torch.compile``) see the call.
+        ``with_variance=True`` the pair ``(eps_hat, v)`` (``v`` None without a learned variance);
+        with ``with_x0=True`` the pair ``(eps_hat, x0_hat)`` (:meth:`predict`). The keywords exist
+        so that wrappers of ``forward`` (DDP, ``torch.compile``) see the call.
         Shapes: ``x (B, *D)``, ``t (B,)``, ``y (B,)`` int64 or None -> ``(B, *D)``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise UserInputError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
@@ -326,24 +370,49 @@ class ScoreModel(nn.Module):
         if self.learn_variance:
             if out.shape[1] != 2 * x.shape[1]:
                 raise UserInputError(f"learn_variance: the network must output {2 * x.shape[1]} "
-                                 f"channels (eps and v), got {out.shape[1]}")
+                                     f"channels (eps and v), got {out.shape[1]}")
             out, v = out.chunk(2, dim=1)
-        eps = self._to_eps(x, x_in, out, alpha_t, sigma_t)
+        eps, x0 = self._to_eps_x0(x, x_in, out, t, alpha_t, sigma_t, with_x0)
+        if with_x0:
+            return eps, x0
         return (eps, v) if with_variance else eps
 
-    def _to_eps(self, x, x_in, out, alpha_t, sigma_t) -> torch.Tensor:
+    @property
+    def predicts_x0(self) -> bool:
+        """Whether :meth:`predict` gives a finite x0 where ``alpha_t = 0`` (the flow paths'
+        ``T``): every prediction but ``eps``, which carries no information about x0 there."""
+        return self.prediction != "eps"
+
+    def _to_eps_x0(self, x, x_in, out, t, alpha_t, sigma_t, with_x0: bool):
+        """``(eps, x0)`` from the network's raw output (``x0`` None unless ``with_x0``), each
+        written in a form that stays finite where ``alpha_t`` is 0 whenever the prediction
+        allows it."""
+        n, dt = x.ndim, x.dtype
+
+        def col(c: torch.Tensor) -> torch.Tensor:
+            return append_dims(c, n).to(dt)
+
         if self.prediction == "eps":
-            return out
+            return out, eps_to_x0(x, out, alpha_t, sigma_t) if with_x0 else None
         if self.prediction == "x0":
-            return x0_to_eps(x, out, alpha_t, sigma_t)
-        if self.prediction == "v":
-            return v_to_eps(x, out, alpha_t, sigma_t)
+            return x0_to_eps(x, out, alpha_t, sigma_t), out
+        if self.prediction == "v":  # v = alpha eps - sigma x0, [Salimans22] Eq. (7)
+            norm = alpha_t**2 + sigma_t**2
+            eps = v_to_eps(x, out, alpha_t, sigma_t)
+            return eps, (col(alpha_t / norm) * x - col(sigma_t / norm) * out) if with_x0 else None
+        if self.prediction == "velocity":  # u = alpha' x0 + sigma' eps, [Lipman23] Eq. (15)
+            d_alpha, d_sigma = self.sde.marginal_coeffs_derivative(t)
+            det = alpha_t * d_sigma - sigma_t * d_alpha  # > 0: the SNR falls along the path
+            eps = col(alpha_t / det) * out - col(d_alpha / det) * x
+            return eps, (col(d_sigma / det) * x - col(sigma_t / det) * out) if with_x0 else None
+        # edm: D = c_skip x/alpha + c_out F ([Karras22] Table 1). With q = sqrt(sigma^2 +
+        # alpha^2 s_d^2) = 1/c_in: eps = (sigma/q) x_in - (s_d alpha/q) F and
+        # x0 = (s_d^2 alpha/q) x_in + (sigma s_d/q) F, finite at alpha = 0 (sigma~ = inf).
         s_d = self.sigma_data
-        sigma = sigma_t / alpha_t
-        r = torch.sqrt(sigma**2 + s_d**2)
-        n = x.ndim
-        return (append_dims(sigma / r, n).to(x.dtype) * x_in
-                - append_dims(s_d / r, n).to(x.dtype) * out)
+        q = torch.sqrt(sigma_t**2 + alpha_t**2 * s_d**2)
+        eps = col(sigma_t / q) * x_in - col(s_d * alpha_t / q) * out
+        x0 = col(s_d**2 * alpha_t / q) * x_in + col(sigma_t * s_d / q) * out if with_x0 else None
+        return eps, x0
 
     def eps_and_variance(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | int | None = None
@@ -363,8 +432,14 @@ class ScoreModel(nn.Module):
         """Score ``-eps_hat / sigma_t``."""
         return eps_to_score(self(x, t, y), self.sde.marginal_coeffs(t)[1])
 
+    def predict(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps_hat, x0_hat)`` from one network call, each from the network's own output, so
+        x0 is finite where ``alpha_t = 0`` for every prediction but ``eps``
+        (:attr:`predicts_x0`)."""
+        return self(x, t, y, with_x0=True)
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor,
                 y: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Tweedie estimate of x0."""
-        alpha_t, sigma_t = self.sde.marginal_coeffs(t)
-        return eps_to_x0(x, self(x, t, y), alpha_t, sigma_t)
+        """Tweedie's estimate of x0 (:meth:`predict`'s)."""
+        return self.predict(x, t, y)[1]

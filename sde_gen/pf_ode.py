@@ -15,8 +15,9 @@ import torch
 from torchdiffeq import odeint
 
 from .errors import SDEGenError, UserInputError
-from .parameterization import EpsModel, score_fn
+from .parameterization import EpsModel, model_prediction, predicts_x0, score_fn
 from .sde import SDE
+from .tensor_utils import append_dims
 
 __all__ = ["ADAPTIVE", "FIXED", "ODEDivergedError", "check_method", "odeint_between",
            "odeint_path", "probability_flow"]
@@ -43,7 +44,25 @@ def check_method(method: object) -> str:
 
 def probability_flow(model: EpsModel, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor],
                                                            torch.Tensor]:
-    """``func(t, x)`` for torchdiffeq: the probability-flow drift, ``t`` a 0-d tensor."""
+    """``func(t, x)`` for torchdiffeq: the probability-flow drift, ``t`` a 0-d tensor.
+
+    ``f x - 1/2 g^2 score`` ([Song21] Eq. 13), which for these SDEs equals
+    ``alpha' x0 + sigma' eps`` (with ``f = alpha'/alpha`` and ``g^2 = 2 sigma sigma' - 2 f
+    sigma^2``). On a path whose ``alpha_T = 0`` (the flow paths) ``f`` and ``g`` diverge at
+    ``T`` and the second form is used, with the model's own x0
+    (:func:`~sde_gen.parameterization.model_prediction`) where the model gives one: finite on
+    all of ``[t_min, T]``.
+    """
+    if sde.pure_noise_at_T and predicts_x0(model):
+
+        def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            tt = t.to(x.dtype).expand(x.shape[0])
+            eps, x0 = model_prediction(model, x, tt)
+            d_alpha, d_sigma = (append_dims(c.to(x.dtype), x.ndim)
+                                for c in sde.marginal_coeffs_derivative(tt))
+            return d_alpha * x0 + d_sigma * eps
+
+        return velocity
     rsde = sde.reverse(score_fn(model, sde), probability_flow=True)
 
     def func(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -306,7 +306,9 @@ def test_bad_constructor_arguments_raise() -> None:
 def test_interface_declares_what_its_users_call(name):
     """diffusion(t), drift_coeff(t), t_from_log_snr, default_t_min and the chain kind, per SDE."""
     sde = SDES[name]()
-    t = torch.linspace(1e-3, 1.0, 9, dtype=torch.float64)
+    # up to T, or just below it where alpha_T = 0 (f and g diverge at a flow path's T)
+    t = torch.linspace(1e-3, sde.T - (1e-3 if sde.pure_noise_at_T else 0.0), 9,
+                       dtype=torch.float64)
     x = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     drift, g = sde.sde(x, t)
     assert torch.equal(g, sde.diffusion(t))
@@ -321,4 +323,5 @@ def test_interface_declares_what_its_users_call(name):
     assert torch.allclose(g**2, dvar - 2 * sde.drift_coeff(t) * sigma**2, rtol=1e-6)
     assert torch.allclose(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-8, atol=1e-10)
     assert sde.default_t_min == (1e-5 if name == "ve" else 1e-3)
-    assert sde.has_ddpm_chain == (name != "ve")
+    assert sde.has_ddpm_chain == (name in ("vp", "subvp"))
+    assert sde.pure_noise_at_T == (name in ("flow", "trig"))

@@ -46,6 +46,8 @@ class SDEConfig:
     sigma_min: float = _f(0.01, "VE smallest noise std", min=1e-6)
     sigma_max: float = _f(50.0, "VE largest noise std", min=1e-6)
     N: int = _f(1000, "number of discrete steps (DDPM's T)", min=2, max=100_000)
+    shift: float = _f(1.0, "flow/trig: time shift of the default sampling grids (SD3's; 1: "
+                      "uniform in t)", min=1e-3, max=1e3)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 #: The ``sde.name`` values whose SDE reads each ``sde.*`` key (``N``: all of them); a key set away
 #: from its default for another SDE is an error, not silently ignored (and recorded as used).
 SDE_KEYS_USED_BY = {"beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"), "schedule": ("vp",),
-                    "sigma_min": ("ve",), "sigma_max": ("ve",)}
+                    "sigma_min": ("ve",), "sigma_max": ("ve",), "shift": ("flow", "trig")}
 
 
 def _check_sde(sde: SDEConfig) -> None:

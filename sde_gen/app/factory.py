@@ -29,6 +29,8 @@ SDE_ARGS: dict[str, Callable[[SDEConfig], dict[str, Any]]] = {
     "vp": lambda c: dict(beta_min=c.beta_min, beta_max=c.beta_max, N=c.N, schedule=c.schedule),
     "subvp": lambda c: dict(beta_min=c.beta_min, beta_max=c.beta_max, N=c.N),
     "ve": lambda c: dict(sigma_min=c.sigma_min, sigma_max=c.sigma_max, N=c.N),
+    "flow": lambda c: dict(N=c.N, shift=c.shift),
+    "trig": lambda c: dict(N=c.N, shift=c.shift),
 }
 
 # Scale of c_noise before the networks' sinusoidal features: t in [0, 1] onto DDPM's 1000

@@ -22,7 +22,7 @@ import torch
 from ..chain import check_t_min
 from ..errors import UserInputError
 from ..noise import Generator, randint, randn
-from ..parameterization import CountingModel, EpsModel
+from ..parameterization import CountingModel, EpsModel, model_prediction, predicts_x0
 from ..pf_ode import check_method, odeint_between, probability_flow
 from ..sde import SDE
 from ..tensor_utils import sum_flat
@@ -64,6 +64,17 @@ def check_solve(sde: SDE, t_min: float, rtol: float, atol: float,
         if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0):
             raise UserInputError(f"need {name} > 0, got {tol!r}")
     check_method(method)
+
+
+def check_reaches_T(model: EpsModel, sde: SDE) -> None:
+    """The ODE runs to ``T``; where ``alpha_T = 0`` (a flow path) its drift there needs the
+    model's own x0 (:func:`~sde_gen.parameterization.predicts_x0`): refused up front otherwise.
+
+    Raises:
+        UserInputError: naming the model.
+    """
+    if sde.pure_noise_at_T and not predicts_x0(model):
+        model_prediction(model, None, None)  # raises its one-line explanation
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
@@ -160,6 +171,7 @@ def log_likelihood(
     if n_probes < 1:
         raise UserInputError(f"n_probes must be >= 1, got {n_probes}")
     check_solve(sde, t_min, rtol, atol, method)
+    check_reaches_T(model, sde)
     if not torch.is_tensor(x) or x.ndim < 2 or x.shape[0] < 1:
         raise UserInputError(f"x must be a non-empty batch (B, *D), got "
                              f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
@@ -191,6 +203,7 @@ def encode(
 ) -> torch.Tensor:
     """Latent ``z = x(T)`` of data ``x`` at ``t_min`` (in ``(0, T)``) through the PF-ODE."""
     check_solve(sde, t_min, rtol, atol, method)
+    check_reaches_T(model, sde)
     check_finite(x)
     return _transport(model, sde, x, t_min, sde.T, method=method, rtol=rtol, atol=atol)
 
@@ -202,6 +215,7 @@ def decode(
 ) -> torch.Tensor:
     """Data ``x(t_min)`` of a latent ``z`` at ``T``: the inverse of :func:`encode`."""
     check_solve(sde, t_min, rtol, atol, method)
+    check_reaches_T(model, sde)
     check_finite(z, "z")
     return _transport(model, sde, z, sde.T, t_min, method=method, rtol=rtol, atol=atol)
 

@@ -32,8 +32,15 @@ import torch
 from ..chain import grid_coeffs
 from ..errors import UserInputError
 from ..noise import Generator, randn
-from ..parameterization import EpsModel, eps_to_x0, learned_variance_fn, log_variance_from_v
+from ..parameterization import (
+    EpsModel,
+    eps_to_x0,
+    learned_variance_fn,
+    log_variance_from_v,
+    model_prediction,
+)
 from ..sde import SDE
+from .pure_start import starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, discrete_option, x0_options
 from .thresholding import process_x0
@@ -77,15 +84,19 @@ def sample_ancestral(
     c_x, c_x0, var_tilde, v = coeffs.posterior()
     std = torch.sqrt(var_tilde if variance == "beta_tilde" else v)
     dtype = x_T.dtype
+    pure = not discrete and starts_pure(sde, ts)  # alpha = 0 at ts[0]: x0 from the model
     x = x_mean = x_T
     for k in range(len(ts) - 1):
         t = ts[k].to(dtype).expand(x.shape[0])
-        if eps_and_v is None:
+        if k == 0 and pure:
+            (eps, x0), scale = model_prediction(model, x, t), std[k].to(dtype)
+        elif eps_and_v is None:
             eps, scale = model(x, t), std[k].to(dtype)
         else:
             eps, v_out = eps_and_v(x, t)
             scale = torch.exp(0.5 * log_variance_from_v(v_out, v[k], var_tilde[k]))
-        x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        if not (k == 0 and pure):
+            x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
         x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = c_x[k].to(dtype) * x + c_x0[k].to(dtype) * x0  # Eq. (7) [Ho20]
         z = randn(x.shape, generator, device=x.device, dtype=dtype)

@@ -18,8 +18,9 @@ import torch
 
 from ..chain import grid_coeffs
 from ..noise import Generator, randn
-from ..parameterization import EpsModel, eps_to_x0
+from ..parameterization import EpsModel, eps_to_x0, model_prediction
 from ..sde import SDE
+from .pure_start import starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, discrete_option, x0_options
 from .thresholding import process_x0
@@ -59,11 +60,15 @@ def sample_ddim(
     c = eta * torch.sqrt(coeffs.posterior().var_tilde)
     c_eps = torch.sqrt((sigma[1:] ** 2 - c**2).clamp(min=0))
     dtype = x_T.dtype
+    pure = not discrete and starts_pure(sde, ts)  # alpha = 0 at ts[0]: x0 from the model
     x = x_mean = x_T
     for k in range(len(ts) - 1):
         t = ts[k].to(dtype).expand(x.shape[0])
-        eps = model(x, t)
-        x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
+        if k == 0 and pure:
+            eps, x0 = model_prediction(model, x, t)
+        else:
+            eps = model(x, t)
+            x0 = eps_to_x0(x, eps, alpha[k].to(dtype), sigma[k].to(dtype))
         x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
         x_mean = alpha[k + 1].to(dtype) * x0 + c_eps[k].to(dtype) * eps  # Eq. (12) [Song21ddim]
         if eta > 0:

@@ -54,6 +54,7 @@ from ..chain import grid_coeffs
 from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
+from .pure_start import after_first, ddim_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -228,6 +229,13 @@ def sample_deis(
 
     Refs: [Zhang23] Sec. 4 (tAB-DEIS); [Song21ddim] Eq. (14).
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
+        x = ddim_first_step(model, sde, x_T, ts)
+        if callback is not None:
+            callback(0, x, x)
+        if len(ts) == 2:
+            return x, x
+        return sample_deis(model, sde, x, ts[1:], order=order, callback=after_first(callback))
     weights = tab_coefficients(sde, ts, order)
     return eps_multistep(model, x_T, ts, grid_coeffs(sde, ts).alpha, weights, callback=callback)
 

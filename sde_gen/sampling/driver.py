@@ -23,16 +23,17 @@ import torch
 from ..chain import chain_times, check_t_min, grid_coeffs, snap_to_steps
 from ..errors import UserInputError
 from ..noise import Generator
-from ..parameterization import CountingModel, EpsModel, eps_to_x0
+from ..parameterization import CountingModel, EpsModel, eps_to_x0, model_prediction, predicts_x0
 from ..sde import SDE
 from .grids import check_grid, check_spacing, discrete_grid, make_grid
+from .pure_start import starts_pure
 from .result import Callback
 from .solvers import SOLVERS
 from .spec import SolverSpec
 from .thresholding import clip_x0_model, process_x0
 
-__all__ = ["Progress", "SolverRun", "check_shape", "check_steps", "draw_prior", "plan",
-           "solver_spec", "time_grid_for"]
+__all__ = ["Progress", "SolverRun", "check_device", "check_pure_start", "check_shape",
+           "check_steps", "draw_prior", "plan", "solver_spec", "time_grid_for"]
 
 #: dtypes a solver state may have.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -73,7 +74,8 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
-def _check_device(device: torch.device | str | None) -> None:
+def check_device(device: torch.device | str | None) -> None:
+    """A device that holds data (``meta`` does not), else a one-line error."""
     try:
         kind = torch.device(device).type if device is not None else "cpu"
     except (RuntimeError, TypeError):
@@ -93,7 +95,7 @@ def draw_prior(sde: SDE, shape: Any, *, x_T: torch.Tensor | None = None,
             or one that disagrees with ``shape``.
     """
     if x_T is None:
-        _check_device(device)
+        check_device(device)
         return sde.prior_sampling(check_shape(shape), generator=generator, device=device,
                                   dtype=_check_dtype(dtype))
     if not torch.is_tensor(x_T) or x_T.ndim < 2 or x_T.numel() == 0:
@@ -101,7 +103,7 @@ def draw_prior(sde: SDE, shape: Any, *, x_T: torch.Tensor | None = None,
         raise UserInputError(f"x_T must be a non-empty (B, *D) tensor, got {got}")
     if x_T.dtype not in FLOAT_DTYPES:
         raise UserInputError(f"x_T must be a real floating-point tensor, got {x_T.dtype}")
-    _check_device(x_T.device)
+    check_device(x_T.device)
     if shape is not None and tuple(shape) != tuple(x_T.shape):
         raise UserInputError(f"shape {tuple(shape)} does not match x_T's {tuple(x_T.shape)}; "
                              f"pass None")
@@ -216,6 +218,17 @@ class SolverRun:
                           threshold=self.options.get("threshold"))
 
 
+def check_pure_start(model: Any, sde: SDE, ts: torch.Tensor) -> None:
+    """A grid that starts where ``alpha = 0`` (a flow path's ``T``) needs a model that gives its
+    own x0 there (:func:`~sde_gen.parameterization.predicts_x0`): refused up front otherwise.
+
+    Raises:
+        UserInputError: naming the model and what to do.
+    """
+    if starts_pure(sde, ts) and not predicts_x0(model):
+        model_prediction(model, None, None)  # raises its one-line explanation
+
+
 def plan(
     model: EpsModel,
     sde: SDE,
@@ -239,11 +252,14 @@ def plan(
     """
     spec = solver_spec(solver)
     opts = spec.resolve(solver, options)
+    if opts.get("discrete"):
+        sde.check_discrete_chain()  # the flow paths have none: one line, before any work
     grid = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing, ts=ts,
                          default_steps=spec.steps, default_spacing=spec.spacing_for(sde),
                          discrete=bool(opts.get("discrete", False)), device=device)
     if spec.check is not None:
         spec.check(model, sde, grid, opts)
+    check_pure_start(model, sde, grid)
     return SolverRun(solver, spec, opts, sde, grid, CountingModel(model), generator)
 
 

@@ -17,9 +17,10 @@ from ..errors import UserInputError
 from ..schedules import time_grid
 from ..sde import SDE
 
-__all__ = ["SPACINGS", "check_grid", "check_spacing", "discrete_grid", "make_grid"]
+__all__ = ["SPACINGS", "check_grid", "check_spacing", "discrete_grid", "make_grid",
+           "path_spacing"]
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "shifted")
 #: Karras et al.'s exponent of the noise-level grid ([Karras22] Eq. 5).
 KARRAS_RHO = 7.0
 
@@ -29,6 +30,13 @@ def check_spacing(spacing: object) -> str:
     if spacing not in SPACINGS:
         raise UserInputError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return spacing  # type: ignore[return-value]
+
+
+def path_spacing(preferred: str, sde: SDE) -> str:
+    """``preferred`` as a default spacing on ``sde``, or the path's own
+    (``sde.few_step_spacing``) on a path whose ``alpha_T = 0``: the defaults tuned on VP and VE
+    (log-SNR, Karras, quadratic) do not carry over to the flow paths."""
+    return sde.few_step_spacing if sde.pure_noise_at_T else preferred
 
 
 def make_grid(
@@ -45,7 +53,10 @@ def make_grid(
 
     ``uniform`` / ``quadratic`` are in ``t``; ``logsnr`` is uniform in
     ``lambda = log(alpha/sigma)`` (DPM-Solver's choice); ``karras`` spaces ``sigma/alpha`` with
-    ``rho = 7`` (EDM's choice).
+    ``rho = 7`` (EDM's choice); ``shifted`` is uniform in ``t`` mapped by SD3's time shift
+    ``u -> s u / (1 + (s - 1) u)`` on ``u = t / T`` with ``s = sde.grid_shift`` (denser near
+    ``T`` for ``s > 1``; [Esser24] Sec. 5.3.2). ``logsnr`` and ``karras`` need a finite
+    log-SNR at both ends: not on a path whose ``alpha_T = 0`` (the flow paths).
     """
     if int(steps) < 1:
         raise UserInputError(f"steps must be a positive integer, got {steps}")
@@ -53,8 +64,18 @@ def make_grid(
     T = sde.T if T is None else T
     if spacing in ("uniform", "quadratic"):
         return time_grid(steps, T=T, t_min=t_min, spacing=spacing, dtype=dtype, device=device)
+    if spacing == "shifted":
+        s = float(sde.grid_shift)
+        u_min = (t_min / T) / (s - (s - 1) * (t_min / T))  # the shift's inverse at t_min
+        u = time_grid(steps, T=1.0, t_min=u_min, dtype=torch.float64)
+        ts = T * s * u / (1 + (s - 1) * u)
+        ts[0], ts[-1] = T, t_min
+        return ts.to(dtype=dtype, device=device)
     ends = torch.tensor([T, t_min], dtype=torch.float64)
     lam = sde.log_snr(ends)
+    if bool(torch.isinf(lam[0])) and T == sde.T and sde.pure_noise_at_T:
+        raise UserInputError(f"a {spacing} grid needs a finite log-SNR at T, and this path's is "
+                             f"-inf there (alpha_T = 0): use uniform, quadratic or shifted")
     if not (0 <= t_min < T and torch.isfinite(lam).all()):  # VP, sub-VP: lambda = inf at t = 0
         raise UserInputError(f"a {spacing} grid needs 0 <= t_min < T and a finite log-SNR at "
                              f"t_min, got t_min={t_min}, T={T}")

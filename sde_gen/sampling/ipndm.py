@@ -34,6 +34,7 @@ from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
 from .deis import eps_multistep, lagrange_coefficients
+from .pure_start import after_first, ddim_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -98,6 +99,14 @@ def sample_ipndm(
 
     Refs: [Zhang23], App. (iPNDM).
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
+        x = ddim_first_step(model, sde, x_T, ts)
+        if callback is not None:
+            callback(0, x, x)
+        if len(ts) == 2:
+            return x, x
+        return sample_ipndm(model, sde, x, ts[1:], order=order, variable_step=variable_step,
+                            callback=after_first(callback))
     coeffs = grid_coeffs(sde, ts)
     weights = ipndm_coefficients(coeffs.sigma_tilde, order, variable_step=bool(variable_step))
     return eps_multistep(model, x_T, ts, coeffs.alpha, weights, callback=callback)

@@ -34,11 +34,12 @@ import torch
 
 from ..chain import check_t_min, grid_coeffs
 from ..errors import UserInputError
-from ..parameterization import EpsModel, eps_to_x0
+from ..parameterization import EpsModel, eps_to_x0, model_prediction
 from ..sde import SDE
 from .driver import solver_spec
 from .grid_file import OptimizedGrid, sde_signature
-from .grids import check_spacing, make_grid
+from .grids import check_spacing, make_grid, path_spacing
+from .pure_start import starts_pure
 from .sample import sample
 from .solvers import SOLVERS
 
@@ -107,8 +108,11 @@ def _gits_path(cost: torch.Tensor, k: int) -> list[int]:
 @torch.no_grad()
 def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps: int,
                candidates: int) -> torch.Tensor:
-    """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals."""
-    cand = make_grid(sde, candidates, t_min=t_min, spacing="logsnr", device=x_T.device)
+    """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals (on a flow path,
+    whose log-SNR is ``-inf`` at ``T``, its own spacing)."""
+    cand = make_grid(sde, candidates, t_min=t_min, spacing=path_spacing("logsnr", sde),
+                     device=x_T.device)
+    pure = starts_pure(sde, cand)
     _, traj = reference_endpoints(model, sde, x_T, t_min, ts=cand)
     alpha, sigma = (c.to(x_T.dtype) for c in grid_coeffs(sde, cand))
     m = len(cand) - 1
@@ -116,8 +120,13 @@ def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps
     flat = traj.reshape(m + 1, x_T.shape[0], -1)
     for i in range(m):
         x = traj[i]
-        eps_hat = model(x, cand[i].to(x.dtype).expand(x.shape[0]))
-        x0 = eps_to_x0(x, eps_hat, alpha[i], sigma[i]).reshape(x.shape[0], -1)
+        t = cand[i].to(x.dtype).expand(x.shape[0])
+        if i == 0 and pure:  # alpha_T = 0: x0 from the model itself
+            eps_hat, x0 = model_prediction(model, x, t)
+        else:
+            eps_hat = model(x, t)
+            x0 = eps_to_x0(x, eps_hat, alpha[i], sigma[i])
+        x0 = x0.reshape(x.shape[0], -1)
         e = eps_hat.reshape(x.shape[0], -1)
         for j in range(i + 1, m + 1):  # DDIM: x_j = alpha_j x0 + sigma_j eps
             step = alpha[j] * x0 + sigma[j] * e
@@ -129,17 +138,26 @@ def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps
 def _descent(error, ts: torch.Tensor, sde: SDE, evals: int):
     """Powell's derivative-free descent (scipy) on the log-SNR gaps of ``ts``: the interior
     times are ``lambda_T + cumsum(softmax(theta)) (lambda_{t_min} - lambda_T)``, so every trial is
-    a valid decreasing grid with the end points fixed; at most ``evals`` error evaluations."""
+    a valid decreasing grid with the end points fixed; at most ``evals`` error evaluations. On a
+    flow path (log-SNR ``-inf`` at ``T``) the gaps are in ``t`` instead."""
     from scipy.optimize import minimize
 
-    lam = sde.log_snr(ts.to(torch.float64))
+    if sde.pure_noise_at_T:
+        def to_u(t: torch.Tensor) -> torch.Tensor:
+            return -t
+
+        def from_u(u: torch.Tensor) -> torch.Tensor:
+            return -u
+    else:
+        to_u, from_u = sde.log_snr, sde.t_from_log_snr
+    lam = to_u(ts.to(torch.float64))
     span = lam[-1] - lam[0]
     theta0 = torch.log((lam[1:] - lam[:-1]) / span).numpy()
 
     def grid(theta) -> torch.Tensor:
         w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)
         lams = torch.cat([lam[:1], lam[0] + torch.cumsum(w, 0) * span])
-        out = sde.t_from_log_snr(lams)
+        out = from_u(lams)
         out[0], out[-1] = ts[0], ts[-1]
         return out
 

@@ -14,7 +14,7 @@ from ..errors import UserInputError
 from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
-from .driver import Progress, draw_prior, plan
+from .driver import Progress, check_device, draw_prior, plan
 from .result import SampleResult
 
 
@@ -82,6 +82,7 @@ def sample(
     """
     if "eps" in options:
         raise UserInputError("sample() takes the end time as t_min= (eps was its old name)")
+    check_device(x_T.device if torch.is_tensor(x_T) else device)
     run = plan(model, sde, solver, options, steps=steps, t_min=t_min, spacing=spacing, ts=ts,
                generator=generator, device=x_T.device if torch.is_tensor(x_T) else device)
     x_T = draw_prior(sde, shape, x_T=x_T, generator=generator, device=device, dtype=dtype)

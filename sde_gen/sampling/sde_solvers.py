@@ -12,6 +12,7 @@ from ..noise import Generator, randn
 from ..parameterization import EpsModel, eps_to_score, eps_to_x0, score_fn
 from ..sde import SDE
 from ..tensor_utils import append_dims
+from .pure_start import after_first, posterior_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec
 from .torchsde_backend import METHODS as TORCHSDE_METHODS
@@ -45,6 +46,14 @@ def sample_em(
     Returns:
         ``(x, x_mean)``: the final state and its noise-free mean at the last step.
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
+        x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
+        if callback is not None:
+            callback(0, x, x_mean)
+        if len(ts) == 2:
+            return x, x_mean
+        return sample_em(model, sde, x, ts[1:], generator=generator,
+                         callback=after_first(callback))
     rsde = sde.reverse(score_fn(model, sde))
     h = (ts[:-1] - ts[1:]).to(x_T.dtype)
     sqrt_h = torch.sqrt(h)
@@ -101,6 +110,15 @@ def sample_pc(
     Returns:
         ``(x, x_mean)`` at ``ts[-1]``.
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
+        x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
+        if callback is not None:
+            callback(0, x, x_mean)
+        if len(ts) == 2:
+            return x, x_mean
+        return sample_pc(model, sde, x, ts[1:], predictor=predictor, corrector=corrector,
+                         snr=snr, n_corrector=n_corrector, generator=generator,
+                         callback=after_first(callback))
     dtype = x_T.dtype
     coeffs = grid_coeffs(sde, ts)
     c_x, c_x0, _, v = (c.to(dtype) for c in coeffs.posterior())

@@ -51,7 +51,9 @@ from ..memory import check_fits
 from ..noise import Generator, rand, randn
 from ..parameterization import CountingModel, EpsModel, eps_to_x0
 from ..sde import SDE
-from .driver import Progress, time_grid_for
+from .driver import Progress, check_pure_start, time_grid_for
+from .grids import path_spacing
+from .pure_start import starts_pure
 from .result import SampleResult
 from .spec import Option, check_options
 
@@ -86,7 +88,9 @@ def potential_coeffs(alpha: torch.Tensor, sigma: torch.Tensor,
     + sigma^2) / (alpha^2 c^2)``. ``scale = inf`` is MCGdiff's potential, the forward marginal
     ``q(x_t[A] | y) = N(alpha y, sigma^2)`` ([Cardoso23] Sec. 3.1); a finite scale flattens it
     where ``sigma_t >> alpha_t c`` and the observation tells nothing yet, so the weights stay
-    even there (the intermediate targets come closer to ``q(x_t | y)``, [Wu23] Eq. 8).
+    even there (the intermediate targets come closer to ``q(x_t | y)``, [Wu23] Eq. 8). Where
+    ``alpha_t = 0`` (a flow path's ``T``) a finite scale's potential is flat, ``v = inf``: the
+    sampler uses ``g = 1`` there (any positive potential keeps the target).
     """
     if math.isinf(scale):
         return alpha, sigma**2
@@ -252,7 +256,8 @@ def impute_smc(
                    f"{k} particles for each of {b} rows of shape {tuple(x_known.shape[1:])}",
                    hint="use fewer particles or rows")
     ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing,
-                       default_steps=DEFAULT_STEPS, default_spacing=DEFAULT_SPACING,
+                       default_steps=DEFAULT_STEPS,
+                       default_spacing=path_spacing(DEFAULT_SPACING, sde),
                        device=device)
     alpha, sigma = grid_coeffs(sde, ts)
     c_x, c_x0, var_tilde, v = grid_coeffs(sde, ts).posterior()
@@ -260,7 +265,10 @@ def impute_smc(
     # Gaussians its conditional is far closer to the data's at few steps than beta's or beta~'s
     kernel_var = {"beta": v, "beta_tilde": var_tilde,
                   "geometric": torch.sqrt(v * var_tilde)}[variance]
-    g_mean, g_var = potential_coeffs(alpha, sigma, float(opts["twist_scale"]))
+    g_mean, g_var = (c.clone() for c in potential_coeffs(alpha, sigma,
+                                                          float(opts["twist_scale"])))
+    check_pure_start(model, sde, ts)
+    pure = starts_pure(sde, ts)
     counted = CountingModel(model)
 
     # particles of row i are rows i*K .. i*K + K - 1 of one (B*K, *D) batch
@@ -279,14 +287,23 @@ def impute_smc(
         return (mean / var + m_j * y / v_j) / prec, math.sqrt(1.0 / prec)
 
     def log_g(x: torch.Tensor, j: int) -> torch.Tensor:
+        if j == 0 and flat_T:
+            return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         return _log_normal(x, float(g_mean[j]) * y, float(g_var[j]), mk)
 
-    # x_T ~ p(x_T) g_T(x_T) / Z_T: exact Gaussian product on the known coordinates
+    # x_T ~ p(x_T) g_T(x_T) / Z_T: exact Gaussian product on the known coordinates; g_T = 1
+    # where it is flat (alpha_T = 0 with a finite twist scale)
     p2 = sde.prior_std**2
-    mu_T, sd_T = product(torch.zeros_like(y), p2, 0)
+    flat_T = not bool(torch.isfinite(g_var[0]))
+    if flat_T:
+        g_mean[0], g_var[0] = 0.0, math.inf
+        mu_T, sd_T = torch.zeros_like(y), math.sqrt(p2)
+        log_z = torch.zeros(b, dtype=torch.float64, device=device)
+    else:
+        mu_T, sd_T = product(torch.zeros_like(y), p2, 0)
+        log_z = _log_normal(float(g_mean[0]) * y, torch.zeros_like(y), p2 + float(g_var[0]),
+                            mk).reshape(b, k)[:, 0]
     x = torch.where(known, mu_T + sd_T * noise(), math.sqrt(p2) * noise())
-    log_z = _log_normal(float(g_mean[0]) * y, torch.zeros_like(y), p2 + float(g_var[0]),
-                        mk).reshape(b, k)[:, 0]
     log_w = torch.zeros(b, k, dtype=torch.float64, device=device)
     ess_log: list[torch.Tensor] = []
     n_resampled = 0
@@ -298,7 +315,10 @@ def impute_smc(
             t_idx = min(j, len(ts) - 1)
             a_t, s_t = alpha[t_idx], sigma[t_idx]
             t = ts[t_idx].to(dtype).expand(n)
-            x0 = eps_to_x0(x, counted(x, t), a_t.to(dtype), s_t.to(dtype))
+            if t_idx == 0 and pure:  # alpha_T = 0: x0 from the model itself
+                _, x0 = counted.predict(x, t)
+            else:
+                x0 = eps_to_x0(x, counted(x, t), a_t.to(dtype), s_t.to(dtype))
             final = j == stages - 1
             if j < len(ts) - 1:
                 mean = c_x[j].to(dtype) * x + c_x0[j].to(dtype) * x0  # Eq. (7) [Ho20]

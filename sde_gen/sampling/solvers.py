@@ -95,16 +95,19 @@ def solver_flags() -> list[Flag]:
 
 
 _SPACING_TEXT = {"uniform": "uniform", "quadratic": "quadratic", "logsnr": "log-SNR",
-                 "karras": "Karras ρ=7"}
+                 "karras": "Karras ρ=7", "shifted": "shifted-uniform"}
+_SDE_TEXT = {"vp": "VP", "subvp": "sub-VP", "ve": "VE", "flow": "flow", "trig": "trig"}
 
 
 def _spacing_text(spec: SolverSpec) -> str:
-    if spec.spacing is not None:
-        return _SPACING_TEXT[spec.spacing]
+    """The solver's default spacing on each registered SDE, grouped: ``log-SNR (VP, VE) /
+    shifted-uniform (flow, trig)``."""
     by: dict[str, list[str]] = {}
     for name, cls in SDES.items():
-        names = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
-        by.setdefault(_SPACING_TEXT[cls.few_step_spacing], []).append(names.get(name, name))
+        by.setdefault(_SPACING_TEXT[spec.spacing_for(cls())], []).append(_SDE_TEXT.get(name,
+                                                                                        name))
+    if len(by) == 1:
+        return next(iter(by))
     return " / ".join(f"{sp} ({', '.join(names)})" for sp, names in by.items())
 
 

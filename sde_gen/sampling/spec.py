@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UserInputError
 from ..sde import SDE
+from .grids import path_spacing
 
 SolverFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 #: ``check(model, sde, ts, options)``: the contract between a solver's options and the model or
@@ -180,8 +181,13 @@ class SolverSpec:
     check: SolverCheck | None = None
 
     def spacing_for(self, sde: SDE) -> str:
-        """The default spacing of this solver on ``sde`` (see ``spacing``)."""
-        return self.spacing if self.spacing is not None else sde.few_step_spacing
+        """The default spacing of this solver on ``sde`` (see ``spacing``). On a path with
+        ``alpha_T = 0`` (the flow paths; their log-SNR is ``-inf`` at ``T``) every solver takes
+        the path's own spacing, ``sde.few_step_spacing``: the defaults tuned on VP and VE do not
+        carry over."""
+        if self.spacing is None:
+            return sde.few_step_spacing
+        return path_spacing(self.spacing, sde)
 
     @property
     def option_names(self) -> tuple[str, ...]:

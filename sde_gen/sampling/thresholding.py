@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..parameterization import EpsModel, eps_to_x0, x0_to_eps
+from ..parameterization import EpsModel, eps_to_x0, model_prediction, predicts_x0, x0_to_eps
 from ..sde import SDE
 
 
@@ -61,11 +61,33 @@ def clip_x0_model(
     """
     if not clip_sample and not threshold:
         return model
+    return _Clipped(model, sde, clip_sample, threshold)
 
-    def clipped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha_t, sigma_t = sde.marginal_coeffs(t)
-        x0 = eps_to_x0(x, model(x, t), alpha_t, sigma_t)
-        x0 = process_x0(x0, clip_sample=clip_sample, threshold=threshold)
+
+class _Clipped:
+    """:func:`clip_x0_model`'s model: eps from the processed x0; ``predict`` gives both (with the
+    model's own x0 where it has one, as at a flow path's ``T``)."""
+
+    def __init__(self, model: EpsModel, sde: SDE, clip_sample: float | None,
+                 threshold: float | None) -> None:
+        self.model, self.sde = model, sde
+        self.clip_sample, self.threshold = clip_sample, threshold
+
+    @property
+    def predicts_x0(self) -> bool:
+        return predicts_x0(self.model)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha_t, sigma_t = self.sde.marginal_coeffs(t)
+        if predicts_x0(self.model):
+            _, x0 = model_prediction(self.model, x, t)
+        else:
+            x0 = eps_to_x0(x, self.model(x, t), alpha_t, sigma_t)
+        x0 = process_x0(x0, clip_sample=self.clip_sample, threshold=self.threshold)
+        return x0_to_eps(x, x0, alpha_t, sigma_t), x0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha_t, sigma_t = self.sde.marginal_coeffs(t)
+        x0 = eps_to_x0(x, self.model(x, t), alpha_t, sigma_t)
+        x0 = process_x0(x0, clip_sample=self.clip_sample, threshold=self.threshold)
         return x0_to_eps(x, x0, alpha_t, sigma_t)
-
-    return clipped

@@ -20,6 +20,7 @@ import torchsde
 from ..noise import Generator, IndexedGenerator, randint
 from ..parameterization import EpsModel, score_fn
 from ..sde import SDE
+from .pure_start import after_first, posterior_first_step, starts_pure
 from .result import Callback
 
 STRATONOVICH = ("midpoint", "heun", "reversible_heun", "log_ode", "euler_heun")
@@ -141,6 +142,14 @@ def sample_torchsde(
     Returns:
         ``(x, x)`` at ``ts[-1]`` (torchsde exposes no noise-free mean).
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
+        x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
+        if callback is not None:
+            callback(0, x, x_mean)
+        if len(ts) == 2:
+            return x, x_mean
+        return sample_torchsde(model, sde, x, ts[1:], method=method, generator=generator,
+                               callback=after_first(callback))
     shape = tuple(x_T.shape)
     adapter = _ReversedSDE(sde, model, shape, "stratonovich" if method in STRATONOVICH else "ito")
     y = x_T.reshape(shape[0], -1)

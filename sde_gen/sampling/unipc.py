@@ -47,6 +47,7 @@ from ..errors import UserInputError
 from ..noise import Generator
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
+from .pure_start import after_first, ddim_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -191,6 +192,15 @@ def sample_unipc(
 
     Refs: [Zhao23] Alg. 1-2 and App. (data prediction); [Lu22pp] Eq. 8.
     """
+    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
+        x = ddim_first_step(model, sde, x_T, ts)
+        if callback is not None:
+            callback(0, x, x)
+        if len(ts) == 2:
+            return x, x
+        return sample_unipc(model, sde, x, ts[1:], order=order, variant=variant, unic=unic,
+                            lower_order_final=lower_order_final,
+                            callback=after_first(callback))
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
     lam = coeffs.log_snr
@@ -233,8 +243,10 @@ def sample_unipc(
 
 
 def _check(model: Any, sde: SDE, ts: torch.Tensor, options: Mapping[str, Any]) -> None:
-    """UniPC steps in log-SNR: every grid time needs ``sigma > 0`` (a finite log-SNR)."""
-    if not torch.isfinite(grid_coeffs(sde, ts).log_snr).all():
+    """UniPC steps in log-SNR: every grid time needs ``sigma > 0`` (a finite log-SNR; a
+    pure-noise start, log-SNR ``-inf``, is taken in its limit, :mod:`.pure_start`)."""
+    lam = grid_coeffs(sde, ts).log_snr
+    if not (torch.isfinite(lam[1:]).all() and (torch.isfinite(lam[0]) or lam[0] < 0)):
         raise UserInputError("UniPC needs a finite log-SNR at every grid time (sigma > 0); "
                              "end the grid above t = 0")
 
