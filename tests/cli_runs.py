@@ -9,21 +9,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from helpers import TINY_MLP, TINY_UNET
 from sde_gen.app.config import load_config
 from sde_gen.app.train import train
 
 SIZE = 8
-BASE = ["train.plot_samples=0", "train.device=cpu", "train.warmup=1", "train.steps=2",
-        "sde.N=25"]
-MLP = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-       "train.batch_size=32"]
-UNET = ["model.name=unet", "model.ch=8", "model.ch_mult=[1, 2]", "model.num_res_blocks=1",
-        "model.attn_resolutions=[]", "model.dropout=0.0", "train.batch_size=8"]
+BASE = ["train.plot_samples=0", "train.warmup=1", "train.steps=2", "sde.N=25"]
 
 
 def toy_run(workdir: Path, *sets: str) -> Path:
     """A 2-step 2-D run in ``workdir``."""
-    train(load_config(None, [*BASE, *MLP, *sets]), workdir, progress=False)
+    train(load_config(None, [*TINY_MLP, *BASE, *sets]), workdir, progress=False)
     return workdir
 
 
@@ -33,7 +29,8 @@ def image_run(workdir: Path, *sets: str) -> Path:
     g = np.random.default_rng(0)
     images = g.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
     np.savez(data, x_train=images, x_test=images[:5])
-    train(load_config(None, [*BASE, *UNET, "data.name=npz", f"data.path={data}", *sets]),
+    train(load_config(None, [*TINY_UNET, "train.batch_size=8", *BASE, "data.name=npz",
+                             f"data.path={data}", *sets]),
           workdir, progress=False)
     return workdir
 

@@ -1,9 +1,10 @@
-"""Shared test helpers: the exact 2-D mixture the solver tests measure on, seeded generators,
-and the CLI's one-line error check."""
+"""Shared test helpers: the SDEs under test (from the package's registry), seeded generators,
+the tiny-run configurations, the exact 2-D mixture the solver tests measure on, and the CLI's
+one-line error check."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 
 import pytest
@@ -11,10 +12,33 @@ import torch
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.errors import UserInputError
-from sde_gen.sde import VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import SDE, SDES, VPSDE
 
 F64 = torch.float64
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+#: The registered SDEs and VP with [Nichol21]'s cosine schedule, by name (see :func:`make_sde`).
+SDE_NAMES = (*SDES, "vp_cosine")
+
+# Tiny runs: ``section.key=value`` overrides that keep a training run to seconds on one CPU core.
+# A test adds its steps and what it checks (later overrides win).
+#: A 2-D MLP run: a small network and batch, no sample plot, on the CPU.
+TINY_MLP = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
+            "train.batch_size=32", "train.plot_samples=0", "train.device=cpu"]
+#: An image U-Net run on the CPU (the test names the data and the batch size).
+TINY_UNET = ["model.name=unet", "model.ch=8", "model.ch_mult=[1, 2]", "model.num_res_blocks=1",
+             "model.attn_resolutions=[]", "model.dropout=0.0", "train.device=cpu"]
+
+
+def cli_sets(overrides: Iterable[str]) -> list[str]:
+    """The command-line arguments ``--set KEY=VALUE`` of each override."""
+    return [arg for s in overrides for arg in ("--set", s)]
+
+
+def make_sde(name: str) -> SDE:
+    """The default instance of a name of :data:`SDE_NAMES`: a key of ``sde_gen.sde.SDES``, or
+    ``vp_cosine``."""
+    if name == "vp_cosine":
+        return VPSDE(schedule="cosine")
+    return SDES[name]()
 
 
 def seeded(seed: int) -> torch.Generator:

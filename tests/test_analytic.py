@@ -13,24 +13,9 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from helpers import F64, SDE_NAMES, make_sde, seeded
 from sde_gen.analytic import GaussianMixture
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
-
-F64 = torch.float64
-NAMES = ("vp", "vp_cosine", "subvp", "ve")
-
-
-def make_sde(name: str) -> SDE:
-    return {
-        "vp": lambda: VPSDE(),
-        "vp_cosine": lambda: VPSDE(schedule="cosine"),
-        "subvp": lambda: SubVPSDE(),
-        "ve": lambda: VESDE(),
-    }[name]()
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from sde_gen.sde import VPSDE
 
 
 def mixture_params():
@@ -81,7 +66,7 @@ def test_diagonal_and_isotropic_covariances() -> None:
                                    atol=1e-10)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_score_is_gradient_of_log_prob_t(name: str) -> None:
     sde = make_sde(name)
     gm = GaussianMixture(*mixture_params())

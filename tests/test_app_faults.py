@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
-from helpers import one_error_line
+from helpers import TINY_MLP, cli_sets, one_error_line
 from sde_gen.app.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -23,18 +23,12 @@ from sde_gen.app.train import train
 from sde_gen.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.log_every=5", "train.warmup=2",
-        "train.device=cpu", "train.ckpt_every=5", "train.keep=10"]
-
-
-def _sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+FAST = [*TINY_MLP, "train.log_every=5", "train.warmup=2", "train.ckpt_every=5", "train.keep=10"]
 
 
 def _cli_train(workdir, *extra):
     return CliRunner().invoke(app, ["train", "--workdir", str(workdir), "--no-progress",
-                                    *_sets(FAST + list(extra))])
+                                    *cli_sets(FAST + list(extra))])
 
 
 @pytest.fixture(scope="module")

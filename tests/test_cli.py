@@ -4,11 +4,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from helpers import TINY_MLP, cli_sets
 from sde_gen.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "model.width=32", "--set", "model.depth=1", "--set", "train.batch_size=64",
-        "--set", "train.plot_samples=200", "--set", "train.device=cpu", "--no-progress"]
+FAST = [*cli_sets([*TINY_MLP, "train.plot_samples=200"]), "--no-progress"]
 
 
 def test_train_writes_checkpoint_and_plot(tmp_path):

@@ -8,19 +8,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_error_line
+from helpers import TINY_MLP, TINY_UNET, cli_sets, one_error_line
 from sde_gen.app.cli import app
 from sde_gen.app.editing import read_grey_for_run, read_mask
 from sde_gen.errors import UserInputError
 
 torch.set_num_threads(1)
-TINY = ["--set", "train.plot_samples=0", "--set", "train.device=cpu", "--set", "train.warmup=1",
-        "--no-progress"]
-MLP = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "model.emb_dim=16",
-       "--set", "model.fourier_features=4", "--set", "train.batch_size=64"]
-UNET = ["--set", "model.name=unet", "--set", "model.ch=8", "--set", "model.ch_mult=[1, 2]",
-        "--set", "model.num_res_blocks=1", "--set", "model.attn_resolutions=[]",
-        "--set", "model.dropout=0.0", "--set", "train.batch_size=8", "--set", "train.steps=2"]
+TINY = [*cli_sets(["train.plot_samples=0", "train.warmup=1"]), "--no-progress"]
+MLP = cli_sets(TINY_MLP)
+UNET = cli_sets([*TINY_UNET, "train.batch_size=8", "train.steps=2"])
 SIZE = 8  # pixels of the image run
 
 

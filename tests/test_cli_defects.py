@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import image_run, nan_weights, pictures, toy_run
 from typer.testing import CliRunner
 
 import sde_gen.app.outputs as outputs
+from cli_runs import image_run, nan_weights, pictures, toy_run
 from helpers import one_error_line
 from sde_gen.app.cli import app, main
 from sde_gen.app.outputs import deferred_signals

@@ -1,16 +1,15 @@
 import numpy as np
 import pytest
 import typer
-from cli_runs import nan_weights
 from typer.testing import CliRunner
 
+from cli_runs import nan_weights
+from helpers import TINY_MLP, cli_sets
 from sde_gen.app.cli import app
 from sde_gen.sampling import SOLVERS
 from sde_gen.sampling.solvers import solver_flags
 
-TRAIN = ["train", "--set", "model.width=32", "--set", "model.depth=1", "--set",
-         "train.batch_size=64", "--set", "train.plot_samples=0", "--set", "train.device=cpu",
-         "--set", "train.steps=20", "--no-progress"]
+TRAIN = ["train", *cli_sets([*TINY_MLP, "train.steps=20"]), "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TINY_MLP
 from sde_gen.app.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from sde_gen.app.config import load_config
 from sde_gen.app.factory import build_model
@@ -25,9 +26,7 @@ from sde_gen.sde import VPSDE
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.log_every=2", "train.warmup=1",
-        "train.device=cpu"]
+FAST = [*TINY_MLP, "train.log_every=2", "train.warmup=1"]
 COND = FAST + ["model.class_cond=true"]
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers import TINY_MLP, cli_sets
 from sde_gen.app.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",
-        "train.plot_samples=0", "train.log_every=5", "train.warmup=5", "train.device=cpu",
-        "train.steps=15", "train.ckpt_every=15", "train.grad_clip=0"]
+SETS = [*TINY_MLP, "train.log_every=5", "train.warmup=5", "train.steps=15",
+        "train.ckpt_every=15", "train.grad_clip=0"]
 
 
 def _run(workdir: Path, nproc: int) -> subprocess.CompletedProcess:
-    sets = [a for s in SETS for a in ("--set", s)]
+    sets = cli_sets(SETS)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", str(ROOT / "cli.py"), "train", "--no-progress",
            "--workdir", str(workdir), *sets]
@@ -89,7 +89,7 @@ def _ranks(tmp_path: Path, workdir: Path, **env) -> list[subprocess.CompletedPro
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sets = [a for s in SETS for a in ("--set", s)]
+    sets = cli_sets(SETS)
     procs = []
     for rank in (0, 1):
         env_r = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
-from helpers import one_error_line
+from helpers import TINY_MLP, cli_sets, one_error_line
 from sde_gen.app.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -23,18 +23,12 @@ from sde_gen.app.train import NonFiniteLossError, train
 ROOT = Path(__file__).resolve().parents[1]
 # These tests resume with a different train.steps than the interrupted run; a cosine LR schedule
 # depends on train.steps, so they use a constant one (test_train.py covers cosine resumes).
-FAST = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",
-        "train.plot_samples=0", "train.log_every=5", "train.warmup=5", "train.device=cpu",
-        "train.lr_schedule=constant"]
-
-
-def _sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+FAST = [*TINY_MLP, "train.log_every=5", "train.warmup=5", "train.lr_schedule=constant"]
 
 
 def test_sigterm_checkpoints_and_resumes_bitwise(tmp_path):
     sets = FAST + ["train.steps=3000", "train.ckpt_every=100000"]
-    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--no-progress", *_sets(sets)]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--no-progress", *cli_sets(sets)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "cut")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,7 +48,7 @@ def test_sigterm_checkpoints_and_resumes_bitwise(tmp_path):
     stopped_at = load_checkpoint(ckpts[0])["step"]
     assert 0 < stopped_at < 3000
     # Resume to the end, and compare with a run that never stopped.
-    short = _sets([s for s in sets if not s.startswith("train.steps")]
+    short = cli_sets([s for s in sets if not s.startswith("train.steps")]
                   + ["train.steps=" + str(stopped_at + 40)])
     for wd in ("cut", "full"):
         res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--no-progress",
@@ -92,7 +86,7 @@ def _snapshot(workdir: Path) -> dict[str, tuple[bytes, int]]:
 def test_no_readable_checkpoint_is_an_error_that_changes_nothing(tmp_path, spoil):
     # Regression (issue 30.3): with every checkpoint unreadable, 'train' printed "falling back"
     # for each, started again from step 0, cut metrics.jsonl to nothing and exited 0.
-    sets = _sets(FAST + ["train.steps=20", "train.ckpt_every=10", "train.keep=3"])
+    sets = cli_sets(FAST + ["train.steps=20", "train.ckpt_every=10", "train.keep=3"])
     res = CliRunner().invoke(app, ["train", "--no-progress", "--workdir", str(tmp_path), *sets])
     assert res.exit_code == 0, res.output
     ckpts = list_checkpoints(tmp_path)
@@ -166,7 +160,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 def test_export_safetensors_and_load(tmp_path):
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                               *_sets(FAST + ["train.steps=5"])]).exit_code == 0
+                               *cli_sets(FAST + ["train.steps=5"])]).exit_code == 0
     out = tmp_path / "model.safetensors"
     res = runner.invoke(app, ["export", "--ckpt", str(tmp_path), "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -181,7 +175,7 @@ def test_export_safetensors_and_load(tmp_path):
 def test_unwritable_output_is_one_line_error(tmp_path):
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--workdir", str(tmp_path / "r"), "--no-progress",
-                               *_sets(FAST + ["train.steps=2"])]).exit_code == 0
+                               *cli_sets(FAST + ["train.steps=2"])]).exit_code == 0
     blocker = tmp_path / "file"
     blocker.write_text("x")
     res = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "r"), "--n", "4", "--steps", "2",
@@ -194,9 +188,9 @@ def test_unwritable_output_is_one_line_error(tmp_path):
 def test_checkpoint_that_does_not_match_the_config(tmp_path):
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                               *_sets(FAST + ["train.steps=2"])]).exit_code == 0
+                               *cli_sets(FAST + ["train.steps=2"])]).exit_code == 0
     res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                              *_sets(FAST + ["train.steps=4", "model.width=48"])])
+                              *cli_sets(FAST + ["train.steps=4", "model.width=48"])])
     # resume identity (issue 13) names the key and both values before any shape is compared
     assert res.exit_code == 2 and "cannot resume" in res.output
     assert "model.width is 48" in res.output and "Traceback" not in res.output

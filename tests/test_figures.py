@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_error_line
+from helpers import TINY_MLP, TINY_UNET, one_error_line
 from sde_gen.app.config import load_config
 from sde_gen.app.factory import build_model, build_sde
 from sde_gen.app.figures import IMAGE_FIGURES, TOY_FIGURES, figures_command, write_figures
@@ -19,9 +19,7 @@ from sde_gen.app.plots import MIN_CELL, SEPARATOR, grid_scale, image_grid
 from sde_gen.app.train import train
 from sde_gen.errors import CheckpointError, UserInputError
 
-TINY_UNET = ["data.name=digits", "model.name=unet", "model.ch=8", "model.ch_mult=[1]",
-             "model.num_res_blocks=1", "model.attn_resolutions=[]", "model.dropout=0.0"]
-TINY_MLP = ["model.width=16", "model.depth=1"]
+DIGITS_UNET = [*TINY_UNET, "data.name=digits"]
 FAST = {"ancestral_steps": 5, "interpolation_steps": 5}
 
 
@@ -84,7 +82,7 @@ def test_write_samples_grid_has_64px_cells_and_takes_nrow(tmp_path):
 
 @pytest.mark.parametrize("sets, names, n, min_size, forward_width", [
     # images: at least 5 columns and 2 rows of 64 px cells; the forward process has 8 columns
-    (TINY_UNET, IMAGE_FIGURES, 2, (5 * 64, 2 * 64), 8 * 64),
+    (DIGITS_UNET, IMAGE_FIGURES, 2, (5 * 64, 2 * 64), 8 * 64),
     (TINY_MLP, TOY_FIGURES, 64, (800, 250), 6 * 150),  # 2-D: panels of at least 150 px
 ])
 def test_write_figures_writes_every_figure_as_a_legible_png(tmp_path, sets, names, n, min_size,
@@ -103,7 +101,7 @@ def test_write_figures_writes_every_figure_as_a_legible_png(tmp_path, sets, name
 
 
 def test_write_figures_is_reproducible(tmp_path):
-    model, sde, cfg = _untrained(TINY_UNET)
+    model, sde, cfg = _untrained(DIGITS_UNET)
     runs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -114,8 +112,7 @@ def test_write_figures_is_reproducible(tmp_path):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, TINY_MLP + ["train.steps=2", "train.batch_size=16",
-                                        "train.plot_samples=0", "train.device=cpu"])
+    cfg = load_config(None, TINY_MLP + ["train.steps=2", "train.batch_size=16"])
     train(cfg, d, progress=False)
     return d
 

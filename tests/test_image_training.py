@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import TINY_UNET, cli_sets
 from sde_gen.app.checkpoint import list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -14,13 +15,9 @@ from sde_gen.app.train import train
 
 pytest.importorskip("sklearn")
 
-TINY = ["data.name=digits", "model.name=unet", "model.ch=16", "model.ch_mult=[1,2]",
-        "model.num_res_blocks=1", "model.attn_resolutions=[4]", "model.dropout=0.0",
-        "train.batch_size=16", "train.device=cpu", "train.log_every=5", "train.sample_n=4"]
-
-
-def _cli_sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+# The shared tiny U-Net with 16 channels and self-attention at 4x4, on the digits.
+TINY = [*TINY_UNET, "data.name=digits", "model.ch=16", "model.attn_resolutions=[4]",
+        "train.batch_size=16", "train.log_every=5", "train.sample_n=4"]
 
 
 def test_digits_resume_is_bitwise_identical(tmp_path):
@@ -36,7 +33,7 @@ def test_digits_resume_is_bitwise_identical(tmp_path):
 def test_image_run_through_the_cli(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                              *_cli_sets(TINY + ["train.steps=10", "train.sample_every=5"])])
+                              *cli_sets(TINY + ["train.steps=10", "train.sample_every=5"])])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "samples" / "step_000000005.png").is_file()
     assert (tmp_path / "samples.png").is_file()
@@ -64,7 +61,7 @@ def test_eval_reports_fd_classifier_and_bpd(tmp_path, monkeypatch):
     monkeypatch.setattr("sde_gen.app.sample_quality.CACHE", tmp_path / "cache")
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                               *_cli_sets(TINY + ["train.steps=2"])]).exit_code == 0
+                               *cli_sets(TINY + ["train.steps=2"])]).exit_code == 0
     res = runner.invoke(app, ["eval", "--ckpt", str(tmp_path), "--n", "40", "--steps", "2",
                               "--n-bpd", "2", "--batch-size", "20", "--classifier-steps", "30",
                               "--no-progress", "--device", "cpu"])

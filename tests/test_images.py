@@ -337,8 +337,9 @@ def _epochs(loader, n_epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_is_deterministic_under_seed(num_workers: int) -> None:
     data = toy_data(24)
-    make = lambda seed: make_loader(data, batch_size=5, flip=True, seed=seed,  # noqa: E731
-                                    num_workers=num_workers)
+    def make(seed):
+        return make_loader(data, batch_size=5, flip=True, seed=seed, num_workers=num_workers)
+
     a, b, c = _epochs(make(0)), _epochs(make(0)), _epochs(make(1))
     assert len(a) == 2 * (24 // 5) and a[0][0].shape == (5, 2, 3, 4)
     assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))

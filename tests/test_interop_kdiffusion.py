@@ -76,7 +76,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- conversions (no k-diffusion) -----------------------------------------------------------------
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", list(SDES))
 def test_denoiser_is_the_exact_mixture_denoiser(name):
     sde, gm = SDES[name](), mixture()
     model = gm.eps_model(sde)
@@ -94,7 +94,7 @@ def test_denoiser_is_the_exact_mixture_denoiser(name):
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 3, 4, 4)])
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", list(SDES))
 def test_denoiser_shapes_and_closed_form(name, shape):
     sde = SDES[name]()
     kd = KarrasDenoiser(gaussian_eps(sde), sde)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from helpers import TINY_MLP
 from sde_gen import VESDE, VPSDE, GaussianMixture, ScoreModel
 from sde_gen.app.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
@@ -31,8 +32,7 @@ MU = torch.tensor([0.3, -0.2], dtype=F64)
 GM = GaussianMixture.gaussian(MU, torch.tensor(S2))
 
 # Tiny 2-D runs with the DDPM setup the hybrid loss needs.
-FAST = ["model.width=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64",
-        "train.plot_samples=0", "train.log_every=10", "train.warmup=5", "train.device=cpu"]
+FAST = [*TINY_MLP, "train.log_every=10", "train.warmup=5"]
 HYBRID = ["model.learn_variance=true", "train.discrete=true", "train.weighting=simple",
           "train.time_sampling=uniform"]
 

@@ -7,13 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
+from helpers import F64, SDES, seeded
+from sde_gen import VESDE, VPSDE, GaussianMixture
 from sde_gen.app.cli import app
 from sde_gen.likelihood import bits_per_dim, decode, encode, log_likelihood, slerp
 from sde_gen.scaling import SCALE, dequantize, from_model, model_to_uint8, uint8_to_model
 from sde_gen.schedules import scaled_linear_betas
-
-F64 = torch.float64
 
 
 def asymmetric_2d() -> GaussianMixture:
@@ -23,16 +22,18 @@ def asymmetric_2d() -> GaussianMixture:
 
 
 def anisotropic_8d() -> GaussianMixture:
-    g = torch.Generator().manual_seed(5)
+    g = seeded(5)
     means = 1.5 * torch.randn(3, 8, generator=g, dtype=F64)
     a = torch.randn(3, 8, 8, generator=g, dtype=F64) / 3
     covs = a @ a.transpose(1, 2) + 0.05 * torch.eye(8, dtype=F64)
     return GaussianMixture(means, covs, torch.tensor([0.2, 0.5, 0.3]))
 
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=15.0),
-        # a 100-step chain given by its beta table (a diffusers scheduler's): piecewise beta(t)
-        "vp_table": lambda: VPSDE(schedule="table", betas=scaled_linear_betas(1e-3, 0.2, 100))}
+# The registered SDEs, VE with sigma_max 15, and a 100-step chain given by its beta table (a
+# diffusers scheduler's): piecewise beta(t).
+SDE_CASES = {**SDES, "ve": lambda: VESDE(sigma_max=15.0),
+             "vp_table": lambda: VPSDE(schedule="table",
+                                       betas=scaled_linear_betas(1e-3, 0.2, 100))}
 
 
 def reference_logp(gm, sde, x, z, eps):
@@ -43,12 +44,12 @@ def reference_logp(gm, sde, x, z, eps):
     return gm.log_prob_t(x, te, sde) + sde.prior_logp(z) - gm.log_prob_t(z, tT, sde)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(SDE_CASES))
 @pytest.mark.parametrize("problem", ["2d", "8d"])
 def test_exact_trace_matches_closed_form(sde_name, problem):
     gm = asymmetric_2d() if problem == "2d" else anisotropic_8d()
-    sde = SDES[sde_name]()
-    x = gm.sample(128, generator=torch.Generator().manual_seed(1), dtype=F64)
+    sde = SDE_CASES[sde_name]()
+    x = gm.sample(128, generator=seeded(1), dtype=F64)
     eps = 1e-5
     res = log_likelihood(gm.eps_model(sde), sde, x, trace="exact", rtol=1e-5, atol=1e-5, t_min=eps)
     err = (res.logp - reference_logp(gm, sde, x, res.z, eps)).abs().mean().item()
@@ -63,9 +64,12 @@ def test_exact_trace_matches_closed_form(sde_name, problem):
 
 def test_wrong_sign_or_time_fails_the_same_bound():
     gm, sde = asymmetric_2d(), VPSDE()
-    x = gm.sample(64, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x = gm.sample(64, generator=seeded(2), dtype=F64)
     exact = gm.eps_model(sde)
-    shifted = lambda x, t: exact(x, t + 1.0 / sde.N)  # noqa: E731  off-by-one in the time index
+
+    def shifted(x, t):  # off-by-one in the time index
+        return exact(x, t + 1.0 / sde.N)
+
     res = log_likelihood(shifted, sde, x, trace="exact", t_min=1e-5)
     err = (res.logp - reference_logp(gm, sde, x, res.z, 1e-5)).abs().mean().item()
     assert err > 1e-3, err  # measured ~6e-2: a one-step shift is caught
@@ -73,8 +77,8 @@ def test_wrong_sign_or_time_fails_the_same_bound():
 
 def test_hutchinson_is_unbiased():
     gm, sde = asymmetric_2d(), VPSDE()
-    x = gm.sample(16, generator=torch.Generator().manual_seed(3), dtype=F64).repeat(32, 1)
-    g = torch.Generator().manual_seed(4)
+    x = gm.sample(16, generator=seeded(3), dtype=F64).repeat(32, 1)
+    g = seeded(4)
     for probe in ("rademacher", "gaussian"):
         res = log_likelihood(gm.eps_model(sde), sde, x, trace="hutchinson", probe=probe,
                              n_probes=2, generator=g)
@@ -87,7 +91,7 @@ def test_hutchinson_is_unbiased():
 def test_encode_decode_roundtrip_and_no_grad():
     gm = anisotropic_8d()
     for sde in (VPSDE(), VESDE(sigma_max=15.0)):
-        x = gm.sample(32, generator=torch.Generator().manual_seed(6), dtype=F64)
+        x = gm.sample(32, generator=seeded(6), dtype=F64)
         model = gm.eps_model(sde)
         with torch.no_grad():
             z = encode(model, sde, x)
@@ -103,7 +107,7 @@ def test_encode_decode_roundtrip_and_no_grad():
 def test_bits_per_dim_of_a_known_discrete_distribution():
     # P over {0..255}^D with independent pixels; the piecewise-constant density of the dequantized
     # data in model units is P(x) 256^D / SCALE^D, so the bound is tight: bpd = -log2 P(x) / D.
-    g = torch.Generator().manual_seed(7)
+    g = seeded(7)
     probs = torch.softmax(torch.randn(256, generator=g, dtype=F64), 0)
     x = torch.multinomial(probs, 3 * 4 * 4 * 5, replacement=True, generator=g).reshape(5, 3, 4, 4)
     log_p = torch.log(probs[x]).sum(dim=(1, 2, 3))
@@ -152,7 +156,7 @@ def test_ode_solves_reject_a_zero_end_time_or_tolerance(fn, kw, msg):
 
 def test_dequantize_and_scaler():
     x = torch.arange(256, dtype=torch.uint8).reshape(1, 256)
-    y = dequantize(x, generator=torch.Generator().manual_seed(0))
+    y = dequantize(x, generator=seeded(0))
     assert (y >= -1).all() and (y < 1).all()
     assert torch.equal(model_to_uint8(uint8_to_model(x)), x)  # scaler round-trip
     assert torch.equal(torch.floor(from_model(y) * 256).to(torch.uint8), x)  # same bin
@@ -161,7 +165,7 @@ def test_dequantize_and_scaler():
 
 
 def test_slerp_endpoints_and_norm():
-    g = torch.Generator().manual_seed(8)
+    g = seeded(8)
     a, b = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
     torch.testing.assert_close(slerp(a, b, 0.0), a, atol=1e-5, rtol=0)
     torch.testing.assert_close(slerp(a, b, 1.0), b, atol=1e-5, rtol=0)

@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
+from helpers import F64, SDES, make_sde, seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.losses import dsm_loss, sample_time
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE
 
-F64 = torch.float64
 MU = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
 S2 = 0.64  # data variance s^2
 T_EPS = 1e-5
@@ -41,14 +41,6 @@ def g2_over_sigma2(name: str, t: torch.Tensor) -> torch.Tensor:
         return beta * (1 - torch.exp(-2 * big_b)) / (1 - torch.exp(-big_b)) ** 2
     sigma = SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t  # ve
     return sigma**2 * 2 * math.log(SIGMA_MAX / SIGMA_MIN) / sigma**2
-
-
-def make_sde(name: str) -> SDE:
-    return {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}[name]()
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +108,7 @@ def test_dsm_discrete_variant_matches_its_expectation(gaussian_setup) -> None:
     assert abs(loss.mean().item() - expected) < 4 * se, (loss.mean().item(), expected, se)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", list(SDES))
 @pytest.mark.parametrize("discrete", [False, True])
 def test_likelihood_weighting_is_g2_over_sigma2_times_simple(name: str, discrete: bool) -> None:
     sde = make_sde(name)

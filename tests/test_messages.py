@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import sde_gen.app.runs as runs
 import sde_gen.app.sample_quality as sq
-from helpers import one_error_line
+from helpers import TINY_MLP, TINY_UNET, cli_sets, one_error_line
 from sde_gen.app.checkpoint import list_checkpoints
 from sde_gen.app.cli import app
 from sde_gen.app.config import DataConfig, load_config
@@ -29,15 +29,8 @@ from sde_gen.app.train import train
 from sde_gen.data.images import DeviceBatches, ImageData, load_images, make_loader
 from sde_gen.errors import CheckpointError, UserInputError
 
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.log_every=5", "train.warmup=2",
-        "train.device=cpu", "train.ckpt_every=5", "train.keep=10"]
-UNET = ["model.name=unet", "model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
-        "model.attn_resolutions=[4]", "model.dropout=0.0", "train.device=cpu", "train.steps=2"]
-
-
-def _sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+FAST = [*TINY_MLP, "train.log_every=5", "train.warmup=2", "train.ckpt_every=5", "train.keep=10"]
+UNET = [*TINY_UNET, "train.steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +62,7 @@ def test_empty_npz_is_rejected_when_loaded(tmp_path):
     with pytest.raises(UserInputError, match=f"the dataset in {jpeg} is empty"):
         load_images("npz", path=jpeg)
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "w"), "--no-progress",
-                                   *_sets(UNET + ["data.name=npz", f"data.path={path}"])])
+                                   *cli_sets(UNET + ["data.name=npz", f"data.path={path}"])])
     assert f"the dataset in {path} is empty" in one_error_line(res)
 
 
@@ -102,7 +95,7 @@ def test_batch_larger_than_the_data_names_the_source(tmp_path):
     with pytest.raises(UserInputError, match="batch_size must be at least 1, got 0"):
         DeviceBatches(data, batch_size=0, device="cpu")
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "w"), "--no-progress",
-                                   *_sets(UNET + ["data.name=npz", f"data.path={path}",
+                                   *cli_sets(UNET + ["data.name=npz", f"data.path={path}",
                                                   "train.batch_size=64"])])
     assert f"batch_size 64 is larger than the 10 examples of {path}" in one_error_line(res)
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import sde_gen.app.train as train_mod
-from helpers import one_error_line
+from helpers import TINY_MLP, cli_sets, one_error_line
 from sde_gen.app.checkpoint import list_checkpoints
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
@@ -22,13 +22,7 @@ from sde_gen.errors import UserInputError
 from sde_gen.likelihood import log_likelihood
 from sde_gen.sde import VPSDE
 
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.log_every=1", "train.warmup=2",
-        "train.device=cpu", "train.ckpt_every=5", "train.keep=10"]
-
-
-def _sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+FAST = [*TINY_MLP, "train.log_every=1", "train.warmup=2", "train.ckpt_every=5", "train.keep=10"]
 
 
 def _strict_loads(text: str):
@@ -66,7 +60,7 @@ def test_a_run_whose_every_step_was_skipped_fails(tmp_path, monkeypatch):
         train(load_config(None, FAST + ["train.steps=3"]), tmp_path, progress=False)
     monkeypatch.setattr(train_mod, "dsm_loss", _nan_loss_on(range(1, 100)))
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path / "cli"), "--no-progress",
-                                   *_sets(FAST + ["train.steps=3"])])
+                                   *cli_sets(FAST + ["train.steps=3"])])
     assert "nothing was trained" in one_error_line(res)
 
 
@@ -130,13 +124,13 @@ def test_sigterm_during_the_final_plot_is_clean_and_resumable(tmp_path, monkeypa
     sets = [s for s in FAST if not s.startswith("train.plot_samples")]
     sets += ["train.plot_samples=50", "train.steps=5"]
     res = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                                   *_sets(sets)])
+                                   *cli_sets(sets)])
     assert res.exit_code == 0, res.output
     assert "interrupted while writing the final plot" in res.output
     assert "run the same command to write the plot" in res.output
     assert not (tmp_path / "samples.png").exists() and len(list_checkpoints(tmp_path)) == 1
     again = CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--no-progress",
-                                     *_sets(sets)])
+                                     *cli_sets(sets)])
     assert again.exit_code == 0 and "already trained" in again.output, again.output
     assert drawn == [False, True] and (tmp_path / "samples.png").is_file()
     assert not list(tmp_path.glob(".tmp_*"))

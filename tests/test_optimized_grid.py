@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import mixture
+from helpers import TINY_MLP, mixture
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
 from sde_gen.app.train import train
@@ -87,12 +87,8 @@ def test_steps_for_nfe_counts_the_final_denoise():
     assert steps_for_nfe("dpm", 10) == 9 and steps_for_nfe("heun", 9) == 4
 
 
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.device=cpu"]
-
-
 def test_cli_optimize_grid_then_sample_with_it(tmp_path):
-    train(load_config(None, FAST + ["train.steps=30"]), tmp_path, progress=False)
+    train(load_config(None, TINY_MLP + ["train.steps=30"]), tmp_path, progress=False)
     out = tmp_path / "g.json"
     res = CliRunner().invoke(app, ["optimize-grid", "--ckpt", str(tmp_path), "--nfe", "6",
                                    "--solver", "dpm", "--order", "2", "--n", "32",

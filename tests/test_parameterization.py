@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import F64, SDES, seeded
 from sde_gen.parameterization import (
     ScoreModel,
     denoise_fn,
@@ -23,10 +24,8 @@ from sde_gen.parameterization import (
     v_to_eps,
     x0_to_eps,
 )
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import SDE, VPSDE
 
-F64 = torch.float64
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 MU, S = 0.7, 1.6  # data N(MU, S^2 I)
 
 
@@ -70,7 +69,7 @@ class ZeroNet(nn.Module):
 
 
 def coeffs(shape, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     b = shape[0]
     alpha = torch.rand(b, generator=gen, dtype=F64) * 0.9 + 0.05
     sigma = torch.rand(b, generator=gen, dtype=F64) * 30 + 0.01  # VE-sized sigmas included
@@ -119,7 +118,7 @@ def test_conversions_take_one_grid_time_as_a_scalar(shape) -> None:
 @pytest.mark.parametrize("name", list(SDES))
 def test_score_fn_and_denoise_fn_wrap_an_eps_model(name: str) -> None:
     sde = SDES[name]()
-    gen = torch.Generator().manual_seed(1)
+    gen = seeded(1)
     x = 3 * torch.randn(8, 3, generator=gen, dtype=F64)
     t = torch.rand(8, generator=gen, dtype=F64) * 0.98 + 0.01
 
@@ -140,7 +139,7 @@ def test_score_fn_and_denoise_fn_wrap_an_eps_model(name: str) -> None:
 @pytest.mark.parametrize("sigma_data", [1.0, S])
 def test_score_model_returns_consistent_eps(name: str, prediction: str, sigma_data: float) -> None:
     sde = SDES[name]()
-    gen = torch.Generator().manual_seed(2)
+    gen = seeded(2)
     x = 2 * torch.randn(8, 3, generator=gen, dtype=F64)
     t = torch.rand(8, generator=gen, dtype=F64) * 0.97 + 0.02
     net = OracleNet(sde, prediction, sigma_data)
@@ -162,7 +161,7 @@ def test_score_model_returns_consistent_eps(name: str, prediction: str, sigma_da
 def test_score_model_with_known_zero_output(name: str, shape) -> None:
     """A net that predicts 0: eps = 0, or x0 = 0 (eps = x / sigma), or v = 0."""
     sde = SDES[name]()
-    gen = torch.Generator().manual_seed(3)
+    gen = seeded(3)
     x = torch.randn(shape, generator=gen, dtype=F64)
     t = torch.rand(shape[0], generator=gen, dtype=F64) * 0.9 + 0.05
     alpha, sigma = (bcast(c, x) for c in sde.marginal_coeffs(t))

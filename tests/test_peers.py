@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from benchmarks import peers
-from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
+from helpers import SDES
+from sde_gen import VESDE, VPSDE, GaussianMixture
 from sde_gen.data.toy2d import Toy2D
 
 F64 = torch.float64
@@ -22,12 +23,11 @@ needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is No
                                      reason="diffusers (the bench extra) is not installed")
 
 
-@pytest.mark.parametrize("make_sde", [VPSDE, SubVPSDE, lambda: VESDE(sigma_max=15.0)],
-                         ids=["vp", "subvp", "ve"])
-def test_kdiffusion_denoiser_is_the_oracle_x0(make_sde):
+@pytest.mark.parametrize("name", list(SDES))
+def test_kdiffusion_denoiser_is_the_oracle_x0(name):
     # k-diffusion's state x_ve = x_t / alpha_t at noise level sigma_t / alpha_t must give the
     # exact x0 of the mixture, from the eps oracle (Tweedie) and from the x0 oracle alike.
-    sde = make_sde()
+    sde = {**SDES, "ve": lambda: VESDE(sigma_max=15.0)}[name]()
     gm = GaussianMixture(torch.tensor([[1.0, -0.5], [-1.0, 0.8]], dtype=F64),
                          torch.tensor([[0.2, 0.3], [0.4, 0.1]], dtype=F64),
                          torch.tensor([0.4, 0.6], dtype=F64))

@@ -13,23 +13,17 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import F64, SDE_NAMES, SDES, make_sde, seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.app.config import ConfigError, load_config
 from sde_gen.app.train import lr_at
 from sde_gen.ema import EMA, power_ema_gamma
 from sde_gen.losses import dsm_loss, make_weighting, weight_likelihood
 from sde_gen.parameterization import ScoreModel
-from sde_gen.sde import VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import VESDE, VPSDE
 from sde_gen.time_sampling import TimeSampler
 
-F64 = torch.float64
-SDES = {"vp": VPSDE, "vp_cosine": lambda: VPSDE(schedule="cosine"), "subvp": SubVPSDE,
-        "ve": VESDE}
 T_EPS = 1e-5
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def log_t_quadrature(fn, lo: float, hi: float, n: int = 200_001) -> float:
@@ -39,10 +33,10 @@ def log_t_quadrature(fn, lo: float, hi: float, n: int = 200_001) -> float:
     return torch.trapezoid(fn(t) * t, u).item()
 
 
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_likelihood_weight_is_minus_dlogsnr_dt(name):
     # The identity behind importance sampling: g^2 / sigma^2 = -d log SNR / dt (autograd here).
-    sde = SDES[name]()
+    sde = make_sde(name)
     t = torch.linspace(1e-4, sde.T - 1e-3, 97, dtype=F64).requires_grad_(True)
     log_snr = 2 * sde.log_snr(t)
     (d,) = torch.autograd.grad(log_snr.sum(), t)
@@ -50,9 +44,9 @@ def test_likelihood_weight_is_minus_dlogsnr_dt(name):
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "importance", "lognormal"])
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_time_density_integrates_to_one_and_matches_draws(name, sampling):
-    sde = SDES[name]()
+    sde = make_sde(name)
     ts = TimeSampler(sampling)
     total = log_t_quadrature(lambda t: ts.density(sde, t, t_eps=T_EPS), T_EPS, sde.T)
     assert abs(total - 1) < 1e-6, total  # quadrature error of 2e5 log-spaced points
@@ -66,10 +60,12 @@ def test_time_density_integrates_to_one_and_matches_draws(name, sampling):
         assert abs(emp - cdf) < 4 * math.sqrt(cdf * (1 - cdf) / 40_000) + 1e-4, (q, emp, cdf)
 
 
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_importance_estimator_equals_uniform_in_expectation(name):
-    sde = SDES[name]()
-    f = lambda t: weight_likelihood(sde, t) * (0.3 + torch.sin(3 * t) ** 2)  # noqa: E731
+    sde = make_sde(name)
+    def f(t):
+        return weight_likelihood(sde, t) * (0.3 + torch.sin(3 * t) ** 2)
+
     exact = log_t_quadrature(f, T_EPS, sde.T) / (sde.T - T_EPS)  # E_{U(t_eps, T)} f
     t, r = TimeSampler("importance").sample(sde, 200_000, t_eps=T_EPS, generator=seeded(2),
                                             dtype=F64)
@@ -134,12 +130,14 @@ class _Fixed(nn.Module):
         return self.fn(x)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", list(SDES))
 def test_edm_preconditioning_equals_table_1(name):
     sde, s = SDES[name](), 0.7
     x = torch.randn(64, 3, generator=seeded(4), dtype=F64) * 3
     t = torch.linspace(1e-4, 1.0, 64, dtype=F64)
-    F = lambda x_in: torch.tanh(x_in) - 0.3  # noqa: E731
+    def F(x_in):
+        return torch.tanh(x_in) - 0.3
+
     eps = ScoreModel(_Fixed(F), sde, prediction="edm", sigma_data=s)(x, t)
     alpha_t, sigma_t = sde.marginal_coeffs(t)
     sig = (sigma_t / alpha_t)[:, None]
@@ -157,7 +155,7 @@ def test_edm_skip_is_the_gaussian_denoiser():
     gm = GaussianMixture.gaussian(torch.zeros(2, dtype=F64), torch.tensor(s**2, dtype=F64))
     x = torch.randn(32, 2, generator=seeded(5), dtype=F64)
     t = torch.linspace(1e-3, 1.0, 32, dtype=F64)
-    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+    for sde in (cls() for cls in SDES.values()):
         model = ScoreModel(_Fixed(torch.zeros_like), sde, prediction="edm", sigma_data=s)
         torch.testing.assert_close(model(x, t), gm.eps(x, t, sde), rtol=1e-9, atol=1e-10)
 

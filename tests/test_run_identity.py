@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import TINY_MLP, cli_sets
 from sde_gen.app.checkpoint import list_checkpoints, load_checkpoint
 from sde_gen.app.cli import app
 from sde_gen.app.config import RESUMABLE_KEYS, load_config
@@ -18,13 +19,7 @@ from sde_gen.app.train import train
 from sde_gen.errors import ConfigError, UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-        "train.batch_size=32", "train.plot_samples=0", "train.log_every=2", "train.warmup=1",
-        "train.device=cpu"]
-
-
-def _sets(sets):
-    return [a for s in sets for a in ("--set", s)]
+FAST = [*TINY_MLP, "train.log_every=2", "train.warmup=1"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def test_resume_with_a_different_run_config_is_refused(run, change, key, new, ol
 def test_cli_resume_with_another_sde_is_one_line_error(run):
     config = (run / "config.yaml").read_text()
     res = CliRunner().invoke(app, ["train", "--workdir", str(run), "--sde", "ve", "--no-progress",
-                                   *_sets(FAST + ["train.steps=8"])])
+                                   *cli_sets(FAST + ["train.steps=8"])])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("error: cannot resume"), res.output
@@ -87,7 +82,7 @@ def test_allowed_changes_resume(run):
 def _cli(workdir, *sets):
     return subprocess.run(
         [sys.executable, "-m", "sde_gen.app.cli", "train", "--workdir", str(workdir),
-         "--no-progress", *_sets(FAST + list(sets))],
+         "--no-progress", *cli_sets(FAST + list(sets))],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import seeded
-from sde_gen import VESDE, VPSDE, GaussianMixture, SubVPSDE
+from sde_gen import VESDE, VPSDE, GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, sample, sample_ddim
 from sde_gen.sampling.solvers import solver_table
@@ -143,10 +143,10 @@ DETERMINISTIC = {
 }
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("solver", list(DETERMINISTIC))
 def test_deterministic_solver_lands_on_exact_endpoint(sde_name, solver):
-    sde = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=10.0)}[sde_name]()
+    sde = {**SDES, "ve": lambda: VESDE(sigma_max=10.0)}[sde_name]()
     opts, bounds = DETERMINISTIC[solver]
     bound = bounds[sde_name]
     err, nfe = ode_error(mixture_2d(), sde, solver, **opts)
@@ -190,10 +190,10 @@ STOCHASTIC_CASES = [
 
 
 @pytest.mark.parametrize("problem", ["2d", "8d"])
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", list(SDES))
 def test_every_solver_reproduces_the_data(problem, sde_name):
     gm = mixture_2d() if problem == "2d" else mixture_8d()
-    sde = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=20.0)}[sde_name]()
+    sde = {**SDES, "ve": lambda: VESDE(sigma_max=20.0)}[sde_name]()
     n = 2048 if problem == "2d" else 1024
     floor = sw_floor(gm, n)
     data = gm.sample(n, generator=torch.Generator().manual_seed(9), dtype=F64)
@@ -227,7 +227,7 @@ API_CASES = [(name, {"steps": 5}) for name in SOLVERS] + [
     ("ode", {"method": "rk4", "steps": 5}), ("ode", {"rtol": 1e-3, "atol": 1e-3})]
 
 
-@pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE, VESDE])
+@pytest.mark.parametrize("sde_cls", list(SDES.values()))
 @pytest.mark.parametrize("shape", [(6, 2), (3, 2, 4, 4)])
 @pytest.mark.parametrize("solver, opts", API_CASES)
 def test_shapes_determinism_and_counted_nfe(sde_cls, shape, solver, opts):

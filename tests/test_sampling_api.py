@@ -22,21 +22,17 @@ from typing import Callable
 import pytest
 import torch
 
+from helpers import F64, SDES, seeded
 from sde_gen.sampling import SOLVERS, sample
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import SDE, VESDE, VPSDE
 from sde_gen.tensor_utils import append_dims
 
-F32, F64 = torch.float32, torch.float64
+F32 = torch.float32
 MU, S = 0.5, 0.8  # the analytic model's data: N(MU, S^2) per coordinate
 STEPS = 6  # grid intervals for every grid solver below
 
-SDES: dict[str, Callable[[], SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 SHAPES = {"flat": (5, 2), "image": (3, 3, 4, 4)}
 DTYPES = {"f32": F32, "f64": F64}
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class GaussianEps:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import SDE_NAMES, make_sde, seeded
 from sde_gen.schedules import (
     CosineBeta,
     LinearBeta,
@@ -14,19 +15,10 @@ from sde_gen.schedules import (
     scaled_linear_betas,
     time_grid,
 )
-from sde_gen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_gen.sde import VESDE, VPSDE
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX, N = 0.01, 50.0, 1000
-
-
-def make_sde(name: str) -> SDE:
-    return {
-        "vp": lambda: VPSDE(),
-        "vp_cosine": lambda: VPSDE(schedule="cosine"),
-        "subvp": lambda: SubVPSDE(),
-        "ve": lambda: VESDE(),
-    }[name]()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -148,7 +140,7 @@ def test_vp_cosine_discrete_chain_matches_continuous() -> None:
     torch.testing.assert_close(s_d, sigma_t, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["vp", "vp_cosine", "subvp", "ve"])
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_time_index_round_trip(name: str) -> None:
     sde = make_sde(name)
     i = torch.arange(sde.N)
@@ -176,7 +168,7 @@ def test_ve_index_to_time_hits_the_smld_ladder() -> None:
 @pytest.mark.parametrize("jitter", [0.0, 0.3, -0.3])
 def test_vp_discretize_is_ddpm_step(jitter: float) -> None:
     sde = VPSDE()
-    gen = torch.Generator().manual_seed(41)
+    gen = seeded(41)
     i = torch.cat([torch.tensor([0, 999]), torch.randint(0, 1000, (14,), generator=gen)])
     t = sde.index_to_time(i) + jitter / 1000  # within half a step of t_i
     x = torch.randn(16, 3, generator=gen, dtype=F64)
@@ -190,7 +182,7 @@ def test_vp_discretize_is_ddpm_step(jitter: float) -> None:
 @pytest.mark.parametrize("jitter", [0.0, 0.3, -0.3])
 def test_ve_discretize_is_smld_step(jitter: float) -> None:
     sde = VESDE()
-    gen = torch.Generator().manual_seed(43)
+    gen = seeded(43)
     i = torch.cat([torch.tensor([0, 1, 999]), torch.randint(2, 999, (13,), generator=gen)])
     t = (sde.index_to_time(i) + jitter / (N - 1)).clamp(0, 1)
     x = torch.randn(16, 2, 2, generator=gen, dtype=F64)
@@ -207,7 +199,7 @@ def test_ve_discretize_is_smld_step(jitter: float) -> None:
 # -------------------------------------------------------------------------------------------------
 # 5. log-SNR and its inverse
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["vp", "vp_cosine", "subvp", "ve"])
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_log_snr_round_trip(name: str) -> None:
     sde = make_sde(name)
     t = torch.linspace(1e-3, sde.T - 1e-3, 200, dtype=F64)

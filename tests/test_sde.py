@@ -11,24 +11,13 @@ import math
 import pytest
 import torch
 
-from sde_gen.sde import SDE, SDES, VESDE, VPSDE, ReverseSDE, SubVPSDE
-
-F64 = torch.float64
-NAMES = ("vp", "vp_cosine", "subvp", "ve")
+from helpers import F64, SDE_NAMES, SDES, make_sde, seeded
+from sde_gen.sde import VESDE, VPSDE, ReverseSDE, SubVPSDE
 
 # Defaults of the package, restated here so that the closed forms below are independent of it.
 BETA_MIN, BETA_MAX = 0.1, 20.0
 COSINE_S = 0.008
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
-
-
-def make_sde(name: str) -> SDE:
-    return {
-        "vp": lambda: VPSDE(),
-        "vp_cosine": lambda: VPSDE(schedule="cosine"),
-        "subvp": lambda: SubVPSDE(),
-        "ve": lambda: VESDE(),
-    }[name]()
 
 
 def closed_form(name: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +52,11 @@ def toy_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------
 # 1. marginals: closed form, Monte-Carlo Euler-Maruyama, moment ODEs
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("shape", [(7, 2), (7, 3, 4, 4)])
 def test_marginal_prob_matches_closed_form(name: str, shape: tuple[int, ...]) -> None:
     sde = make_sde(name)
-    gen = torch.Generator().manual_seed(0)
+    gen = seeded(0)
     x = torch.randn(shape, generator=gen, dtype=F64)
     t = torch.linspace(1e-3, sde.T, shape[0], dtype=F64)
     mean, std = sde.marginal_prob(x, t)
@@ -81,11 +70,11 @@ def test_marginal_prob_matches_closed_form(name: str, shape: tuple[int, ...]) ->
     torch.testing.assert_close(s2, sigma, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_marginal_matches_euler_maruyama_monte_carlo(name: str) -> None:
     """Simulate dx = f dt + g dw from t=0 with small steps and compare moments at 3 times."""
     sde = make_sde(name)
-    gen = torch.Generator().manual_seed(1234)
+    gen = seeded(1234)
     n_paths, dt = 10_000, 1e-3
     # The cosine VP schedule has beta -> inf at t -> 1 (its T is 0.9946); its last check is 0.9.
     checks = {100: 0.1, 500: 0.5, 1000: 1.0} if name != "vp_cosine" else {100: 0.1, 500: 0.5,
@@ -119,7 +108,7 @@ def test_marginal_matches_euler_maruyama_monte_carlo(name: str) -> None:
             assert (z_var < 4).all(), (name, checks[k + 1], z_var)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 def test_moment_odes_hold(name: str) -> None:
     """d alpha/dt = f(t) alpha and d sigma^2/dt = 2 f(t) sigma^2 + g(t)^2 (autograd on t)."""
     sde = make_sde(name)
@@ -135,7 +124,7 @@ def test_moment_odes_hold(name: str) -> None:
         f_coef, g = sde.sde(torch.ones(tt.shape[0], 1, dtype=F64), tt)
         f_coef = f_coef[:, 0]
         # The drift really is linear in x with that coefficient (float64 rounding: rtol 1e-12).
-        x = torch.randn(tt.shape[0], 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+        x = torch.randn(tt.shape[0], 3, generator=seeded(3), dtype=F64)
         torch.testing.assert_close(sde.sde(x, tt)[0], f_coef[:, None] * x, rtol=1e-12, atol=0)
         alpha, sigma = alpha.detach(), sigma.detach()
     # Analytic identities in float64; only rounding separates the sides: rtol 1e-9.
@@ -146,11 +135,11 @@ def test_moment_odes_hold(name: str) -> None:
 # -------------------------------------------------------------------------------------------------
 # 2. prior
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 4, 4)])
 def test_prior_logp_matches_torch_normal(name: str, shape: tuple[int, ...]) -> None:
     sde = make_sde(name)
-    z = 1.3 * sde.prior_std * torch.randn(shape, generator=torch.Generator().manual_seed(5),
+    z = 1.3 * sde.prior_std * torch.randn(shape, generator=seeded(5),
                                           dtype=F64)
     scale = torch.tensor(sde.prior_std, dtype=F64)  # float64 parameters, not the float32 default
     normal = torch.distributions.Normal(torch.zeros((), dtype=F64), scale)
@@ -161,19 +150,19 @@ def test_prior_logp_matches_torch_normal(name: str, shape: tuple[int, ...]) -> N
     torch.testing.assert_close(logp, expected.sum(1), rtol=1e-12, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("shape", [(50_000, 2), (1_000, 3, 4, 4)])
 def test_prior_sampling_shape_std_and_reproducible(name: str, shape: tuple[int, ...]) -> None:
     sde = make_sde(name)
-    z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(11), dtype=F64)
+    z = sde.prior_sampling(shape, generator=seeded(11), dtype=F64)
     assert z.shape == shape and z.dtype == F64
     n = z.numel()
     expected_std = 50.0 if name == "ve" else 1.0  # VE prior N(0, sigma_max^2), VP-family N(0, 1)
     # Tolerance: 4 standard errors of the sample mean (s/sqrt n) and std (s/sqrt(2n)).
     assert abs(z.mean().item()) < 4 * expected_std / math.sqrt(n)
     assert abs(z.std().item() - expected_std) < 4 * expected_std / math.sqrt(2 * n)
-    again = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(11), dtype=F64)
-    other = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(12), dtype=F64)
+    again = sde.prior_sampling(shape, generator=seeded(11), dtype=F64)
+    other = sde.prior_sampling(shape, generator=seeded(12), dtype=F64)
     assert torch.equal(z, again)  # exact: same seed, same draw
     assert not torch.equal(z, other)
 
@@ -181,12 +170,12 @@ def test_prior_sampling_shape_std_and_reproducible(name: str, shape: tuple[int, 
 # -------------------------------------------------------------------------------------------------
 # 3. reverse SDE and probability-flow ODE
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("shape", [(6, 2), (6, 3, 4, 4)])
 @pytest.mark.parametrize("method", ["sde", "discretize"])
 def test_reverse_drift_and_diffusion(name: str, shape: tuple[int, ...], method: str) -> None:
     sde = make_sde(name)
-    gen = torch.Generator().manual_seed(21)
+    gen = seeded(21)
     x = torch.randn(shape, generator=gen, dtype=F64)
     t = torch.linspace(0.05, 0.95 * sde.T, shape[0], dtype=F64)
     f, g = getattr(sde, method)(x, t)
@@ -209,7 +198,7 @@ def test_reverse_drift_and_diffusion(name: str, shape: tuple[int, ...], method: 
 # -------------------------------------------------------------------------------------------------
 # 6. property test: every method on (B, 2) and (B, 3, 4, 4), float32 and float64
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("shape", [(5, 2), (5, 3, 4, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_method_shapes_dtypes_finite(
@@ -217,7 +206,7 @@ def test_every_method_shapes_dtypes_finite(
 ) -> None:
     sde = make_sde(name)
     b = shape[0]
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(31), dtype=dtype)
+    x = torch.randn(shape, generator=seeded(31), dtype=dtype)
     t = torch.linspace(1e-3, sde.T, b, dtype=dtype)  # includes both ends of the time range
 
     def check(v: torch.Tensor, want_shape: tuple[int, ...]) -> None:
@@ -245,9 +234,9 @@ def test_every_method_shapes_dtypes_finite(
         for out in (rev.sde(x, t), rev.discretize(x, t)):
             check(out[0], shape)
             check(out[1], (b,))
-    z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    z = sde.prior_sampling(shape, generator=seeded(2), dtype=dtype)
     check(z, shape)
-    assert torch.equal(z, sde.prior_sampling(shape, generator=torch.Generator().manual_seed(2),
+    assert torch.equal(z, sde.prior_sampling(shape, generator=seeded(2),
                                              dtype=dtype))  # deterministic under a fixed seed
     check(sde.prior_logp(z), (b,))
     i = sde.time_to_index(t)
@@ -270,7 +259,7 @@ BAD_TIMES = {
 }
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SDE_NAMES)
 @pytest.mark.parametrize("bad", list(BAD_TIMES))
 def test_bad_time_shape_raises_clear_value_error(name: str, bad: str) -> None:
     sde = make_sde(name)
@@ -309,7 +298,7 @@ def test_interface_declares_what_its_users_call(name):
     # up to T, or just below it where alpha_T = 0 (f and g diverge at a flow path's T)
     t = torch.linspace(1e-3, sde.T - (1e-3 if sde.pure_noise_at_T else 0.0), 9,
                        dtype=torch.float64)
-    x = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(9, 3, dtype=torch.float64, generator=seeded(0))
     drift, g = sde.sde(x, t)
     assert torch.equal(g, sde.diffusion(t))
     assert torch.allclose(drift, sde.drift_coeff(t)[:, None] * x)

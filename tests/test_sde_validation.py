@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SDE_NAMES, SDES, make_sde
 from sde_gen.app.config import ConfigError, load_config
 from sde_gen.chain import grid_coeffs
 from sde_gen.errors import UserInputError
@@ -95,10 +96,9 @@ def test_marginal_prob_rejects_times_outside_0_T(t: list[float], got: str) -> No
     one_line(e)
 
 
-@pytest.mark.parametrize("sde_fn", [VPSDE, lambda: VPSDE(schedule="cosine"), SubVPSDE, VESDE],
-                         ids=["vp", "vp_cosine", "subvp", "ve"])
-def test_marginal_prob_accepts_the_closed_interval(sde_fn) -> None:
-    sde = sde_fn()
+@pytest.mark.parametrize("name", SDE_NAMES)
+def test_marginal_prob_accepts_the_closed_interval(name: str) -> None:
+    sde = make_sde(name)
     t = torch.tensor([0.0, 0.5 * sde.T, sde.T], dtype=F64)
     mean, std = sde.marginal_prob(torch.ones(3, 2, dtype=F64), t)
     assert mean.shape == (3, 2) and std.shape == (3,)
@@ -237,5 +237,5 @@ def test_config_accepts_keys_the_sde_uses(overrides: list[str]) -> None:
 def test_full_default_yaml_works_with_every_sde() -> None:
     """configs/toy2d.yaml lists every sde.* key at its default, so any sde.name may override it."""
     path = Path(__file__).resolve().parents[1] / "configs" / "toy2d.yaml"
-    for name in ("vp", "subvp", "ve"):
+    for name in SDES:
         assert load_config(path, [f"sde.name={name}"]).sde.name == name

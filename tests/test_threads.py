@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli_runs import image_run, pictures, toy_run
 from typer.testing import CliRunner
 
 import sde_gen.app.runs as runs
 import sde_gen.app.threads as threads
+from cli_runs import image_run, pictures, toy_run
 from sde_gen.app.cli import app
 from sde_gen.app.config import load_config
 from sde_gen.app.threads import apply_thread_policy, thread_count
