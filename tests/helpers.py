@@ -17,6 +17,11 @@ from sde_gen.sde import SDE, SDES, VPSDE
 F64 = torch.float64
 #: The registered SDEs and VP with [Nichol21]'s cosine schedule, by name (see :func:`make_sde`).
 SDE_NAMES = (*SDES, "vp_cosine")
+#: The registered SDEs whose ``alpha_T > 0`` (VP, sub-VP, VE): where the tests' measured bounds
+#: and the discrete chains are; and the flow paths (``alpha_T = 0``), tested in test_flow_path.py
+#: and wherever a contract holds for every path.
+DIFFUSION_SDES = {n: c for n, c in SDES.items() if not c().pure_noise_at_T}
+FLOW_SDES = {n: c for n, c in SDES.items() if n not in DIFFUSION_SDES}
 
 # Tiny runs: ``section.key=value`` overrides that keep a training run to seconds on one CPU core.
 # A test adds its steps and what it checks (later overrides win).
@@ -79,3 +84,20 @@ def user_error(fn: Callable[[], object]) -> str:
     text = str(err.value)
     assert "\n" not in text and text
     return text
+
+
+def refuses_the_chain(sde: SDE, solver: str, options: dict) -> bool:
+    """Whether ``solver`` with ``options`` walks the discrete chain (its ``discrete`` option, or
+    its default) on an SDE that has none (the flow paths): ``sample`` then refuses it in one
+    line, which a caller checks with :func:`check_refuses_the_chain`."""
+    from sde_gen.sampling import SOLVERS
+
+    spec = SOLVERS[solver]
+    walks = bool(options.get("discrete", spec.discrete_default))
+    return walks and sde.chain == "none"
+
+
+def check_refuses_the_chain(fn: Callable[[], object]) -> None:
+    """``fn()`` stops with the one-line "no discrete chain" error before any model call."""
+    assert "has no discrete chain" in user_error(fn)
+

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import F64, SDES, mixture, seeded
+from helpers import DIFFUSION_SDES, F64, FLOW_SDES, SDES, mixture, seeded, user_error
 from sde_gen.errors import UserInputError
 from sde_gen.interop.k_diffusion import DenoiserEpsModel, KarrasDenoiser, from_denoiser
 from sde_gen.sampling import sample
@@ -76,7 +76,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- conversions (no k-diffusion) -----------------------------------------------------------------
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", list(DIFFUSION_SDES))
 def test_denoiser_is_the_exact_mixture_denoiser(name):
     sde, gm = SDES[name](), mixture()
     model = gm.eps_model(sde)
@@ -94,7 +94,7 @@ def test_denoiser_is_the_exact_mixture_denoiser(name):
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 3, 4, 4)])
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", list(DIFFUSION_SDES))
 def test_denoiser_shapes_and_closed_form(name, shape):
     sde = SDES[name]()
     kd = KarrasDenoiser(gaussian_eps(sde), sde)
@@ -107,7 +107,11 @@ def test_denoiser_shapes_and_closed_form(name, shape):
 
 
 def test_sigma_grid_and_time_maps():
-    for name in SDES:
+    for name in FLOW_SDES:  # sigma_max = inf: refused in one line
+        msg = user_error(lambda name=name: KarrasDenoiser(gaussian_eps(SDES[name]()),
+                                                          SDES[name]()))
+        assert "sigma_max" in msg and "inf at T" in msg
+    for name in DIFFUSION_SDES:
         sde = SDES[name]()
         kd = KarrasDenoiser(gaussian_eps(sde), sde)
         s = kd.sigmas(10)

@@ -29,7 +29,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from helpers import SDES, mixture, ode_reference, seeded
+from helpers import DIFFUSION_SDES, SDES, mixture, ode_reference, seeded
 from sde_gen.chain import grid_coeffs
 from sde_gen.sampling import sample
 from sde_gen.sampling.deis import (
@@ -140,7 +140,7 @@ def _case_id(case) -> str:
     return f"{solver}{options['order']}" + ("-variable" if options.get("variable_step") else "")
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 @pytest.mark.parametrize("case", ORDER_CASES, ids=[_case_id(c) for c in ORDER_CASES])
 def test_convergence_order(sde_name: str, case) -> None:
     solver, options, lo, hi, last_lo = case
@@ -152,7 +152,7 @@ def test_convergence_order(sde_name: str, case) -> None:
     assert r[-1] >= last_lo, r
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_higher_order_is_more_accurate(sde_name: str) -> None:
     """Each order beats the one below at every step count, except fixed AB4 against AB3: both
     are second order here, and AB4/AB3 measures 0.74-1.00 up to 80 steps (vp 0.90 0.74 0.88,
@@ -167,7 +167,7 @@ def test_higher_order_is_more_accurate(sde_name: str) -> None:
     assert all(b < 1.05 * a for a, b in zip(ab3, ab4)), (ab3, ab4)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_fixed_against_variable_step_ipndm(sde_name: str) -> None:
     """Fixed equal-step weights (the default) win at few steps, variable-step ones at many.
 
@@ -187,7 +187,7 @@ def test_fixed_against_variable_step_ipndm(sde_name: str) -> None:
 AB4 = (55 / 24, -59 / 24, 37 / 24, -9 / 24)  # [Zhang & Chen 2023] App., iPNDM's 4th-order step
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_one_ipndm4_step_is_the_published_formula(sde_name: str) -> None:
     sde = SDES[sde_name]()
     model = GM.eps_model(sde)
@@ -225,7 +225,7 @@ def scipy_tab_weights(sde: SDE, ts: torch.Tensor, k: int, order: int) -> list[fl
                            epsabs=0, epsrel=1e-13, limit=200)[0] for j in range(order)]
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 @pytest.mark.parametrize("spacing", ["logsnr", "uniform"])
 def test_deis_tab2_weights_and_step_match_scipy_quadrature(sde_name: str, spacing: str) -> None:
     sde = SDES[sde_name]()
@@ -250,7 +250,7 @@ def test_deis_tab2_weights_and_step_match_scipy_quadrature(sde_name: str, spacin
     torch.testing.assert_close(xs[k + 1], alpha[k + 1] * y, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_quadrature_is_converged_to_rounding(sde_name: str) -> None:
     """The package's 8-node pieces of <= 0.5 in log-SNR against 24 nodes on pieces <= 0.1, and
     the partition of unity: the weights of a row sum to ``rho_{k+1} - rho_k`` exactly."""
@@ -287,7 +287,7 @@ def test_time_from_log_snr_is_accurate_where_the_closed_form_is_not() -> None:
     assert polished <= 1e-14  # measured 1.3e-15 (closed form: 3.7e-12)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_variable_step_ipndm_is_fixed_on_an_equal_step_rho_grid(sde_name: str) -> None:
     sde = SDES[sde_name]()
     ends = grid_coeffs(sde, grid(sde, 1)).sigma_tilde
@@ -304,7 +304,7 @@ def test_variable_step_ipndm_is_fixed_on_an_equal_step_rho_grid(sde_name: str) -
 
 # -------------------------------------------------------------------------------------------------
 # (d) many steps
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_deis_keeps_converging_at_many_steps(sde_name: str) -> None:
     """No blow-up from 200 to 500 steps: the weights are exact float64 integrals (diffusers' float32
     closed form, on the same grids, measured below in (e), goes from 4.9e-4 at 100 steps to 3.7e-2
@@ -359,7 +359,7 @@ def logrho_deis(sde: SDE, x_T: torch.Tensor, ts: torch.Tensor, order: int) -> to
     return eps_multistep(GM.eps_model(sde), x_T, ts, coeffs.alpha, weights)[0]
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 @pytest.mark.parametrize("order", [2, 3])
 def test_deis_against_diffusers(sde_name: str, order: int) -> None:
     sde, x_T, ref = ode_reference(sde_name)
@@ -401,7 +401,7 @@ def test_diffusers_float32_deis_degrades_with_many_steps_and_ours_does_not() -> 
     assert ours[500] < ours[100] / 20  # measured 82x
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_ipndm_against_diffusers(sde_name: str) -> None:
     """diffusers' IPNDMScheduler is the same fixed-weight AB4 in rho, on other conventions: its
     model output is v (it forms eps = sigma x + alpha v), its state VP-scaled, its default grid

@@ -44,15 +44,14 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import F64, seeded
-from helpers import SDES as REGISTERED_SDES
+from helpers import DIFFUSION_SDES, F64, seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, sample
 from sde_gen.sde import SDE, VESDE
 
 # The registered SDEs, VE with sigma_max 20.
-SDES: dict[str, Callable[[], SDE]] = {**REGISTERED_SDES, "ve": lambda: VESDE(sigma_max=20.0)}
+SDES: dict[str, Callable[[], SDE]] = {**DIFFUSION_SDES, "ve": lambda: VESDE(sigma_max=20.0)}
 PROJ_SEED = 7  # the same 256 projection directions for every SW2 in this file
 SW_FACTOR = 2.0  # SW2 <= 2 x noise floor; measured exact-score ratios 0.41-1.81 (see below)
 Z_MEAN, Z_COV = 5.0, 8.0  # |mean error| <= 5 SE and |covariance error| <= 8 SE, per entry

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import SDES, mixture, ode_reference, seeded
+from helpers import DIFFUSION_SDES, mixture, ode_reference, seeded
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import sample, sample_ancestral, sample_ddim
 from sde_gen.sde import VPSDE
@@ -185,7 +185,7 @@ def fmt(errs: list[float]) -> str:
     return f"errors {' '.join('%.2e' % e for e in errs)} ratios {' '.join('%.2f' % v for v in r)}"
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_ddim_eta0_converges_to_probability_flow_ode_first_order(sde_name: str) -> None:
     errs = endpoint_errors(sde_name, "ddim", (25, 50, 100, 200))
     r = ratios(errs)
@@ -197,7 +197,7 @@ def test_ddim_eta0_converges_to_probability_flow_ode_first_order(sde_name: str) 
     assert errs[-1] < 1e-2  # measured 7.4e-3 .. 8.1e-3 at 200 steps
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 @pytest.mark.parametrize("solver", ["dpm", "heun"])  # dpm with order=2 (2M)
 def test_dpm_2m_and_heun_converge_second_order(sde_name: str, solver: str) -> None:
     options = {"order": 2} if solver == "dpm" else {}
@@ -211,7 +211,7 @@ def test_dpm_2m_and_heun_converge_second_order(sde_name: str, solver: str) -> No
     assert all(3.0 <= v <= 6.0 for v in r), r
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_dpm_3m_beats_2m_and_converges_at_least_second_order(sde_name: str) -> None:
     """3M is the DPM-Solver++ reference formula (official code / diffusers). Measured, it
     converges at ~2nd order (ratios 4.2-4.9 at 20 -> 40 -> 80 -> 160) with a ~3x smaller constant
@@ -229,7 +229,7 @@ def test_dpm_3m_beats_2m_and_converges_at_least_second_order(sde_name: str) -> N
     assert errs2[0] / errs3[2] >= 2.0
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_dpm_3m_taylor3_converges_third_order(sde_name: str) -> None:
     """``variant="taylor3"`` weights the second difference ``2 d2`` (``d2 ~ h^2 D''/2``): the
     third-order Taylor term, so 3M becomes truly third order (ratio 8 per doubling)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import seeded
+from helpers import DIFFUSION_SDES, check_refuses_the_chain, refuses_the_chain, seeded
 from sde_gen import VESDE, VPSDE, GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, sample, sample_ddim
@@ -31,12 +31,19 @@ def mixture_8d() -> GaussianMixture:
 
 
 class Counter:
-    def __init__(self, model):
-        self.model, self.calls = model, 0
+    """Counts the calls of an eps-model; with ``x0_fn``, ``predict`` gives that x0 too (as a
+    flow path's T needs), counted as one call."""
+
+    def __init__(self, model, x0_fn=None):
+        self.model, self.calls, self.x0_fn = model, 0, x0_fn
+        self.predicts_x0 = x0_fn is not None
 
     def __call__(self, x, t):
         self.calls += 1
         return self.model(x, t)
+
+    def predict(self, x, t):
+        return self(x, t), self.x0_fn(x, t)
 
 
 # -- published update equations ------------------------------------------------------------------
@@ -143,7 +150,7 @@ DETERMINISTIC = {
 }
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 @pytest.mark.parametrize("solver", list(DETERMINISTIC))
 def test_deterministic_solver_lands_on_exact_endpoint(sde_name, solver):
     sde = {**SDES, "ve": lambda: VESDE(sigma_max=10.0)}[sde_name]()
@@ -190,7 +197,7 @@ STOCHASTIC_CASES = [
 
 
 @pytest.mark.parametrize("problem", ["2d", "8d"])
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_every_solver_reproduces_the_data(problem, sde_name):
     gm = mixture_2d() if problem == "2d" else mixture_8d()
     sde = {**SDES, "ve": lambda: VESDE(sigma_max=20.0)}[sde_name]()
@@ -233,10 +240,14 @@ API_CASES = [(name, {"steps": 5}) for name in SOLVERS] + [
 def test_shapes_determinism_and_counted_nfe(sde_cls, shape, solver, opts):
     sde = sde_cls()
     w = torch.randn(shape[1:], generator=torch.Generator().manual_seed(0))
-    counter = Counter(lambda x, t: torch.tanh(x * w) * (1 + t.reshape(-1, *([1] * (x.ndim - 1)))))
+    counter = Counter(lambda x, t: torch.tanh(x * w) * (1 + t.reshape(-1, *([1] * (x.ndim - 1)))),
+                      x0_fn=lambda x, t: torch.tanh(x))
 
     def run(seed):
         return sample(counter, sde, shape, solver, generator=seeded(seed), **opts)
+
+    if refuses_the_chain(sde, solver, opts):
+        return check_refuses_the_chain(lambda: run(0))
 
     a = run(0)
     assert a.x.shape == shape and torch.isfinite(a.x).all()

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from helpers import F64, SDE_NAMES, SDES, make_sde, seeded
+from helpers import F64, SDE_NAMES, SDES, make_sde, seeded, user_error
 from sde_gen.sde import VESDE, VPSDE, ReverseSDE, SubVPSDE
 
 # Defaults of the package, restated here so that the closed forms below are independent of it.
@@ -36,6 +36,10 @@ def closed_form(name: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         return torch.sqrt(abar), torch.sqrt(1 - abar)
     if name == "ve":
         return torch.ones_like(t), SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
+    if name == "flow":  # rectified flow's linear interpolant, [Liu23]
+        return 1 - t, t
+    if name == "trig":  # [Albergo23] Sec. 4
+        return torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
     raise KeyError(name)
 
 
@@ -77,8 +81,10 @@ def test_marginal_matches_euler_maruyama_monte_carlo(name: str) -> None:
     gen = seeded(1234)
     n_paths, dt = 10_000, 1e-3
     # The cosine VP schedule has beta -> inf at t -> 1 (its T is 0.9946); its last check is 0.9.
-    checks = {100: 0.1, 500: 0.5, 1000: 1.0} if name != "vp_cosine" else {100: 0.1, 500: 0.5,
-                                                                            900: 0.9}
+    # The cosine VP schedule has beta -> inf at t -> 1 (its T is 0.9946), the flow paths' f and g
+    # diverge at T = 1: their last check is 0.9.
+    checks = ({100: 0.1, 500: 0.5, 1000: 1.0} if name not in ("vp_cosine", "flow", "trig")
+              else {100: 0.1, 500: 0.5, 900: 0.9})
     x0 = torch.tensor([1.5, -0.5], dtype=F64).expand(n_paths, 2)
     x = x0.clone()
     if name == "ve":  # VE convention: q_0 = p_data * N(0, sigma_min^2) (see VESDE docstring).
@@ -178,6 +184,9 @@ def test_reverse_drift_and_diffusion(name: str, shape: tuple[int, ...], method: 
     gen = seeded(21)
     x = torch.randn(shape, generator=gen, dtype=F64)
     t = torch.linspace(0.05, 0.95 * sde.T, shape[0], dtype=F64)
+    if method == "discretize" and sde.chain == "none":  # the flow paths: no discrete chain
+        assert "has no discrete chain" in user_error(lambda: sde.discretize(x, t))
+        return
     f, g = getattr(sde, method)(x, t)
     score = toy_score(x, t)
 
@@ -208,6 +217,13 @@ def test_every_method_shapes_dtypes_finite(
     b = shape[0]
     x = torch.randn(shape, generator=seeded(31), dtype=dtype)
     t = torch.linspace(1e-3, sde.T, b, dtype=dtype)  # includes both ends of the time range
+    if sde.pure_noise_at_T:  # alpha_T = 0: the marginals are finite at T, f and g are not
+        alpha, sigma = sde.marginal_coeffs(t)
+        assert torch.isfinite(alpha).all() and alpha[-1] == 0 and (alpha[:-1] > 0).all()
+        assert sigma[-1] == 1 and torch.isinf(sde.log_snr(t)[-1])
+        t = t[:-1] * (1 - 1e-3)  # below T from here on
+        b, x = b - 1, x[:-1]
+        shape = (b, *shape[1:])
 
     def check(v: torch.Tensor, want_shape: tuple[int, ...]) -> None:
         assert v.shape == want_shape and v.dtype == dtype and torch.isfinite(v).all()
@@ -225,13 +241,15 @@ def test_every_method_shapes_dtypes_finite(
     lam = sde.log_snr(t)
     check(lam, (b,))
     check(sde.t_from_log_snr(lam), (b,))
-    f, big_g = sde.discretize(x, t)
-    check(f, shape)
-    check(big_g, (b,))
-    assert (big_g > 0).all()
+    has_chain = sde.chain != "none"
+    if has_chain:
+        f, big_g = sde.discretize(x, t)
+        check(f, shape)
+        check(big_g, (b,))
+        assert (big_g > 0).all()
     for pf in (False, True):
         rev = sde.reverse(toy_score, probability_flow=pf)
-        for out in (rev.sde(x, t), rev.discretize(x, t)):
+        for out in (rev.sde(x, t), *((rev.discretize(x, t),) if has_chain else ())):
             check(out[0], shape)
             check(out[1], (b,))
     z = sde.prior_sampling(shape, generator=seeded(2), dtype=dtype)
@@ -244,6 +262,9 @@ def test_every_method_shapes_dtypes_finite(
     assert ((i >= 0) & (i < sde.N)).all()
     ti = sde.index_to_time(i)
     assert ti.shape == (b,) and ((ti >= 0) & (ti <= sde.T + 1e-12)).all()
+    if not has_chain:
+        assert "has no discrete chain" in user_error(lambda: sde.discrete_coeffs(i))
+        return
     for c in sde.discrete_coeffs(i):
         assert c.shape == (b,) and torch.isfinite(c).all() and (c > 0).all()
 

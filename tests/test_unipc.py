@@ -24,7 +24,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from helpers import SDES, mixture, ode_reference, seeded
+from helpers import DIFFUSION_SDES, SDES, mixture, ode_reference, seeded
 from sde_gen.errors import UserInputError
 from sde_gen.sampling import make_grid, sample
 from sde_gen.sampling.unipc import FEW_STEPS, _step_orders, _unipc_coeffs, sample_unipc
@@ -39,7 +39,7 @@ GM = mixture()
 # -------------------------------------------------------------------------------------------------
 # (a) order 1 without UniC = DDIM
 @pytest.mark.parametrize("spacing,steps", [("logsnr", 10), ("uniform", 25)])
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_order_1_without_unic_is_ddim(sde_name: str, spacing: str, steps: int) -> None:
     sde = SDES[sde_name]()
     model = GM.eps_model(sde)
@@ -82,7 +82,7 @@ def fmt(errs) -> str:
 
 
 STEPS = {1: (20, 40, 80), 2: (20, 40, 80, 160), 3: (20, 40, 80, 160)}
-CONV_P = pytest.mark.parametrize("sde_name", list(SDES))
+CONV_P = pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 ORDER_P = pytest.mark.parametrize("order", [1, 2, 3])
 VARIANT_P = pytest.mark.parametrize("variant", ["bh1", "bh2"])
 
@@ -212,7 +212,7 @@ class Unipc2Bh2:
         return x_new - a_i * big_b * (rho_1 * (m1 - m0) / r1 + rho_2 * (m_t - m0))
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_unipc_2_bh2_steps_are_the_published_updates(sde_name: str) -> None:
     """Three intervals on an unequal grid (r_1 != -1): UniP-1, UniC-1, UniP-2, UniC-2, UniP-2;
     the callback's states (the corrected ones, then the last prediction) against the reference,
@@ -247,7 +247,7 @@ def test_unipc_2_bh2_steps_are_the_published_updates(sde_name: str) -> None:
     assert (x1 - x1_pred).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", list(DIFFUSION_SDES))
 def test_unip_2_bh2_is_dpm_solver_pp_2m(sde_name: str) -> None:
     """With a_1 = 1/2 and B(h) = 1 - e^{-h}: alpha_s (1 - e^{-h}) (D_0 + (D_0 - D_1) / (2 r))."""
     sde = SDES[sde_name]()

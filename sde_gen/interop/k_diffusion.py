@@ -103,7 +103,8 @@ class KarrasDenoiser(nn.Module):
     Shapes: ``x: (B, *D)``, ``sigma``: ``(B,)`` or a scalar -> ``(B, *D)``.
 
     Raises:
-        UserInputError: a non-callable model, a non-SDE, or (on a call) a sigma outside
+        UserInputError: a non-callable model, a non-SDE, a path whose ``alpha_T = 0`` (its
+            ``sigma_max`` is infinite), or (on a call) a sigma outside
             ``[sigma_0, sigma_max]`` (times ``[0, T]``), non-positive or NaN.
 
     Refs: [Karras22] Sec. 2, Eq. (4), Table 1; [Song21] Eq. (13).
@@ -115,6 +116,11 @@ class KarrasDenoiser(nn.Module):
             raise UserInputError(f"model must be callable as model(x, t) -> eps, got "
                                  f"{type(model).__name__}")
         self.model, self.sde = model, _check_sde(sde)
+        if sde.pure_noise_at_T:
+            raise UserInputError(f"k-diffusion's samplers walk sigma = sigma_t / alpha_t down from "
+                                 f"a finite sigma_max, and this path's ({type(sde).__name__}) is "
+                                 f"inf at T (alpha_T = 0): sample it with sde-gen's solvers, or "
+                                 f"move the model to a VP or VE path (sde_gen.path_transfer)")
         t_ends = torch.tensor([0.0, sde.T], dtype=torch.float64)
         alpha, sigma = sde.marginal_coeffs(t_ends)
         s_0, s_T = (float(v) for v in sigma / alpha)

@@ -17,8 +17,7 @@ from ..errors import UserInputError
 from ..schedules import time_grid
 from ..sde import SDE
 
-__all__ = ["SPACINGS", "check_grid", "check_spacing", "discrete_grid", "make_grid",
-           "path_spacing"]
+__all__ = ["SPACINGS", "check_grid", "check_spacing", "discrete_grid", "make_grid"]
 
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "shifted")
 #: Karras et al.'s exponent of the noise-level grid ([Karras22] Eq. 5).
@@ -30,13 +29,6 @@ def check_spacing(spacing: object) -> str:
     if spacing not in SPACINGS:
         raise UserInputError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return spacing  # type: ignore[return-value]
-
-
-def path_spacing(preferred: str, sde: SDE) -> str:
-    """``preferred`` as a default spacing on ``sde``, or the path's own
-    (``sde.few_step_spacing``) on a path whose ``alpha_T = 0``: the defaults tuned on VP and VE
-    (log-SNR, Karras, quadratic) do not carry over to the flow paths."""
-    return sde.few_step_spacing if sde.pure_noise_at_T else preferred
 
 
 def make_grid(
@@ -55,8 +47,10 @@ def make_grid(
     ``lambda = log(alpha/sigma)`` (DPM-Solver's choice); ``karras`` spaces ``sigma/alpha`` with
     ``rho = 7`` (EDM's choice); ``shifted`` is uniform in ``t`` mapped by SD3's time shift
     ``u -> s u / (1 + (s - 1) u)`` on ``u = t / T`` with ``s = sde.grid_shift`` (denser near
-    ``T`` for ``s > 1``; [Esser24] Sec. 5.3.2). ``logsnr`` and ``karras`` need a finite
-    log-SNR at both ends: not on a path whose ``alpha_T = 0`` (the flow paths).
+    ``T`` for ``s > 1``; [Esser24] Sec. 5.3.2). On a path whose ``alpha_T = 0`` (the flow
+    paths) the log-SNR is ``-inf`` at ``T``: there ``logsnr`` and ``karras`` start with one
+    interval of the uniform grid's length, ``T -> T - (T - t_min) / steps``, and space the
+    remaining ``steps - 1`` from that time (``T`` stays the grid's first time).
     """
     if int(steps) < 1:
         raise UserInputError(f"steps must be a positive integer, got {steps}")
@@ -73,9 +67,14 @@ def make_grid(
         return ts.to(dtype=dtype, device=device)
     ends = torch.tensor([T, t_min], dtype=torch.float64)
     lam = sde.log_snr(ends)
-    if bool(torch.isinf(lam[0])) and T == sde.T and sde.pure_noise_at_T:
-        raise UserInputError(f"a {spacing} grid needs a finite log-SNR at T, and this path's is "
-                             f"-inf there (alpha_T = 0): use uniform, quadratic or shifted")
+    if bool(torch.isinf(lam[0]) & (lam[0] < 0)) and 0 < t_min < T:  # a pure-noise T
+        if steps == 1:
+            return torch.tensor([T, t_min], dtype=dtype, device=device)
+        t_1 = T - (T - t_min) / steps
+        rest = make_grid(sde, steps - 1, t_min=t_min, spacing=spacing, T=t_1,
+                         dtype=torch.float64)
+        return torch.cat([torch.tensor([T], dtype=torch.float64), rest]).to(dtype=dtype,
+                                                                            device=device)
     if not (0 <= t_min < T and torch.isfinite(lam).all()):  # VP, sub-VP: lambda = inf at t = 0
         raise UserInputError(f"a {spacing} grid needs 0 <= t_min < T and a finite log-SNR at "
                              f"t_min, got t_min={t_min}, T={T}")

@@ -38,7 +38,7 @@ from ..parameterization import EpsModel, eps_to_x0, model_prediction
 from ..sde import SDE
 from .driver import solver_spec
 from .grid_file import OptimizedGrid, sde_signature
-from .grids import check_spacing, make_grid, path_spacing
+from .grids import check_spacing, make_grid
 from .pure_start import starts_pure
 from .sample import sample
 from .solvers import SOLVERS
@@ -108,10 +108,9 @@ def _gits_path(cost: torch.Tensor, k: int) -> list[int]:
 @torch.no_grad()
 def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps: int,
                candidates: int) -> torch.Tensor:
-    """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals (on a flow path,
-    whose log-SNR is ``-inf`` at ``T``, its own spacing)."""
-    cand = make_grid(sde, candidates, t_min=t_min, spacing=path_spacing("logsnr", sde),
-                     device=x_T.device)
+    """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals (on a flow path the
+    first from ``T`` is of the uniform grid's length, :func:`~.grids.make_grid`)."""
+    cand = make_grid(sde, candidates, t_min=t_min, spacing="logsnr", device=x_T.device)
     pure = starts_pure(sde, cand)
     _, traj = reference_endpoints(model, sde, x_T, t_min, ts=cand)
     alpha, sigma = (c.to(x_T.dtype) for c in grid_coeffs(sde, cand))

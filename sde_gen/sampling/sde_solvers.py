@@ -186,7 +186,7 @@ SDE_SPEC = SolverSpec(
         Option("method", str, None, "a torchsde method instead of the built-in "
                "Euler-Maruyama loop", choices=TORCHSDE_METHODS, noun="torchsde method"),
     ),
-    steps=None, stochastic=True,
+    steps=None, stochastic=True, pure_start_calls=1,
     calls_per_step=lambda o: _SDE_CALLS.get(o["method"]),
 )
 
@@ -200,7 +200,7 @@ PC_SPEC = SolverSpec(
                min_open=True),
         Option("n_corrector", int, 1, "corrector steps per grid time", min=0),
     ),
-    steps=None, stochastic=True,
+    steps=None, stochastic=True, pure_start_calls=1,
     calls_per_step=lambda o: (int(o["predictor"] != "none")
                               + (o["n_corrector"] if o["corrector"] == "langevin" else 0)),
 )

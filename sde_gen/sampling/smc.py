@@ -52,7 +52,6 @@ from ..noise import Generator, rand, randn
 from ..parameterization import CountingModel, EpsModel, eps_to_x0
 from ..sde import SDE
 from .driver import Progress, check_pure_start, time_grid_for
-from .grids import path_spacing
 from .pure_start import starts_pure
 from .result import SampleResult
 from .spec import Option, check_options
@@ -256,8 +255,7 @@ def impute_smc(
                    f"{k} particles for each of {b} rows of shape {tuple(x_known.shape[1:])}",
                    hint="use fewer particles or rows")
     ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing,
-                       default_steps=DEFAULT_STEPS,
-                       default_spacing=path_spacing(DEFAULT_SPACING, sde),
+                       default_steps=DEFAULT_STEPS, default_spacing=DEFAULT_SPACING,
                        device=device)
     alpha, sigma = grid_coeffs(sde, ts)
     c_x, c_x0, var_tilde, v = grid_coeffs(sde, ts).posterior()

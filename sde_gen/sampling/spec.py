@@ -18,7 +18,6 @@ import torch
 
 from ..errors import UserInputError
 from ..sde import SDE
-from .grids import path_spacing
 
 SolverFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 #: ``check(model, sde, ts, options)``: the contract between a solver's options and the model or
@@ -167,6 +166,9 @@ class SolverSpec:
             steps on the x0 prediction), instead of by ``fn`` itself (``ancestral``, ``ddim``).
         check: the contract between the options and the model or grid, if any
             (:data:`SolverCheck`), run by ``sample()`` before the first model call.
+        pure_start_calls: model calls of the first interval when the grid starts where
+            ``alpha = 0`` (a flow path's ``T``), if the solver takes that step otherwise than
+            its own (:mod:`.pure_start`: the reverse-SDE solvers take one posterior step).
     """
 
     fn: SolverFn
@@ -179,15 +181,11 @@ class SolverSpec:
     order: int | Callable[[Mapping[str, Any]], int | None] | None = None
     x0_by_model: bool = False
     check: SolverCheck | None = None
+    pure_start_calls: int | None = None
 
     def spacing_for(self, sde: SDE) -> str:
-        """The default spacing of this solver on ``sde`` (see ``spacing``). On a path with
-        ``alpha_T = 0`` (the flow paths; their log-SNR is ``-inf`` at ``T``) every solver takes
-        the path's own spacing, ``sde.few_step_spacing``: the defaults tuned on VP and VE do not
-        carry over."""
-        if self.spacing is None:
-            return sde.few_step_spacing
-        return path_spacing(self.spacing, sde)
+        """The default spacing of this solver on ``sde`` (see ``spacing``)."""
+        return self.spacing if self.spacing is not None else sde.few_step_spacing
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -222,10 +220,15 @@ class SolverSpec:
         return float(full[self.stochastic]) > 0
 
     def nfe(self, steps: int, options: Mapping[str, Any] | None = None, *,
-            denoise: bool = True) -> int | None:
-        """Model calls of a ``steps``-interval run (``None`` where the method decides)."""
+            denoise: bool = True, pure_start: bool = False) -> int | None:
+        """Model calls of a ``steps``-interval run (``None`` where the method decides);
+        ``pure_start``: the grid starts where ``alpha = 0`` (see ``pure_start_calls``)."""
         per_step = self.calls_per_step(self.defaults() | dict(options or {}))
-        return None if per_step is None else per_step * steps + int(denoise)
+        if per_step is None:
+            return None
+        if pure_start and self.pure_start_calls is not None:
+            return self.pure_start_calls + per_step * (steps - 1) + int(denoise)
+        return per_step * steps + int(denoise)
 
     def convergence_order(self, options: Mapping[str, Any] | None = None) -> int | None:
         """:attr:`order` for these options (completed with the defaults)."""
