@@ -67,15 +67,24 @@ class DiscreteChain:
     beta_tilde_clipped: torch.Tensor
 
 
+def _check_ddpm_chain(sde: SDE) -> None:
+    """DDPM's bound is a sum over a variance-preserving discrete chain (VP, sub-VP)."""
+    if sde.has_ddpm_chain:
+        return
+    why = ("its alpha_T = 0 leaves no discrete chain: use the ODE likelihood, whose prior is "
+           "exact there" if sde.pure_noise_at_T else "VE's x_0 is already perturbed by sigma_min")
+    raise UserInputError(f"DDPM's bound (vlb) needs a variance-preserving discrete chain (VP or "
+                         f"sub-VP), not {type(sde).__name__}: {why}")
+
+
 def discrete_chain(sde: SDE, *, device: torch.device | str | None = None) -> DiscreteChain:
     """The per-step coefficients of the VP (or sub-VP) discrete chain; see :class:`DiscreteChain`.
 
     Raises:
-        ValueError: for VE (no DDPM chain) or a chain with a non-positive transition variance.
+        UserInputError: for VE or a flow path (no DDPM chain) or a chain with a non-positive
+            transition variance.
     """
-    if not sde.has_ddpm_chain:
-        raise UserInputError("DDPM's bound needs a variance-preserving chain (VP or sub-VP); "
-                             "VE's x_0 is already perturbed by sigma_min")
+    _check_ddpm_chain(sde)
     n = sde.N
     # Grid: DDPM steps N..1 (0-based N-1..0) at their times, then the clean end (alpha 1, sigma 0).
     ts = sde.index_to_time(torch.arange(n - 1, -1, -1, device=device)).to(device)
@@ -172,11 +181,10 @@ def vlb(
         :class:`VLBResult`.
 
     Raises:
-        ValueError: VE, an unknown variance, or ``learned`` for a model with a fixed variance.
+        UserInputError: VE or a flow path, an unknown variance, or ``learned`` for a model with
+            a fixed variance.
     """
-    if not sde.has_ddpm_chain:
-        raise UserInputError("vlb needs a variance-preserving chain (VP or sub-VP); VE's x_0 is "
-                         "already perturbed by sigma_min")
+    _check_ddpm_chain(sde)
     if variance not in VARIANCES:
         raise UserInputError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     if n_t is not None and n_t < 1:

@@ -45,9 +45,9 @@ import torch
 from ..chain import grid_coeffs
 from ..errors import UserInputError
 from ..noise import Generator
-from ..parameterization import EpsModel, eps_to_x0
+from ..parameterization import EpsModel, eps_to_x0, model_prediction
 from ..sde import SDE
-from .pure_start import after_first, ddim_first_step, starts_pure
+from .pure_start import starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -110,6 +110,16 @@ def _step_orders(n_steps: int, order: int, *, lower_order_final: bool = True) ->
     if lower_order_final and n_steps < FEW_STEPS.get(order, 0):
         orders = [min(q, n_steps - k) for k, q in enumerate(orders)]
     return orders
+
+
+def _pure_first_step(alpha: torch.Tensor, sigma: torch.Tensor, variant: str) -> _Step:
+    """Interval 0 from a pure-noise ``T`` (``alpha_0 = 0``, ``h = inf``) in its limit:
+    ``c_x = sigma_1 / sigma_0``, ``c_0 = alpha_1 (1 - e^{-h}) -> alpha_1`` (DDIM's step), and
+    UniC-1's ``alpha_1 B(h) / 2 -> alpha_1 / 2`` for ``bh2`` (``B = 1 - e^{-h}``): the corrected
+    state ``x~_1 + alpha_1 (D_1 - D_0) / 2``, the trapezoid in x0. ``bh1``'s ``B = h`` diverges:
+    no correction there."""
+    a1, ratio = float(alpha[1]), float(sigma[1] / sigma[0])
+    return _Step(ratio, a1, [], [0.5 * a1] if variant == "bh2" else [])
 
 
 def _unipc_coeffs(
@@ -192,21 +202,17 @@ def sample_unipc(
 
     Refs: [Zhao23] Alg. 1-2 and App. (data prediction); [Lu22pp] Eq. 8.
     """
-    if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
-        x = ddim_first_step(model, sde, x_T, ts)
-        if callback is not None:
-            callback(0, x, x)
-        if len(ts) == 2:
-            return x, x
-        return sample_unipc(model, sde, x, ts[1:], order=order, variant=variant, unic=unic,
-                            lower_order_final=lower_order_final,
-                            callback=after_first(callback))
+    pure = starts_pure(sde, ts)  # alpha = 0 at ts[0]: the first step in its finite limit
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)
     lam = coeffs.log_snr
     n_steps = len(ts) - 1
-    orders = _step_orders(n_steps, order, lower_order_final=lower_order_final)
-    steps = _unipc_coeffs(lam, alpha64, sigma64, orders, variant=variant)
+    first = int(pure)  # from a pure T the multistep history starts at ts[1]
+    orders = _step_orders(n_steps - first, order, lower_order_final=lower_order_final)
+    steps = (_unipc_coeffs(lam[first:], alpha64[first:], sigma64[first:], orders,
+                           variant=variant) if orders else [])
+    if pure:
+        steps.insert(0, _pure_first_step(alpha64, sigma64, variant))
     # to x's dtype and device in one transfer; per step, views (c_x, c_0, c_pred, c_corr)
     flat = torch.tensor([v for s in steps for v in (s.c_x, s.c_0, *s.c_pred, *s.c_corr)],
                         dtype=dtype, device=x_T.device)
@@ -221,10 +227,13 @@ def sample_unipc(
     base = x_T
     history: list[torch.Tensor] = []  # D at ts[k], ts[k-1], ...: newest first
     for k in range(n_steps):
-        eps = model(x, tt[k].expand(x.shape[0]))
-        d_new = eps_to_x0(x, eps, alpha[k], sigma[k])  # at x~_k, kept as D_k (no re-evaluation)
+        if pure and k == 0:  # x0 is 0/0 from eps where alpha = 0: the model's own
+            _, d_new = model_prediction(model, x, tt[0].expand(x.shape[0]))
+        else:
+            eps = model(x, tt[k].expand(x.shape[0]))
+            d_new = eps_to_x0(x, eps, alpha[k], sigma[k])  # at x~_k, kept as D_k
         if k > 0:
-            if unic:  # UniC-p [Zhao23] on interval k - 1: its base, the corrector's terms
+            if unic and len(table[k - 1][3]):  # UniC-p [Zhao23] on interval k - 1
                 c_corr = table[k - 1][3]
                 x = base + c_corr[-1] * (d_new - history[0])
                 for m in range(len(c_corr) - 1):
