@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sde_gen.errors import UserInputError as UserError
 from sde_gen.flow_paths import FlowSDE
 from sde_gen.interop import load_diffusers
 from sde_gen.sampling import sample
@@ -178,3 +179,70 @@ def test_unipc_order3_differs_from_diffusers_only_by_its_order_schedule(tmp_path
     ours = sample(model, sde, None, "unipc", x_T=x_start(F64), ts=ts, order=3)
     err = float((ours.x - ref).abs().max())
     assert err < 1e-5, err
+
+
+def one_line(fn) -> str:
+    with pytest.raises(UserError) as e:
+        fn()
+    message = str(e.value)
+    assert "\n" not in message and message
+    return message
+
+
+FLOW_EULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+UNIPC_FLOW = {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
+              "use_flow_sigmas": True, "flow_shift": 3.0}
+
+
+@pytest.mark.parametrize("config, named", [
+    ({**FLOW_EULER, "use_dynamic_shifting": True}, "use_dynamic_shifting"),
+    ({**FLOW_EULER, "shift_terminal": 0.1}, "shift_terminal"),
+    ({**FLOW_EULER, "use_karras_sigmas": True}, "use_karras_sigmas"),
+    ({**FLOW_EULER, "invert_sigmas": True}, "invert_sigmas"),
+    ({**FLOW_EULER, "stochastic_sampling": True}, "stochastic_sampling"),
+    ({**FLOW_EULER, "shift": -1.0}, "shift"),
+    ({**UNIPC_FLOW, "use_flow_sigmas": False}, "use_flow_sigmas"),
+    ({**UNIPC_FLOW, "prediction_type": "epsilon"}, "flow_prediction"),
+    ({**UNIPC_FLOW, "use_dynamic_shifting": True}, "use_dynamic_shifting"),
+    ({**UNIPC_FLOW, "disable_corrector": [0]}, "disable_corrector"),
+    ({**UNIPC_FLOW, "final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
+    ({**UNIPC_FLOW, "_class_name": "DPMSolverMultistepScheduler",
+      "algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+    ({**UNIPC_FLOW, "_class_name": "DPMSolverMultistepScheduler", "solver_type": "heun"},
+     "solver_type"),
+])
+def test_options_that_cannot_be_honoured_are_refused(folder, config, named):
+    message = one_line(lambda: load_diffusers(folder, scheduler=config))
+    assert named in message, message
+
+
+def test_cli_samples_a_flow_folder(tmp_path, folder):
+    """--ckpt FOLDER goes through load_diffusers: the samples are the API's (ddim on the
+    folder's shifted grid); a dynamic-shift folder is one line, exit code 2."""
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from sde_gen.app.cli import app
+    from sde_gen.noise import IndexedGenerator
+
+    out = tmp_path / "s.png"
+    res = CliRunner().invoke(app, ["sample", "--ckpt", str(folder), "--solver", "ddim",
+                                   "--steps", "3", "--spacing", "shifted", "--n", "2",
+                                   "--no-progress", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    model, sde = load_diffusers(folder)
+    api = sample(model, sde, (2, 1, 8, 8), "ddim", steps=3, spacing="shifted",
+                 generator=IndexedGenerator(0, 0, 2))
+    np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["samples"], api.x.numpy(),
+                               atol=1e-5)
+    config = folder / "scheduler" / "scheduler_config.json"
+    saved = config.read_text()
+    try:
+        config.write_text(json.dumps({**json.loads(saved), "use_dynamic_shifting": True}))
+        res = CliRunner().invoke(app, ["sample", "--ckpt", str(folder), "--n", "2",
+                                       "--no-progress", "--device", "cpu"])
+    finally:
+        config.write_text(saved)
+    assert res.exit_code == 2 and "use_dynamic_shifting" in res.output, res.output
