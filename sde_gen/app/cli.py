@@ -36,6 +36,7 @@ from .cli_options import (
     Device,
     EndTime,
     Guidance,
+    PathName,
     Progress,
     Seed,
     Sets,
@@ -214,6 +215,7 @@ def sample(
         "--class", help="Class-conditional runs: the class label K (0..classes-1), or all: --n "
                         "samples of each class, one grid row per class.")] = None,
     guidance: Guidance = None,
+    path: PathName = None,
     threads: Threads = 0,
     **solver_opts,
 ) -> None:
@@ -227,7 +229,8 @@ def sample(
     res = sample_command(ckpt, solver=solver, steps=steps, grid=grid, n=n,
                          batch_size=batch_size, seed=seed, out=out, t_min=t_min, spacing=spacing,
                          denoise=denoise, device=device, progress=progress, class_=class_,
-                         guidance=guidance, threads=threads, solver_opts=solver_opts)
+                         guidance=guidance, path=path, threads=threads,
+                         solver_opts=solver_opts)
     if res.png is None:  # a torchrun rank other than 0
         return
     typer.echo(f"{res.n} samples with {res.solver}{res.what}: {res.nfe} NFE per batch, "

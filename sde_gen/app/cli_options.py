@@ -19,6 +19,7 @@ import typer
 
 from ..sampling.grids import SPACINGS
 from ..sampling.solvers import SOLVERS, solver_flags
+from ..sde import SDES
 from .command_run import SEED_MAX
 
 
@@ -83,6 +84,10 @@ Steps = Annotated[int | None, typer.Option(
     "--steps", **number(int, 1), help="Grid intervals (the solver's default if omitted).")]
 Spacing = Annotated[str | None, typer.Option(
     "--spacing", help=f"Grid: {', '.join(SPACINGS)} (default: the solver's).")]
+PathName = Annotated[str | None, typer.Option(
+    "--path", help=f"Sample the model moved to another path: one of {', '.join(SDES)} (the "
+                   "sde.* defaults; sde_gen.path_transfer.on_path), between the noise levels "
+                   "it was trained on.")]
 Guidance = Annotated[float | None, typer.Option(
     "--guidance", **number(float, 0.0),
     help="Classifier-free guidance scale w >= 0 with --class: (1 + w) eps(x, t, K) - "

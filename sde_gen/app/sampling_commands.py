@@ -121,6 +121,66 @@ def _grid_file(grid: Path, solver: str | None, steps, t_min, spacing):
     return tuned
 
 
+def check_path_name(name: str | None) -> str | None:
+    """``--path``: ``None`` or a name of :data:`~sde_gen.sde.SDES`.
+
+    Raises:
+        UserInputError: an unknown name, naming the choices.
+    """
+    from ..sde import SDES
+
+    if name is not None and name not in SDES:
+        raise UserInputError(f"unknown --path {name!r}; choose one of {', '.join(SDES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class OnPathRun:
+    """A run's model moved to another path (:func:`sde_gen.path_transfer.on_path`): what
+    :func:`~.generate.generate` takes, ``model``, ``sde`` and the grid options ``grid``."""
+
+    model: Any
+    sde: Any
+    grid: dict[str, Any]
+
+
+def moved_to_path(run: Any, name: str, solver: str, *, steps: int | None,
+                  t_min: float | None, spacing: str | None) -> OnPathRun:
+    """``run``'s model on the path ``name`` (built from the ``sde.*`` defaults), sampled between
+    the noise levels it was trained on: from the target's ``T`` and prior where the trained
+    path reaches that noise level, else from ``t_max < T`` with the trained prior carried
+    there (std ``start_std``, a copy of the target whose ``prior_std`` is that); ending at
+    ``t_min`` (default the model's lowest covered time).
+
+    Raises:
+        UserInputError: ``t_min`` below the lowest noise level the model covers on that path,
+            or paths whose noise levels do not overlap.
+    """
+    import copy
+
+    from ..path_transfer import on_path
+    from ..sampling.driver import solver_spec
+    from ..sampling.grids import make_grid
+    from .config import SDEConfig
+    from .factory import build_sde
+
+    target = build_sde(SDEConfig(name=name))
+    moved = on_path(run.model, run.sde, target)
+    if t_min is not None and not moved.t_min <= t_min < moved.t_max:
+        raise UserInputError(f"--t-min {t_min:g} is outside the times [{moved.t_min:.4g}, "
+                             f"{moved.t_max:.4g}) of the {name} path that this model covers")
+    end = moved.t_min if t_min is None else t_min
+    if moved.t_max == target.T:
+        return OnPathRun(moved, target, {"steps": steps, "t_min": end, "spacing": spacing})
+    spec = solver_spec(solver)
+    n = steps if steps is not None else spec.steps if spec.steps is not None else target.N - 1
+    ts = make_grid(target, n, t_min=end, T=moved.t_max,
+                   spacing=spacing or spec.spacing_for(target))
+    start = copy.copy(target)
+    start.prior_std = moved.start_std  # the draw at t_max: the trained prior, rescaled
+    return OnPathRun(moved, start, {"ts": ts})
+
+
 def _label_text(label: int | str | None, guidance: float | None) -> str:
     if label is None:
         return ""
@@ -134,23 +194,29 @@ def sample_command(
     out: str | os.PathLike | None = None, t_min: float | None = None,
     spacing: str | None = None,
     denoise: bool = True, device: str = "auto", progress: bool = True,
-    class_: str | None = None, guidance: float | None = None, threads: int = 0,
-    solver_opts: dict[str, Any] | None = None,
+    class_: str | None = None, guidance: float | None = None, path: str | None = None,
+    threads: int = 0, solver_opts: dict[str, Any] | None = None,
 ) -> Sampled:
     """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
     and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
+
+    ``path``: sample the model moved to that path (:func:`moved_to_path`).
 
     The options, ``out`` and a grid file are checked before the checkpoint is read; the labels
     and their memory before any is made; the output paths before sampling.
 
     Raises:
-        UserInputError: a bad option, grid file or output path, or samples that are NaN or
-            infinite (nothing is written then).
+        UserInputError: a bad option, grid file, path name or output path, or samples that are
+            NaN or infinite (nothing is written then).
     """
     from .generate import generate
     from .outputs import write_samples
 
     label = parse_class(class_, guidance)
+    path = check_path_name(path)
+    if path is not None and (grid is not None or label is not None):
+        raise UserInputError(f"--path does not combine with "
+                             f"{'--grid' if grid is not None else '--class'}")
     if out is not None:  # before the checkpoint is even read
         out = check_out_path(out, ".png")
         check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
@@ -168,18 +234,24 @@ def sample_command(
         y, nrow = class_labels(run.model, label, n, run.shape)
         if out is None:  # checked before sampling, not after
             tag = "" if label is None else ("_all_classes" if label == "all" else f"_class{label}")
+            tag += "" if path is None else f"_on_{path}"
             out = check_out_path(run.workdir / f"samples_{solver}{tag}.png", ".png")
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         total = n if y is None else len(y)
         opts = checkpoint_sampler_defaults(run, solver, opts)
-        gen = generate(run.model, run.sde, total, run.shape, solver,
+        if path is None:
+            model, sde, grid_opts = run.model, run.sde, dict(steps=steps, t_min=t_min,
+                                                             spacing=spacing)
+        else:
+            moved = moved_to_path(run, path, solver, steps=steps, t_min=t_min, spacing=spacing)
+            model, sde, grid_opts = moved.model, moved.sde, moved.grid
+        gen = generate(model, sde, total, run.shape, solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
-                       steps=steps, t_min=t_min, spacing=spacing, denoise=denoise, y=y,
-                       guidance=guidance, **opts)
+                       denoise=denoise, y=y, guidance=guidance, **grid_opts, **opts)
         if gen.n_nonfinite:
             raise UserInputError(f"{gen.n_nonfinite} of {total} samples are NaN or infinite (the "
                                  "model or the solver diverged); nothing was written")
-        what = _label_text(label, guidance)
+        what = _label_text(label, guidance) + ("" if path is None else f", on the {path} path")
         if not di.is_main:
             return Sampled(total, solver, what, gen.nfe, gen.seconds, None, None)
     png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",

@@ -1,7 +1,8 @@
 """Interoperability with other diffusion libraries' checkpoints and models.
 
-- :func:`load_diffusers`: a local diffusers DDPM/DDIM pipeline folder as ``(model, sde)``
-  (needs the ``diffusers`` extra only when called).
+- :func:`load_diffusers`: a local diffusers DDPM/DDIM pipeline folder as ``(model, sde)``, or a
+  flow-matching one as ``(model, FlowSDE)`` (:mod:`.diffusers_flow`; needs the ``diffusers``
+  extra only when called).
 - :class:`KarrasDenoiser`, :func:`from_denoiser`: k-diffusion's denoiser convention
   (:mod:`.k_diffusion`), imported on first use.
 """

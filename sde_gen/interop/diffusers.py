@@ -1,4 +1,5 @@
-"""Load a local diffusers DDPM/DDIM pipeline folder as an sde-gen ``(model, sde)`` pair.
+"""Load a local diffusers DDPM/DDIM pipeline folder as an sde-gen ``(model, sde)`` pair (a
+flow-matching folder: :mod:`.diffusers_flow`).
 
 The scheduler config fixes a VP SDE whose discrete chain is the scheduler's ``betas`` exactly
 (:class:`~sde_gen.schedules.TableBeta`: ``beta_schedule`` ``linear``, ``scaled_linear``,
@@ -36,7 +37,9 @@ from torch import nn
 from ..errors import UserInputError
 from ..parameterization import v_to_eps, x0_to_eps
 from ..schedules import cosine_betas
-from ..sde import VPSDE
+from ..sde import SDE, VPSDE
+from .diffusers_flow import DiffusersFlowModel, flow_sde_from_config, is_flow_config
+from .diffusers_flow import sampler_defaults as flow_sampler_defaults
 
 __all__ = [
     "VP_SCHEDULERS",
@@ -295,9 +298,15 @@ def load_diffusers(
     scheduler: str | os.PathLike | Mapping[str, Any] | None = None,
     shape: tuple[int, int, int] | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[DiffusersEpsModel, VPSDE]:
+) -> tuple[nn.Module, SDE]:
     """Load a local diffusers pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``)
     or a ``UNet2DModel`` folder plus a scheduler config, offline, as ``(model, sde)``.
+
+    A flow-matching scheduler (``FlowMatchEulerDiscreteScheduler``, or UniPC / DPM-Solver++
+    with ``prediction_type="flow_prediction"`` and ``use_flow_sigmas``) gives a
+    :class:`~.diffusers_flow.DiffusersFlowModel` (velocity network) and a
+    :class:`~sde_gen.flow_paths.FlowSDE` with the folder's static shift
+    (:mod:`.diffusers_flow`); every other scheduler a DDPM chain, below.
 
     Args:
         path: the folder.
@@ -308,17 +317,21 @@ def load_diffusers(
 
     Returns:
         ``(model, sde)``: a :class:`DiffusersEpsModel` (``model(x, t) -> eps``) and the
-        :class:`VPSDE` whose discrete chain is the scheduler's.
+        :class:`VPSDE` whose discrete chain is the scheduler's; or, for a flow-matching
+        scheduler, a :class:`~.diffusers_flow.DiffusersFlowModel` and its ``FlowSDE``.
 
     Raises:
         UserInputError: diffusers missing (the message names the extra), not a diffusers
-            folder, a scheduler with no VP equivalent, or a UNet that contradicts ``shape``.
+            folder, a scheduler with no VP or flow equivalent, a flow option that cannot be
+            honoured exactly (``use_dynamic_shifting``, ...), or a UNet that contradicts
+            ``shape``.
     """
     path = Path(path)
     unet_dir, config, source = _locate(path, scheduler)
+    flow = is_flow_config(config)
     try:
-        sde = sde_from_scheduler_config(config)
-        defaults = _sampler_defaults(config)
+        sde = flow_sde_from_config(config) if flow else sde_from_scheduler_config(config)
+        defaults = flow_sampler_defaults(config) if flow else _sampler_defaults(config)
     except UserInputError as e:
         raise UserInputError(f"{source}: {e}") from None
     unet_json = unet_dir / "config.json"
@@ -347,6 +360,10 @@ def load_diffusers(
     if config.get("variance_type") == "learned":
         raise UserInputError("variance_type=learned (log-variance output) is not supported; "
                              "learned_range is")
+    if flow:
+        model: nn.Module = DiffusersFlowModel(_load_unet(unet_dir), sde, sampler_defaults=defaults)
+        model.to(device).eval().requires_grad_(False)
+        return model, sde
     prediction_type = config.get("prediction_type", "epsilon")
     if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
         raise UserInputError(f"{source}: prediction_type {_show(prediction_type)} is not "
