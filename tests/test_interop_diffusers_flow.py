@@ -79,6 +79,11 @@ def test_flow_folder_is_the_flow_path(folder):
     torch.testing.assert_close((1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * eps,
                                x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x0[:1], x[:1] - v[:1])  # t = 1: alpha = 0, x0 still finite
+    # the run config recorded beside the outputs names the path it samples
+    from sde_gen.app.runs import load_diffusers_run
+
+    cfg = load_diffusers_run(folder).cfg
+    assert (cfg.sde.name, cfg.sde.shift, cfg.sde.N) == ("flow", SHIFT, 1000)
 
 
 @pytest.mark.parametrize("steps", [2, 7])

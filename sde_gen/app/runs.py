@@ -153,7 +153,8 @@ def load_diffusers_run(path: str | os.PathLike, *, device: torch.device | str = 
     name = next((k for k, v in IMAGE_SHAPES.items() if v == shape), "npz")
     cfg = Config()
     cfg = replace(cfg, data=DataConfig(name=name, channels=shape[0] if shape[0] in (1, 3) else 3),
-                  sde=replace(cfg.sde, name="vp", N=sde.N))
+                  sde=replace(cfg.sde, name=getattr(sde, "path_name", "vp"), N=sde.N,
+                              shift=float(getattr(sde, "grid_shift", 1.0))))
     return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=Path(path), step=0,
                      image_shape=shape)
 
