@@ -47,7 +47,7 @@ def test_optimized_grid_beats_the_built_in_one_on_held_out_draws(sde_fn, solver,
     assert ts[0] == sde.T and float(ts[-1]) == pytest.approx(sde.default_t_min)
     assert bool((ts[1:] < ts[:-1]).all())
     # measured held-out ratios (after / before): vp dpm 0.49, vp ddim 0.67, ve dpm 0.61, flow
-    # unipc 0.16, trig dpm 0.60 (from T itself: the grid keeps T and t_min)
+    # unipc 0.11, trig dpm 0.60 (from T itself: the grid keeps T and t_min)
     assert res.error_after < res.error_before
     assert res.heldout_after < 0.85 * res.heldout_before, res
     # The file round-trips, and sample() on it gives the reported held-out error back.
