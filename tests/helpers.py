@@ -59,6 +59,15 @@ def mixture() -> GaussianMixture:
     return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
 
 
+def mixture_8d() -> GaussianMixture:
+    """Anisotropic 3-component mixture in 8-D (seed 123), weights 0.5 / 0.3 / 0.2."""
+    g = seeded(123)
+    a = torch.randn(3, 8, 8, generator=g, dtype=F64) * 0.25
+    covs = a @ a.transpose(-1, -2) + 0.02 * torch.eye(8, dtype=F64)
+    means = torch.randn(3, 8, generator=g, dtype=F64) * 1.5
+    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2], dtype=F64))
+
+
 @cache
 def ode_reference(sde_name: str, n: int = 256):
     """``(sde, x_T, x_eps)``: n prior samples (seed 3) and their exact PF-ODE solution at the

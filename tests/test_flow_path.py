@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import FLOW_SDES, SDES, mixture, seeded, user_error
+from helpers import FLOW_SDES, SDES, mixture, mixture_8d, seeded, user_error
 from sde_gen.analytic import GaussianMixture
 from sde_gen.guidance import classifier_free
 from sde_gen.likelihood import decode, encode, log_likelihood, vlb
@@ -22,14 +22,6 @@ from sde_gen.sampling.smc import impute_smc
 
 F64 = torch.float64
 FLOW_P = pytest.mark.parametrize("name", list(FLOW_SDES))
-
-
-def mixture_8d() -> GaussianMixture:
-    g = seeded(123)
-    a = torch.randn(3, 8, 8, generator=g, dtype=F64) * 0.25
-    covs = a @ a.transpose(-1, -2) + 0.02 * torch.eye(8, dtype=F64)
-    means = torch.randn(3, 8, generator=g, dtype=F64) * 1.5
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2], dtype=F64))
 
 
 # -- the path itself ------------------------------------------------------------------------------

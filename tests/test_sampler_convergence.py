@@ -44,7 +44,7 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import DIFFUSION_SDES, F64, seeded
+from helpers import DIFFUSION_SDES, F64, mixture, mixture_8d, seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling import SOLVERS, sample
@@ -57,23 +57,7 @@ SW_FACTOR = 2.0  # SW2 <= 2 x noise floor; measured exact-score ratios 0.41-1.81
 Z_MEAN, Z_COV = 5.0, 8.0  # |mean error| <= 5 SE and |covariance error| <= 8 SE, per entry
 
 
-def mixture_2d() -> GaussianMixture:
-    means = torch.tensor([[-1.5, 0.5], [1.2, 1.0], [0.3, -1.4]], dtype=F64)
-    a = torch.tensor([[[0.3, 0.1], [0.0, 0.15]], [[0.2, -0.1], [0.1, 0.3]],
-                      [[0.4, 0.0], [0.2, 0.1]]], dtype=F64)
-    covs = a @ a.transpose(-1, -2) + 0.01 * torch.eye(2, dtype=F64)
-    return GaussianMixture(means, covs, torch.tensor([0.2, 0.3, 0.5], dtype=F64))
-
-
-def mixture_8d() -> GaussianMixture:
-    g = seeded(123)
-    a = torch.randn(3, 8, 8, generator=g, dtype=F64) * 0.25
-    covs = a @ a.transpose(-1, -2) + 0.02 * torch.eye(8, dtype=F64)
-    means = torch.randn(3, 8, generator=g, dtype=F64) * 1.5
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2], dtype=F64))
-
-
-PROBLEMS: dict[str, GaussianMixture] = {"2d": mixture_2d(), "8d": mixture_8d()}
+PROBLEMS: dict[str, GaussianMixture] = {"2d": mixture(), "8d": mixture_8d()}
 
 
 @dataclass(frozen=True)
