@@ -121,32 +121,25 @@ UNIPC_CASES = [({"solver_order": 2, "solver_type": "bh2"}, {"order": 2, "variant
 DPM_CASES = [({"solver_order": 2}, {"order": 2}, 8), ({"solver_order": 3}, {"order": 3}, 15)]
 
 
-@pytest.mark.parametrize("config, options, steps", UNIPC_CASES)
-def test_unipc_equals_diffusers_flow_prediction(tmp_path, config, options, steps):
-    model, sde = load_diffusers(*multistep_folder(tmp_path, diffusers.UniPCMultistepScheduler,
-                                                  **config)[:1])
-    sched = diffusers.UniPCMultistepScheduler.from_pretrained(tmp_path)
+MULTISTEP_CASES = ([("unipc", "UniPCMultistepScheduler", *c) for c in UNIPC_CASES]
+                   + [("dpm", "DPMSolverMultistepScheduler", *c) for c in DPM_CASES])
+
+
+@pytest.mark.parametrize("solver, scheduler, config, options, steps", MULTISTEP_CASES)
+def test_multistep_equals_diffusers_flow_prediction(tmp_path, solver, scheduler, config, options,
+                                                    steps):
+    """UniPC and DPM-Solver++ in flow_prediction mode on diffusers' own sigmas: diffusers' sigmas,
+    alphas and log-SNRs are float32, and its DPM-Solver steps its state in float32."""
+    cls = getattr(diffusers, scheduler)
+    model, sde = load_diffusers(*multistep_folder(tmp_path, cls, **config)[:1])
+    sched = cls.from_pretrained(tmp_path)
     model.double()
     ref, sigmas = reference_loop(sched, model.unet, x_start(F64), steps)
-    ours = sample(model, sde, None, "unipc", x_T=x_start(F64), ts=sigmas[:-1].double(),
+    ours = sample(model, sde, None, solver, x_T=x_start(F64), ts=sigmas[:-1].double(),
                   lower_order_final=False, **options)
     assert ours.nfe == steps
     err = float((ours.x - ref).abs().max())
-    assert err < 1e-5, err  # diffusers' sigmas, alphas and log-SNRs are float32
-
-
-@pytest.mark.parametrize("config, options, steps", DPM_CASES)
-def test_dpm_equals_diffusers_flow_prediction(tmp_path, config, options, steps):
-    model, sde = load_diffusers(*multistep_folder(tmp_path, diffusers.DPMSolverMultistepScheduler,
-                                                  **config)[:1])
-    sched = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path)
-    model.double()
-    ref, sigmas = reference_loop(sched, model.unet, x_start(F64), steps)
-    ours = sample(model, sde, None, "dpm", x_T=x_start(F64), ts=sigmas[:-1].double(),
-                  lower_order_final=False, **options)
-    assert ours.nfe == steps
-    err = float((ours.x - ref).abs().max())
-    assert err < 1e-5, err  # diffusers' DPM-Solver steps its state in float32
+    assert err < 1e-5, err
 
 
 def test_unipc_bh1_equals_diffusers_before_its_last_step(tmp_path):
