@@ -18,7 +18,17 @@ prior on the flow path), far samples of the PF-ODE and its NFE. Cases: ``8gaussi
 where the default was tuned; the others (``25gaussians``, training seeds 1 and 2) were tuned on
 by neither recipe and are reported separately.
 
+Digits (``--part digits``, one recipe per process): ``configs/digits_vp.yaml`` (the VP/EDM
+image recipe) against the same config with the flow-matching recipe (``--sde flow``, velocity
+prediction and loss, logit-normal times), the same U-Net, both for the same number of steps
+(calibrated once on the VP recipe to ``--digits-seconds`` CPU seconds; each run's CPU seconds are
+reported). Scores as ``benchmarks/images_quality.py``: test bits/dim through the PF-ODE
+(Hutchinson trace, dopri5 1e-5, uniform dequantization) and the Fréchet distance of DDIM samples
+(49 steps) in the features of the cached digits classifier (FD-classifier, not FID). DDPM's VLB
+is not reported: the flow path has no discrete chain.
+
     python -m benchmarks.flow_training --shard 0/2 & python -m benchmarks.flow_training --shard 1/2
+    python -m benchmarks.flow_training --part digits --recipe vp-edm   # and --recipe flow-fm
     python -m benchmarks.flow_training --report
 """
 
@@ -27,6 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -68,6 +81,65 @@ def run(args, shard: tuple[int, int]) -> None:
         out.write_text(json.dumps(rows, indent=1))
 
 
+DIGITS = {"vp-edm": [], "flow-fm": RECIPES["flow-fm"]}
+DIGITS_COMMON = ["train.device=cpu", "train.seed=0", "train.sample_every=0",
+                 "train.ckpt_every=100000"]
+DIGITS_COLUMNS = ["recipe", "steps", "train_s", "test bpd (ODE)", "± se", "LL NFE",
+                  "FD-classifier", "FD floor", "DDIM NFE"]
+
+
+def _digits_cfg(recipe: str, steps: int):
+    from sde_gen.app.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(root / "configs/digits_vp.yaml",
+                       DIGITS_COMMON + DIGITS[recipe] + [f"train.steps={steps}"])
+
+
+def run_digits(args) -> None:
+    """Train one digits recipe for the calibrated steps and score it (bpd, FD-classifier)."""
+    from benchmarks.images_quality import calibrate
+    from sde_gen.app.factory import build_data, data_shape
+    from sde_gen.app.generate import generate
+    from sde_gen.app.likelihood_report import evaluate_likelihood
+    from sde_gen.app.runs import load_run
+    from sde_gen.app.sample_quality import _features, load_or_train_classifier
+    from sde_gen.app.train import train
+    from sde_gen.metrics import frechet_distance
+    from sde_gen.scaling import uint8_to_model
+
+    cal_path = RESULTS / "flow_training_digits_calibration.json"
+    if not cal_path.exists():
+        def run_steps(k: int) -> float:
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.process_time()
+                train(_digits_cfg("vp-edm", k), d, progress=False)
+                return time.process_time() - t0
+
+        cal_path.write_text(json.dumps(calibrate(run_steps, args.digits_seconds, 40), indent=1))
+    steps = json.loads(cal_path.read_text())["steps"]
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.process_time()
+        train(_digits_cfg(args.recipe, steps), d, progress=False)
+        row = {"recipe": args.recipe, "steps": steps, "train_s": time.process_time() - t0}
+        run = load_run(d)
+        ll = evaluate_likelihood(run, n=args.n_bpd, batch_size=128, split="test", seed=0,
+                                 progress=False)
+        row.update({"test bpd (ODE)": ll["bpd"], "± se": ll["bpd_stderr"], "LL NFE": ll["nfe"]})
+        n = args.n_samples
+        gen = generate(run.model, run.sde, n, data_shape(run.cfg.data), "ddim", batch_size=250,
+                       seed=0, progress=False, steps=49)
+        train_set, test_set = build_data(run.cfg.data, "train"), build_data(run.cfg.data, "test")
+        idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+        net = load_or_train_classifier(train_set)
+        real = _features(net, uint8_to_model(train_set.x[idx[:n]]), "cpu")
+        held_out = _features(net, uint8_to_model(test_set.x[:n]), "cpu")
+        row.update({"FD-classifier": frechet_distance(_features(net, gen.x, "cpu"), real),
+                    "FD floor": frechet_distance(held_out, real), "DDIM NFE": gen.nfe})
+    print(json.dumps(row), flush=True)
+    (RESULTS / f"flow_training_digits_{args.recipe}.json").write_text(json.dumps(row, indent=1))
+
+
 def _summary(rows: list[dict]) -> str:
     """Mean KL over the unseen cases per recipe, with the se of that mean."""
     lines = ["| recipe | unseen cases | mean KL (nats) | ± se | wins (KL below vp-edm) |",
@@ -101,6 +173,11 @@ def report(seconds: float) -> None:
     text += "## Tuning case (the default recipe was chosen here)\n\n" + table(tuning, COLUMNS)
     text += "\n\n## Unseen cases\n\n" + table(unseen, COLUMNS)
     text += "\n\n### Summary over the unseen cases\n\n" + _summary(rows) + "\n"
+    digits = [json.loads((RESULTS / f"flow_training_digits_{r}.json").read_text())
+              for r in DIGITS if (RESULTS / f"flow_training_digits_{r}.json").exists()]
+    if digits:
+        text += ("\n## Digits (8x8, sklearn), same U-Net and steps\n\n"
+                 + table(digits, DIGITS_COLUMNS) + "\n")
     write_result("flow_training", text)
 
 
@@ -110,9 +187,16 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=45.0, help="training budget, CPU seconds")
     p.add_argument("--n", type=int, default=2000, help="evaluation points / samples")
     p.add_argument("--report", action="store_true", help="only rebuild the markdown")
+    p.add_argument("--part", choices=("2d", "digits"), default="2d")
+    p.add_argument("--recipe", choices=tuple(DIGITS), default="vp-edm", help="digits recipe")
+    p.add_argument("--digits-seconds", type=float, default=180.0, help="digits budget, CPU s")
+    p.add_argument("--n-bpd", type=int, default=256, help="digits: test images for bits/dim")
+    p.add_argument("--n-samples", type=int, default=1000, help="digits: samples for FD")
     args = p.parse_args()
     torch.set_num_threads(1)
-    if not args.report:
+    if args.part == "digits" and not args.report:
+        run_digits(args)
+    elif not args.report:
         k, n = map(int, args.shard.split("/"))
         run(args, (k, n))
     report(args.seconds)

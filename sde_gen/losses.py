@@ -140,7 +140,8 @@ def sample_time(
     Continuous: ``t`` from ``time_sampling`` (:class:`~sde_gen.time_sampling.TimeSampler`) and
     ``(alpha_t, sigma_t) = sde.marginal_coeffs(t)``. Discrete (DDPM's training, [Ho20] Alg. 1):
     ``i ~ U{0..N-1}``, ``t = sde.index_to_time(i)`` and the discrete chain's own coefficients
-    (``sqrt(abar_i)``, ``sqrt(1 - abar_i)`` for VP); only uniform sampling applies there.
+    (``sqrt(abar_i)``, ``sqrt(1 - abar_i)`` for VP); only uniform sampling applies there. On a
+    path with ``alpha_T = 0`` the times lie below ``T`` in ``dtype`` (module docstring).
 
     Returns:
         ``(t, alpha_t, sigma_t, r)``, each ``(B,)``.
