@@ -8,7 +8,13 @@ Recipes (each a list of ``--set`` overrides on the built-in default, ``configs/t
   rectified-flow path, velocity prediction, loss ``||v_theta - v||^2``, logit-normal times
   (m 0, s 1, [Esser24] Sec. 3.1), time input t;
 - ``flow-edm``: the default recipe with only the path changed (``--sde flow``; noise_cond auto
-  = t): separates the path from the objective.
+  = t): separates the path from the objective. On the flow path ``sigma/alpha = t/(1 - t)``, so
+  EDM's log-normal ``ln(sigma/alpha) ~ N(P_mean, P_std^2)`` *is* a logit-normal in ``t`` with
+  ``m = P_mean = -1``, ``s = P_std = 1.6``, and EDM's weight is the velocity loss's times
+  ``(1 - t)^2 + t^2``: this row differs from ``flow-fm`` in the time density (and the network's
+  output parameterization), not in kind;
+- ``flow-fm, m -1 s 1.6``: ``flow-fm`` with the default's time density written as a logit-normal
+  (a diagnostic added after the first three rows were measured, run on every case).
 
 Each run trains through ``sde_gen.app.train`` for a budget of single-thread CPU seconds (steps
 calibrated per recipe, ``quality_common.rate_probe``, so the cosine LR ends with the budget) and
@@ -51,6 +57,9 @@ RECIPES: dict[str, list[str]] = {
     "flow-fm": ["sde.name=flow", "model.prediction=velocity", "train.weighting=velocity",
                 "train.time_sampling=logit_normal"],
     "flow-edm": ["sde.name=flow"],
+    "flow-fm, m -1 s 1.6": ["sde.name=flow", "model.prediction=velocity",
+                            "train.weighting=velocity", "train.time_sampling=logit_normal",
+                            "train.logit_mean=-1.0", "train.logit_std=1.6"],
 }
 TUNING = [("8gaussians", 0)]
 UNSEEN = [("25gaussians", 0), ("8gaussians", 1), ("8gaussians", 2), ("25gaussians", 1)]
@@ -65,10 +74,11 @@ def _jobs() -> list[tuple[str, str, int]]:
 def run(args, shard: tuple[int, int]) -> None:
     out = RESULTS / f"flow_training_{shard[0]}of{shard[1]}.json"
     rows = json.loads(out.read_text()) if out.exists() else []
-    for i, (recipe, data, seed) in enumerate(_jobs()):
+    done = {(r["recipe"], r["case"]) for r in _all_rows()}  # any shard file, any earlier split
+    jobs = [j for j in _jobs() if j[0] in args.recipes]
+    for i, (recipe, data, seed) in enumerate(jobs):
         case = f"{data} / seed {seed}"
-        if i % shard[1] != shard[0] or any(r["recipe"] == recipe and r["case"] == case
-                                           for r in rows):
+        if i % shard[1] != shard[0] or (recipe, case) in done:
             continue
         ov = RECIPES[recipe] + [f"data.name={data}", f"train.seed={seed}"]
         tr, sc = run_one(ov, seconds=args.seconds, n=args.n)
@@ -158,10 +168,15 @@ def _summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(seconds: float) -> None:
+def _all_rows() -> list[dict]:
     rows = []
     for f in sorted(RESULTS.glob("flow_training_*of*.json")):
         rows += json.loads(f.read_text())
+    return rows
+
+
+def report(seconds: float) -> None:
+    rows = _all_rows()
     order = [f"{d} / seed {s}" for d, s in TUNING + UNSEEN]
     rows.sort(key=lambda r: (order.index(r["case"]), list(RECIPES).index(r["recipe"])))
     tuning = [r for r in rows if r["case"] in order[:len(TUNING)]]
@@ -188,6 +203,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="evaluation points / samples")
     p.add_argument("--report", action="store_true", help="only rebuild the markdown")
     p.add_argument("--part", choices=("2d", "digits"), default="2d")
+    p.add_argument("--recipes", nargs="+", choices=tuple(RECIPES), default=tuple(RECIPES),
+                   help="2-D recipes to run")
     p.add_argument("--recipe", choices=tuple(DIGITS), default="vp-edm", help="digits recipe")
     p.add_argument("--digits-seconds", type=float, default=180.0, help="digits budget, CPU s")
     p.add_argument("--n-bpd", type=int, default=256, help="digits: test images for bits/dim")
