@@ -189,6 +189,16 @@ def test_logit_normal_is_sd3s_and_a_shift_moves_its_mean_by_log_shift():
                                torch.log(x / (1 - x)) + math.log(3.0))
 
 
+def test_edm_lognormal_on_flow_is_a_logit_normal():
+    """sigma/alpha = t/(1 - t) on flow, so ln(sigma/alpha) ~ N(P_mean, P_std^2) is logit(t) ~
+    N(m = P_mean, s = P_std): two independent density formulas agree."""
+    sde, t = FlowSDE(), torch.linspace(1e-3, 1, 1001, dtype=F64)
+    lognormal = TimeSampler("lognormal", p_mean=-1.0, p_std=1.6).density(sde, t, t_eps=1e-3)
+    logit = TimeSampler("logit_normal", logit_mean=-1.0, logit_std=1.6).density(sde, t,
+                                                                                 t_eps=1e-3)
+    torch.testing.assert_close(lognormal, logit, rtol=1e-9, atol=1e-12)
+
+
 def test_importance_sampling_is_refused_on_the_flow_paths():
     for sde in (FlowSDE(), TrigFlowSDE()):
         msg = user_error(lambda: TimeSampler("importance").sample(sde, 4))
