@@ -180,9 +180,11 @@ FINDINGS = """\
   the default on VP (mean unseen KL 0.034 vs 0.035; each difference within 1.3 standard
   errors of the difference; 3 of 4 lower), at 1.3-1.9x the ODE NFE.
 - **The time density is most of the gap**: `flow-fm` with the default's density written as a
-  logit-normal (m -1, s 1.6) comes back to 0.046 on 25gaussians / seed 0 (from 0.124) and 0.035
-  on 8gaussians / seed 1 (from 0.038); SD3's m 0, s 1 puts little mass at small t, where the
-  mixtures' fine structure is learned.
+  logit-normal (m -1, s 1.6) has mean unseen KL 0.044 ± 0.003 (from 0.084; 25gaussians 0.046
+  and 0.049 instead of 0.12); SD3's m 0, s 1 puts little mass at small t, where the mixtures'
+  fine structure is learned. The rest (0.044 vs `flow-edm`'s 0.034, same times) is the
+  network's output parameterization (velocity vs EDM's F) and the weight factor
+  `(1 - t)^2 + t^2`.
 - **Digits** (one seed, 443 steps, same U-Net; short of the 3000 the config trains): flow-fm has
   the worse likelihood (5.79 vs 5.03 bits/dim, ± 0.02) and the better DDIM samples
   (FD-classifier 1.76 vs 2.63, held-out floor 0.89). One budget and one seed: not a verdict.
