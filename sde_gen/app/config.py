@@ -62,11 +62,13 @@ class ModelConfig:
     attn_resolutions: tuple = _f((16,), "U-Net feature sizes with self-attention")
     dropout: float = _f(0.1, "U-Net dropout", min=0.0, max=0.9)
     num_heads: int = _f(1, "U-Net attention heads", min=1, max=64)
-    prediction: str = _f("edm", "what the network predicts (edm: EDM's preconditioned F)",
-                         choices=("eps", "x0", "v", "edm"))
+    prediction: str = _f("edm", "what the network predicts (edm: EDM's preconditioned F; "
+                         "velocity: flow matching's alpha' x0 + sigma' eps)",
+                         choices=("eps", "x0", "v", "velocity", "edm"))
     sigma_data: float = _f(1.0, "data std for input scaling and EDM's c_skip/c_out", min=1e-6)
-    noise_cond: str = _f("logsnr", "network conditioned on the time t or the log-SNR",
-                         choices=("t", "logsnr"))
+    noise_cond: str = _f("auto", "network conditioned on the time t or the log-SNR (auto: t on "
+                         "a path with alpha_T = 0, flow and trig, where the log-SNR is -inf at "
+                         "T; logsnr elsewhere)", choices=("auto", "t", "logsnr"))
     film: bool = _f(True, "MLP: FiLM (scale and shift) conditioning instead of additive")
     fourier_features: int = _f(32, "MLP: random Fourier features of the input (0: off)", min=0,
                                max=4096)
@@ -99,12 +101,18 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "gradient-norm clip (0 disables)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay of the weights", min=0.0, max=1.0)
     seed: int = _f(0, "random seed", min=0, max=2**63 - 1)
-    weighting: str = _f("edm", "DSM weighting", choices=("simple", "likelihood", "min_snr", "edm"))
+    weighting: str = _f("edm", "DSM weighting (velocity: flow matching's ||v_theta - v||^2)",
+                        choices=("simple", "likelihood", "min_snr", "edm", "velocity"))
     min_snr_gamma: float = _f(5.0, "gamma of the min-SNR weighting", gt=0.0)
     time_sampling: str = _f("lognormal", "training-time distribution",
-                            choices=("uniform", "importance", "lognormal"))
+                            choices=("uniform", "importance", "lognormal", "logit_normal"))
     p_mean: float = _f(-1.0, "lognormal time sampling: mean of ln(sigma/alpha)")
     p_std: float = _f(1.6, "lognormal time sampling: std of ln(sigma/alpha)", gt=0.0)
+    logit_mean: float = _f(0.0, "logit_normal time sampling: mean m of logit(t/T) ([Esser24] "
+                           "Sec. 3.1)")
+    logit_std: float = _f(1.0, "logit_normal time sampling: std s of logit(t/T)", gt=0.0)
+    time_shift: float = _f(1.0, "uniform/logit_normal time sampling: SD3's shift t/T -> s t/(1 "
+                           "+ (s - 1) t) ([Esser24] Sec. 5.3.2; 1: none)", min=1e-3, max=1e3)
     lr_schedule: str = _f("cosine", "LR after warmup", choices=("constant", "cosine"))
     ema_mode: str = _f("warmup", "EMA decay rule", choices=("fixed", "warmup", "power"))
     ema_sigma_rel: float = _f(0.1, "power EMA: relative width sigma_rel", gt=0.0, max=0.27)
@@ -135,12 +143,33 @@ class TrainConfig:
                               "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
 
 
+#: The SDEs whose path has ``alpha_T = 0`` (pure noise at ``T``): no log-SNR at ``T``, no
+#: discrete chain (:attr:`~sde_gen.sde.SDE.pure_noise_at_T`, asked of a default instance).
+PURE_NOISE_PATHS = tuple(name for name, cls in SDES.items() if cls().pure_noise_at_T)
+
+
+def resolve_noise_cond(noise_cond: str, sde_name: str) -> str:
+    """``model.noise_cond=auto``: ``t`` on a pure-noise path (the log-SNR is ``-inf`` at ``T``),
+    ``logsnr`` elsewhere (the recipe of benchmarks/results/training_quality.md)."""
+    if noise_cond != "auto":
+        return noise_cond
+    return "t" if sde_name in PURE_NOISE_PATHS else "logsnr"
+
+
 @dataclass(frozen=True)
 class Config:
+    """A run's configuration; ``model.noise_cond=auto`` is resolved here
+    (:func:`resolve_noise_cond`), so a saved config records what the network is conditioned on."""
+
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        cond = resolve_noise_cond(self.model.noise_cond, self.sde.name)
+        if cond != self.model.noise_cond:
+            object.__setattr__(self, "model", dataclasses.replace(self.model, noise_cond=cond))
 
 
 #: The keys that may differ from a run's saved config when training resumes in its workdir: how
@@ -265,6 +294,8 @@ def _check_combination(cfg: Config) -> None:
             raise ConfigError(f"sde.{low}={getattr(cfg.sde, low)} must be below "
                               f"sde.{high}={getattr(cfg.sde, high)}")
     _check_sde(cfg.sde)
+    _check_pure_noise_path(cfg)
+    _check_time_sampling(cfg.train)
     if cfg.train.discrete and cfg.train.time_sampling != "uniform":
         raise ConfigError(f"train.discrete=true draws DDPM's steps uniformly; also set "
                           f"train.time_sampling=uniform (it is {cfg.train.time_sampling})")
@@ -282,6 +313,44 @@ def _check_combination(cfg: Config) -> None:
         raise ConfigError("train.vlb_importance=true samples the steps of the hybrid loss; it "
                           "needs model.learn_variance=true")
     _check_class_cond(cfg)
+
+
+def _check_pure_noise_path(cfg: Config) -> None:
+    """On a path with ``alpha_T = 0`` (flow, trig): no log-SNR input (``-inf`` at ``T``), a
+    prediction that gives x0 at ``T``, none of the VP/DDPM-chain options, no importance times."""
+    name = cfg.sde.name
+    if name not in PURE_NOISE_PATHS:
+        return
+    where = f"sde.name={name} (alpha_T = 0)"
+    if cfg.model.noise_cond == "logsnr":
+        raise ConfigError(f"model.noise_cond=logsnr: the log-SNR is -inf at T on {where}; use "
+                          "model.noise_cond=t (or auto)")
+    if cfg.model.prediction == "eps":
+        raise ConfigError(f"model.prediction=eps cannot give x0 at T on {where}, where sampling "
+                          "starts; use velocity, edm, v or x0")
+    if cfg.model.learn_variance:
+        raise ConfigError(f"model.learn_variance=true (the hybrid loss, L_vlb) needs DDPM's "
+                          f"chain (sde.name=vp or subvp); {where} has none")
+    if cfg.train.discrete:
+        raise ConfigError(f"train.discrete=true trains on DDPM's discrete chain; {where} has "
+                          "none: use continuous time (train.discrete=false)")
+    if cfg.train.time_sampling == "importance":
+        raise ConfigError(f"train.time_sampling=importance draws t with density g^2/sigma^2, "
+                          f"not integrable at T on {where}; use uniform, lognormal or "
+                          "logit_normal")
+
+
+def _check_time_sampling(tc: TrainConfig) -> None:
+    """The logit-normal's keys only with ``logit_normal``; a shift only where it applies."""
+    defaults = TrainConfig()
+    for key in ("logit_mean", "logit_std"):
+        if tc.time_sampling != "logit_normal" and getattr(tc, key) != getattr(defaults, key):
+            raise ConfigError(f"train.{key}={getattr(tc, key)} applies only to "
+                              f"train.time_sampling=logit_normal (it is {tc.time_sampling})")
+    if tc.time_shift != 1.0 and tc.time_sampling not in ("uniform", "logit_normal"):
+        raise ConfigError(f"train.time_shift={tc.time_shift} applies only to "
+                          f"train.time_sampling=uniform or logit_normal (it is "
+                          f"{tc.time_sampling})")
 
 
 def _check_class_cond(cfg: Config) -> None:

@@ -337,7 +337,9 @@ class _Trainer:
         self.ema = EMA(self.model, tc.ema_decay, mode=tc.ema_mode, sigma_rel=tc.ema_sigma_rel)
         self.weighting = make_weighting(tc.weighting, gamma=tc.min_snr_gamma,
                                         sigma_data=cfg.model.sigma_data)
-        self.time_sampling = TimeSampler(tc.time_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
+        self.time_sampling = TimeSampler(tc.time_sampling, p_mean=tc.p_mean, p_std=tc.p_std,
+                                         logit_mean=tc.logit_mean, logit_std=tc.logit_std,
+                                         shift=tc.time_shift)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr,
                                      weight_decay=tc.weight_decay, **fused)
