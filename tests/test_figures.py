@@ -84,6 +84,10 @@ def test_write_samples_grid_has_64px_cells_and_takes_nrow(tmp_path):
     # images: at least 5 columns and 2 rows of 64 px cells; the forward process has 8 columns
     (DIGITS_UNET, IMAGE_FIGURES, 2, (5 * 64, 2 * 64), 8 * 64),
     (TINY_MLP, TOY_FIGURES, 64, (800, 250), 6 * 150),  # 2-D: panels of at least 150 px
+    # the flow paths have no discrete chain: the figures draw the continuous posterior steps
+    ([*DIGITS_UNET, "sde.name=flow", "model.prediction=velocity"], IMAGE_FIGURES, 2,
+     (5 * 64, 2 * 64), 8 * 64),
+    ([*TINY_MLP, "sde.name=trig", "model.prediction=x0"], TOY_FIGURES, 64, (800, 250), 6 * 150),
 ])
 def test_write_figures_writes_every_figure_as_a_legible_png(tmp_path, sets, names, n, min_size,
                                                             forward_width):

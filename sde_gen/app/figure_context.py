@@ -15,7 +15,7 @@ from ..chain import chain_times
 from ..errors import UserInputError
 from ..likelihood import decode, encode, slerp
 from ..parameterization import denoise_fn
-from ..sampling import sample
+from ..sampling import make_grid, sample
 from .factory import build_data, is_image
 
 #: The figures of an image run and of a 2-D run, each written as ``<prefix><name>.png``.
@@ -41,7 +41,11 @@ class FigureContext:
         self.ancestral_steps, self.interpolation_steps = ancestral_steps, interpolation_steps
         self.t_min = sde.default_t_min
         self.x0_hat = denoise_fn(model, sde)
-        self.chain = chain_times(sde, self.t_min, device=device)
+        # The chains the figures draw: the discrete chain (DDPM's, SMLD's), or on a path
+        # without one (the flow paths) the continuous posterior steps on its N-step grid.
+        self.discrete = sde.chain != "none"
+        self.chain = (chain_times(sde, self.t_min, device=device) if self.discrete else
+                      make_grid(sde, sde.N - 1, t_min=self.t_min, device=device))
         if len(self.chain) < 2:
             raise UserInputError(f"the figures need a discrete chain of two or more steps above "
                                  f"t_min = {self.t_min:g}; this model's has {len(self.chain)}")
@@ -105,13 +109,16 @@ class FigureContext:
     def ancestral(self, x_T: torch.Tensor, offset: int, **kw: Any):
         """DDPM's ancestral chain from ``x_T`` ([Ho20] Alg. 2), denoised at the end."""
         steps = {} if "ts" in kw else {"steps": self.ancestral_steps}
-        return sample(self.model, self.sde, None, "ancestral", x_T=x_T, discrete=True,
+        if not self.discrete and "ts" not in kw:
+            kw["ts"] = self.chain_from(self.sde.T, self.ancestral_steps or self.max_steps)
+            steps = {}
+        return sample(self.model, self.sde, None, "ancestral", x_T=x_T, discrete=self.discrete,
                       generator=self.generator(offset), **steps, **kw)
 
     def ddim(self, x_T: torch.Tensor, steps: int, **kw: Any):
         """Deterministic DDIM (eta = 0) on the discrete chain ([Song21ddim] Eq. (12))."""
         return sample(self.model, self.sde, None, "ddim", x_T=x_T, steps=self.fit_steps(steps),
-                      discrete=True, spacing="uniform", eta=0.0, **kw)
+                      discrete=self.discrete, spacing="uniform", eta=0.0, **kw)
 
     def chain_from(self, t: float, steps: int | None = None) -> torch.Tensor:
         """A respaced DDPM chain from the step nearest ``t`` down to the one nearest ``t_min``:
