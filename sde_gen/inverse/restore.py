@@ -26,6 +26,7 @@ from ..sampling.spec import Option, check_options
 from ..sde import SDE
 from .guidance import denoise_with_graph, guided_x0
 from .operators import LinearOperator, check_linear
+from .smc import SMC_OPTIONS, restore_smc
 
 __all__ = ["METHODS", "VARIANCES", "restore"]
 
@@ -54,6 +55,7 @@ METHODS: dict[str, tuple[Option, ...]] = {
     "mmps": (
         Option("cg_steps", int, 5, "conjugate-gradient iterations (one VJP each)", min=1),
     ),
+    "smc": SMC_OPTIONS,
 }
 
 
@@ -105,16 +107,18 @@ def restore(
         y: ``(B, *M)`` or ``(1, *M)`` (shared), ``M = op``'s output shape for ``shape``.
         op: a :mod:`sde_gen.inverse` operator, probed for linearity (:func:`check_linear`).
         noise_std: ``s >= 0``; DPS's ``step="likelihood"`` needs ``s > 0``.
-        method: ``"dps"``, ``"pgdm"`` or ``"mmps"`` (options in :data:`METHODS`).
+        method: ``"dps"``, ``"pgdm"``, ``"mmps"`` or ``"smc"`` (options in :data:`METHODS`;
+            ``smc`` needs ``particles`` and the dense matrix of ``op``, see :mod:`.smc`).
         shape: ``(B, *D)`` of the samples.
         steps, t_min, spacing: the grid (default 200 log-SNR steps to the SDE's ``t_min``).
         variance: the kernel's variance, one of :data:`VARIANCES`.
         options: the method's options.
 
     Returns:
-        :class:`SampleResult` with ``x`` the samples ``(B, *D)`` and ``nfe`` the forward calls of
-        the model (guidance adds backward passes: DPS and PiGDM one per step, MMPS
-        ``cg_steps + 1``).
+        :class:`SampleResult` (for ``smc`` an :class:`~sde_gen.sampling.smc.SMCResult`) with
+        ``x`` the samples ``(B, *D)`` and ``nfe`` the forward calls of the model (batched over
+        the ``K`` particles for ``smc``); guidance adds backward passes: DPS and PiGDM one per
+        step, MMPS ``cg_steps + 1``.
 
     Raises:
         UserInputError: an unknown method or option, a bad ``noise_std`` or ``y``, an operator
@@ -142,6 +146,12 @@ def restore(
     counted = CountingModel(model)
     alpha, sigma = sde.marginal_coeffs(ts.to(torch.float64))
     post = posterior_coeffs(alpha.to(torch.float64), sigma.to(torch.float64))
+    kernel_var = {"beta_tilde": post.var_tilde, "beta": post.v,
+                  "geometric": (post.var_tilde * post.v).sqrt()}[variance]
+    if method == "smc":
+        return restore_smc(model, sde, y, op, noise_std=s, ts=ts, x_shape=shape,
+                           kernel_var=kernel_var, generator=generator, dtype=x.dtype,
+                           options=opts, progress=progress)
     with Progress(len(ts) - 1, desc=f"restore ({method})", show=progress) as bar:
         for k in range(len(ts)):
             t = ts[k].to(x.dtype).expand(shape[0])
@@ -153,9 +163,7 @@ def restore(
                 break
             z = randn(shape, generator, dtype=x.dtype, device=x.device)
             mean = float(post.c_x[k]) * x + float(post.c_x0[k]) * x0_g  # Eq. (7) [Ho20]
-            var = {"beta_tilde": post.var_tilde[k], "beta": post.v[k],
-                   "geometric": (post.var_tilde[k] * post.v[k]).sqrt()}[variance]
-            x = mean + math.sqrt(float(var)) * z
+            x = mean + math.sqrt(float(kernel_var[k])) * z
             if shift is not None:
                 x = x + shift
             x = x.detach()
