@@ -149,8 +149,7 @@ class GaussianMixture:
         dropped): with ``s = 0`` and rank-deficient ``A`` (repeated or dependent rows) the
         evidence is the density on the range of ``A``, the same subspace for every component, so
         the weights stay comparable. With ``s = 0`` the posterior covariances are singular (the
-        measured directions are fixed): that mixture supports :meth:`sample`, :meth:`mean` and
-        :meth:`covariance` only (its densities and scores are undefined).
+        measured directions are fixed): a :class:`SingularGaussianMixture`.
 
         Args:
             op_matrix: ``(m, D)`` (e.g. :meth:`sde_gen.inverse.LinearOperator.matrix`).
@@ -194,18 +193,7 @@ class GaussianMixture:
         covs = 0.5 * (covs + covs.transpose(1, 2))[on]
         if s > 0:
             return GaussianMixture(means[on], covs, weights[on])
-        return GaussianMixture._from_psd(means[on], covs, weights[on])
-
-    @classmethod
-    def _from_psd(cls, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor
-                  ) -> "GaussianMixture":
-        """A mixture whose covariances may be singular: ``chol0`` is then the symmetric square
-        root ``U sqrt(L) U^T`` (any ``B`` with ``B B^T = S`` samples exactly)."""
-        out = cls.__new__(cls)
-        out.means, out.covs, out.weights = means, covs, weights / weights.sum()
-        evals, evecs = torch.linalg.eigh(covs)
-        out.chol0 = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)
-        return out
+        return SingularGaussianMixture(means[on], covs, weights[on])
 
     # -- perturbed marginals ----------------------------------------------------------------------
     def _components_t(
@@ -303,6 +291,43 @@ class GaussianMixture:
     def class_conditional_model(self, sde: SDE) -> "ExactClassModel":
         """A perfect class-conditional eps-model: label ``k`` is component ``k``."""
         return ExactClassModel(self, sde)
+
+
+class SingularGaussianMixture(GaussianMixture):
+    """A mixture whose covariances may be singular (a noiseless :meth:`GaussianMixture.posterior`
+    pins the measured directions). ``chol0`` is the symmetric square root ``U sqrt(L) U^T``
+    (any ``B`` with ``B B^T = S`` samples exactly), so :meth:`sample`, :meth:`mean` and
+    :meth:`covariance` hold, and so do the perturbed marginals at ``t > 0`` (``alpha^2 S +
+    sigma^2 I`` is invertible): scores, eps and denoiser. The data density does not exist.
+    """
+
+    def __init__(self, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor) -> None:
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.covs = torch.as_tensor(covs, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = weights / weights.sum()
+        evals, evecs = torch.linalg.eigh(self.covs)
+        self.chol0 = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)
+
+    def _refuse(self, what: str) -> UserInputError:
+        return UserInputError(f"{what} is undefined for a mixture with singular covariances "
+                              f"(a noiseless posterior); sample it, or condition with s > 0")
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._refuse("log_prob")
+
+    def conditional(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
+        raise self._refuse("conditional")
+
+    def posterior(self, op_matrix: torch.Tensor, y: torch.Tensor, noise_std: float,
+                  *, rcond: float = 1e-10) -> "GaussianMixture":
+        raise self._refuse("posterior")
+
+    def component(self, k: int) -> "GaussianMixture":
+        if not 0 <= int(k) < self.num_components:
+            raise UserInputError(f"component {k} is outside 0..{self.num_components - 1}")
+        return SingularGaussianMixture(self.means[k:k + 1], self.covs[k:k + 1],
+                                       torch.ones(1, dtype=torch.float64))
 
 
 class ExactModel:

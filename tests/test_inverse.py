@@ -133,6 +133,12 @@ def test_posterior_of_a_noiseless_mask_is_the_conditional():
         assert float(post.covs[:, known][:, :, known].abs().max()) < 1e-10  # pinned
         draws = post.sample(5, generator=_gen(8), dtype=G64)
         torch.testing.assert_close(draws[:, known], y.expand(5, 2), rtol=0, atol=1e-6)
+    with pytest.raises(UserInputError, match="undefined for a mixture with singular"):
+        post.log_prob(draws)
+    # at t > 0 the perturbed posterior is regular: its score is the unknown part's
+    sde, t = SDES["vp"](), torch.full((5,), 0.5, dtype=G64)
+    x_t = torch.randn(5, 3, generator=_gen(19), dtype=G64)
+    assert bool(torch.isfinite(post.score(x_t, t, sde)).all())
 
 
 def test_posterior_refusals():
