@@ -21,11 +21,12 @@ from ..errors import UserInputError
 from ..noise import Generator, randn
 from ..parameterization import CountingModel, EpsModel
 from ..sampling.driver import Progress, check_pure_start, check_shape, draw_prior, time_grid_for
+from ..sampling.impute import REPLACEMENT_SOLVERS, impute
 from ..sampling.result import SampleResult
 from ..sampling.spec import Option, check_options
 from ..sde import SDE
 from .guidance import denoise_with_graph, guided_x0
-from .operators import LinearOperator, check_linear
+from .operators import LinearOperator, Mask, check_linear
 from .smc import SMC_OPTIONS, restore_smc
 
 __all__ = ["METHODS", "VARIANCES", "restore"]
@@ -56,6 +57,12 @@ METHODS: dict[str, tuple[Option, ...]] = {
         Option("cg_steps", int, 5, "conjugate-gradient iterations (one VJP each)", min=1),
     ),
     "smc": SMC_OPTIONS,
+    "replacement": (
+        Option("solver", str, "pc", "the stochastic solver ([Song21] App. I.2)",
+               choices=REPLACEMENT_SOLVERS),
+        Option("resample", int, 1, "RePaint passes per interval ([Lugmayr22]; 1: replacement)",
+               min=1),
+    ),
 }
 
 
@@ -107,11 +114,13 @@ def restore(
         y: ``(B, *M)`` or ``(1, *M)`` (shared), ``M = op``'s output shape for ``shape``.
         op: a :mod:`sde_gen.inverse` operator, probed for linearity (:func:`check_linear`).
         noise_std: ``s >= 0``; DPS's ``step="likelihood"`` needs ``s > 0``.
-        method: ``"dps"``, ``"pgdm"``, ``"mmps"`` or ``"smc"`` (options in :data:`METHODS`;
-            ``smc`` needs ``particles`` and the dense matrix of ``op``, see :mod:`.smc`).
+        method: ``"dps"``, ``"pgdm"``, ``"mmps"``, ``"smc"`` (``particles`` needed; the dense
+            matrix of ``op``, see :mod:`.smc`) or, for a :class:`Mask` with ``s = 0``,
+            ``"replacement"`` (:func:`~sde_gen.sampling.impute.impute`: replacement, RePaint
+            with ``resample > 1``). Options in :data:`METHODS`.
         shape: ``(B, *D)`` of the samples.
         steps, t_min, spacing: the grid (default 200 log-SNR steps to the SDE's ``t_min``).
-        variance: the kernel's variance, one of :data:`VARIANCES`.
+        variance: the kernel's variance, one of :data:`VARIANCES` (not for replacement).
         options: the method's options.
 
     Returns:
@@ -138,6 +147,17 @@ def restore(
     shape = check_shape(shape)
     check_linear(op, shape[1:])
     y = _check_y(y, op, shape)
+    if method == "replacement":
+        if not isinstance(op, Mask):
+            raise UserInputError(f"method 'replacement' (and RePaint) is for Mask operators only, "
+                                 f"got {op.name}")
+        if s > 0:
+            raise UserInputError("method 'replacement' sets the known entries to y exactly: it "
+                                 "needs noise_std = 0 (use mmps or smc for a noisy y)")
+        x_known = op.adjoint(y.to(dtype=dtype, device=device))
+        return impute(model, sde, x_known, op.mask.to(x_known.device), solver=opts["solver"],
+                      resample=opts["resample"], steps=steps, t_min=t_min, spacing=spacing,
+                      generator=generator, progress=progress)
     ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing, default_steps=DEFAULT_STEPS,
                        default_spacing=DEFAULT_SPACING, device=device)
     check_pure_start(model, sde, ts)
