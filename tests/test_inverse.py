@@ -258,6 +258,8 @@ def test_dps_updates_are_algorithm_1():
     grad = -2 * (resid @ torch.tensor([[1.0, 0.5]], dtype=G64)) @ jac  # grad_x ||y - A x0||^2
     torch.testing.assert_close(shift, -zeta / resid.norm(dim=1, keepdim=True) * grad,
                                rtol=1e-9, atol=1e-12)
+    *_, shift_const = _gaussian_step(S_ANISO, "dps", 0.3, zeta=zeta, step="constant")[:2]
+    torch.testing.assert_close(shift_const, -zeta * grad, rtol=1e-9, atol=1e-12)
     x0_g, shift, x, y, x0_hat, jac, alpha, sigma, a = _gaussian_step(S_ANISO, "dps", 0.3,
                                                                      step="likelihood")
     assert shift is None

@@ -16,7 +16,8 @@ method here returns that shift (or, for DPS's paper step, a correction of the ne
   data are ``N(mu, v I)`` with the given ``v``; biased otherwise.
 - ``dps`` ([Chung23] Alg. 1): the unit Jacobian-weighted residual. Step ``"paper"``: after the
   unconditional kernel step, ``x_s -= zeta_i grad_{x_t} ||r||^2`` with ``zeta_i = zeta / ||r||``
-  (App. C.2; the authors' code steps ``zeta grad ||r||``, half this). Step ``"likelihood"``: the
+  (App. C.2; the authors' code steps ``zeta grad ||r||``, half this); step ``"constant"``: a
+  fixed ``zeta_i = zeta`` (Alg. 1 as printed). Step ``"likelihood"``: the
   Gaussian likelihood of ``y`` given ``x0 = x0_hat`` ([Chung23] Eq. (15)),
   ``g = J^T A^T r / s^2``, needs ``s > 0``. DPS ignores ``Cov[x0 | x_t]``: biased even on Gaussians.
 """
@@ -111,7 +112,9 @@ def guided_x0(method: str, x0: torch.Tensor, leaf: torch.Tensor | None, alpha: f
         return (x0 + ratio * vjp(op.adjoint(u))).detach(), None  # Eq. (7) [Song23pgdm]
     if options["step"] == "likelihood":
         return (x0 + ratio * vjp(op.adjoint(r)) / s2).detach(), None
-    norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
-    # grad_{x_t} ||r||^2 = -2 J^T A^T r; zeta_i = zeta / ||r||  (Alg. 1, App. C.2 [Chung23])
+    # grad_{x_t} ||r||^2 = -2 J^T A^T r; zeta_i = zeta / ||r|| (App. C.2) or zeta (Alg. 1 [Chung23])
     grad = -2 * vjp(op.adjoint(r))
-    return x0.detach(), -_bcast(options["zeta"] / norm, grad) * grad
+    zeta = torch.full((grad.shape[0],), options["zeta"], dtype=grad.dtype, device=grad.device)
+    if options["step"] == "paper":
+        zeta = zeta / r.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return x0.detach(), -_bcast(zeta, grad) * grad

@@ -44,8 +44,8 @@ METHODS: dict[str, tuple[Option, ...]] = {
         Option("zeta", float, 1.0, "DPS step scale zeta ([Chung23] App. C.2)", min=0.0,
                min_open=True),
         Option("step", str, "paper", "paper: zeta / ||r|| times grad ||r||^2 after the kernel; "
-               "likelihood: the Gaussian likelihood score grad ||r||^2 / (2 s^2) (s > 0)",
-               choices=("paper", "likelihood")),
+               "constant: zeta times it; likelihood: the Gaussian likelihood score "
+               "grad ||r||^2 / (2 s^2) (s > 0)", choices=("paper", "constant", "likelihood")),
     ),
     "pgdm": (
         Option("data_var", float, 1.0, "the data variance v of PiGDM's r_t^2", min=0.0,
