@@ -400,7 +400,7 @@ def test_smc_converges_to_the_exact_posterior_as_particles_grow(case, capsys):
         report[k] = f"mode-mass error {errors[k]:.3f}, SW2/floor {_sw_ratio(res.x, post)[0]:.1f}"
         if s == 0:
             assert float((op(res.x) - y).abs().max()) < 1e-9  # A x = y exactly
-    # measured: K=1 0.20 / 0.33, K=64 0.03 / 0.03; the sd of a mass over 500 draws is 0.02
+    # measured: K=1 0.15 / 0.38, K=64 0.01 / 0.02; the sd of a mass over 500 draws is 0.02
     assert errors[1] > 0.1
     assert errors[64] < 0.07 and errors[64] < errors[1] / 3
     with capsys.disabled():
@@ -418,7 +418,7 @@ def test_smc_log_evidence_estimates_the_exact_evidence():
     res = restore(gmm.eps_model(sde), sde, y, Projection(a), noise_std=s, method="smc",
                   particles=64, shape=(64, 2), generator=_gen(18), dtype=G64, steps=50)
     est = float(torch.logsumexp(res.log_evidence, 0) - torch.log(torch.tensor(64.0)))
-    assert abs(est - exact) < 0.1  # the 50-step chain's p_model(y) differs by a few percent
+    assert abs(est - exact) < 0.15  # measured 0.08; the 50-step chain's p_model(y) is not p(y)
 
 
 def test_replacement_through_restore_is_impute():
@@ -452,4 +452,4 @@ def test_noiseless_mask_on_a_gaussian(method):
                   shape=(1000, 2), generator=_gen(10), dtype=G64, steps=100, **kw)
     assert float((op(res.x) - y).abs().max()) < 1e-4
     ratio, _ = _sw_ratio(res.x, gauss.posterior(op.matrix((2,)), y[0], 0.0))
-    assert ratio < 2.0  # measured 0.93 (mmps), 0.97 (pgdm), 1.2 (smc)
+    assert ratio < 2.0  # measured 0.93 (mmps), 0.97 (pgdm), 1.5 (smc)

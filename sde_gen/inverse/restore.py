@@ -20,7 +20,14 @@ from ..chain import posterior_coeffs
 from ..errors import UserInputError
 from ..noise import Generator, randn
 from ..parameterization import CountingModel, EpsModel
-from ..sampling.driver import Progress, check_pure_start, check_shape, draw_prior, time_grid_for
+from ..sampling.driver import (
+    FLOAT_DTYPES,
+    Progress,
+    check_pure_start,
+    check_shape,
+    draw_prior,
+    time_grid_for,
+)
 from ..sampling.impute import REPLACEMENT_SOLVERS, impute
 from ..sampling.result import SampleResult
 from ..sampling.spec import Option, check_options
@@ -132,7 +139,7 @@ def restore(
     Raises:
         UserInputError: an unknown method or option, a bad ``noise_std`` or ``y``, an operator
             whose output shape does not match ``y``, a nonlinear operator, ``s = 0`` for a
-            method that needs ``s > 0``.
+            method that needs ``s > 0``, ``replacement`` with ``s > 0`` or not a :class:`Mask`.
     """
     if variance not in VARIANCES:
         raise UserInputError(f"unknown variance {variance!r}; choose one of "
@@ -161,17 +168,19 @@ def restore(
     ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing, default_steps=DEFAULT_STEPS,
                        default_spacing=DEFAULT_SPACING, device=device)
     check_pure_start(model, sde, ts)
-    x = draw_prior(sde, shape, generator=generator, device=device, dtype=dtype)
-    y = y.to(x)
-    counted = CountingModel(model)
+    if dtype not in FLOAT_DTYPES:
+        raise UserInputError(f"dtype must be a real floating type, got {dtype}")
+    y = y.to(dtype=dtype, device=device)
     alpha, sigma = sde.marginal_coeffs(ts.to(torch.float64))
     post = posterior_coeffs(alpha.to(torch.float64), sigma.to(torch.float64))
     kernel_var = {"beta_tilde": post.var_tilde, "beta": post.v,
                   "geometric": (post.var_tilde * post.v).sqrt()}[variance]
     if method == "smc":
         return restore_smc(model, sde, y, op, noise_std=s, ts=ts, x_shape=shape,
-                           kernel_var=kernel_var, generator=generator, dtype=x.dtype,
+                           kernel_var=kernel_var, generator=generator, dtype=dtype,
                            options=opts, progress=progress)
+    x = draw_prior(sde, shape, generator=generator, device=device, dtype=dtype)
+    counted = CountingModel(model)
     with Progress(len(ts) - 1, desc=f"restore ({method})", show=progress) as bar:
         for k in range(len(ts)):
             t = ts[k].to(x.dtype).expand(shape[0])
