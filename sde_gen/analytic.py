@@ -138,6 +138,63 @@ class GaussianMixture:
         covs = 0.5 * (covs + covs.transpose(1, 2))
         return GaussianMixture(means[keep], covs[keep], weights[keep])
 
+    def posterior(self, op_matrix: torch.Tensor, y: torch.Tensor, noise_std: float,
+                  *, rcond: float = 1e-10) -> "GaussianMixture":
+        """The exact posterior ``p(x0 | y)`` for ``y = A x0 + s z``, ``z ~ N(0, I)``: a mixture.
+
+        Component ``k`` gives the Gaussian posterior with ``C_k = A S_k A^T + s^2 I``,
+        ``mu_k + S_k A^T C_k^+ (y - A mu_k)`` and ``S_k - S_k A^T C_k^+ A S_k``, reweighted by its
+        evidence ``w_k N(y; A mu_k, C_k)`` ([Bishop06] Eq. (2.113)-(2.117)). The inverse is
+        rank-aware (eigendecomposition of ``C_k``, eigenvalues below ``rcond`` times the largest
+        dropped): with ``s = 0`` and rank-deficient ``A`` (repeated or dependent rows) the
+        evidence is the density on the range of ``A``, the same subspace for every component, so
+        the weights stay comparable. With ``s = 0`` the posterior covariances are singular (the
+        measured directions are fixed): a :class:`SingularGaussianMixture`.
+
+        Args:
+            op_matrix: ``(m, D)`` (e.g. :meth:`sde_gen.inverse.LinearOperator.matrix`).
+            y: the measurement, ``(m,)``.
+            noise_std: ``s >= 0``.
+
+        Raises:
+            UserInputError: bad shapes, ``s`` negative or NaN, or (``s = 0``) a ``y`` outside the
+                range of ``A``.
+        """
+        a = torch.as_tensor(op_matrix, dtype=torch.float64)
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise UserInputError(f"op_matrix must be (m, {self.dim}), got {tuple(a.shape)}")
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        if y.shape != (a.shape[0],) or not bool(torch.isfinite(y).all()):
+            raise UserInputError(f"y must be {a.shape[0]} finite values, got {tuple(y.shape)}")
+        s = float(noise_std)
+        if not math.isfinite(s) or s < 0:
+            raise UserInputError(f"noise_std must be a finite number >= 0, got {noise_std}")
+        sa = self.covs @ a.T  # S_k A^T, (K, D, m)
+        c = a @ sa + s**2 * torch.eye(a.shape[0], dtype=torch.float64)  # (K, m, m)
+        evals, evecs = torch.linalg.eigh(0.5 * (c + c.transpose(1, 2)))
+        keep = evals > rcond * evals[:, -1:].clamp_min(1e-300)
+        inv = torch.where(keep, 1 / evals.clamp_min(1e-300), 0.0)
+        diff = y[None] - self.means @ a.T  # (K, m)
+        white = torch.einsum("kmr,km->kr", evecs, diff)  # coordinates in C_k's eigenbasis
+        outside = (white.pow(2) * (~keep)).sum(-1).sqrt()
+        if bool((outside > 1e-6 * (1 + diff.norm(dim=-1))).all()):
+            raise UserInputError("y is not in the range of the operator: impossible with "
+                                 "noise_std = 0")
+        rank = keep.sum(-1)
+        log_ev = -0.5 * (rank * math.log(2 * math.pi) + torch.where(keep, evals.log(), 0.0).sum(-1)
+                         + (white.pow(2) * inv).sum(-1))
+        log_ev = torch.where(outside > 1e-6 * (1 + diff.norm(dim=-1)), -math.inf, log_ev)
+        c_pinv = torch.einsum("kir,kr,kjr->kij", evecs, inv, evecs)
+        gain = sa @ c_pinv  # S_k A^T C_k^+, (K, D, m)
+        means = self.means + (gain @ diff[..., None]).squeeze(-1)
+        covs = self.covs - gain @ sa.transpose(1, 2)
+        weights = torch.softmax(torch.log(self.weights) + log_ev, dim=0)
+        on = weights > 0
+        covs = 0.5 * (covs + covs.transpose(1, 2))[on]
+        if s > 0:
+            return GaussianMixture(means[on], covs, weights[on])
+        return SingularGaussianMixture(means[on], covs, weights[on])
+
     # -- perturbed marginals ----------------------------------------------------------------------
     def _components_t(
         self, sde: SDE, t: torch.Tensor
@@ -234,6 +291,43 @@ class GaussianMixture:
     def class_conditional_model(self, sde: SDE) -> "ExactClassModel":
         """A perfect class-conditional eps-model: label ``k`` is component ``k``."""
         return ExactClassModel(self, sde)
+
+
+class SingularGaussianMixture(GaussianMixture):
+    """A mixture whose covariances may be singular (a noiseless :meth:`GaussianMixture.posterior`
+    pins the measured directions). ``chol0`` is the symmetric square root ``U sqrt(L) U^T``
+    (any ``B`` with ``B B^T = S`` samples exactly), so :meth:`sample`, :meth:`mean` and
+    :meth:`covariance` hold, and so do the perturbed marginals at ``t > 0`` (``alpha^2 S +
+    sigma^2 I`` is invertible): scores, eps and denoiser. The data density does not exist.
+    """
+
+    def __init__(self, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor) -> None:
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.covs = torch.as_tensor(covs, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = weights / weights.sum()
+        evals, evecs = torch.linalg.eigh(self.covs)
+        self.chol0 = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)
+
+    def _refuse(self, what: str) -> UserInputError:
+        return UserInputError(f"{what} is undefined for a mixture with singular covariances "
+                              f"(a noiseless posterior); sample it, or condition with s > 0")
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._refuse("log_prob")
+
+    def conditional(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
+        raise self._refuse("conditional")
+
+    def posterior(self, op_matrix: torch.Tensor, y: torch.Tensor, noise_std: float,
+                  *, rcond: float = 1e-10) -> "GaussianMixture":
+        raise self._refuse("posterior")
+
+    def component(self, k: int) -> "GaussianMixture":
+        if not 0 <= int(k) < self.num_components:
+            raise UserInputError(f"component {k} is outside 0..{self.num_components - 1}")
+        return SingularGaussianMixture(self.means[k:k + 1], self.covs[k:k + 1],
+                                       torch.ones(1, dtype=torch.float64))
 
 
 class ExactModel:
