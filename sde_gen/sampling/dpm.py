@@ -33,7 +33,7 @@ from ..chain import grid_coeffs
 from ..noise import Generator
 from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
-from .pure_start import after_first, ddim_first_step, starts_pure
+from .pure_start import continue_after_first, ddim_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -72,13 +72,9 @@ def sample_dpm(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
         x = ddim_first_step(model, sde, x_T, ts)
-        if callback is not None:
-            callback(0, x, x)
-        if len(ts) == 2:
-            return x, x
-        return sample_dpm(model, sde, x, ts[1:], order=order,
-                          lower_order_final=lower_order_final, variant=variant,
-                          callback=after_first(callback))
+        return continue_after_first(x, x, ts, callback, lambda x, ts, cb: sample_dpm(
+            model, sde, x, ts, order=order, lower_order_final=lower_order_final, variant=variant,
+            callback=cb))
     d2_weight = 2.0 if variant == "taylor3" else 1.0
     dtype = x_T.dtype
     alpha64, sigma64 = coeffs = grid_coeffs(sde, ts)

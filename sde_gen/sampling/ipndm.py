@@ -34,7 +34,7 @@ from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
 from .deis import eps_multistep, lagrange_coefficients
-from .pure_start import after_first, ddim_first_step, starts_pure
+from .pure_start import continue_after_first, ddim_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -101,12 +101,8 @@ def sample_ipndm(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
         x = ddim_first_step(model, sde, x_T, ts)
-        if callback is not None:
-            callback(0, x, x)
-        if len(ts) == 2:
-            return x, x
-        return sample_ipndm(model, sde, x, ts[1:], order=order, variable_step=variable_step,
-                            callback=after_first(callback))
+        return continue_after_first(x, x, ts, callback, lambda x, ts, cb: sample_ipndm(
+            model, sde, x, ts, order=order, variable_step=variable_step, callback=cb))
     coeffs = grid_coeffs(sde, ts)
     weights = ipndm_coefficients(coeffs.sigma_tilde, order, variable_step=bool(variable_step))
     return eps_multistep(model, x_T, ts, coeffs.alpha, weights, callback=callback)

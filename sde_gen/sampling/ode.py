@@ -15,7 +15,7 @@ from ..noise import Generator
 from ..parameterization import EpsModel
 from ..pf_ode import ADAPTIVE, FIXED, ODEDivergedError, odeint_path, probability_flow
 from ..sde import SDE
-from .pure_start import after_first, heun_first_step, starts_pure
+from .pure_start import continue_after_first, heun_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec, x0_options
 
@@ -82,11 +82,8 @@ def sample_heun(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
         x = heun_first_step(model, sde, x_T, ts)
-        if callback is not None:
-            callback(0, x, x)
-        if len(ts) == 2:
-            return x, x
-        return sample_heun(model, sde, x, ts[1:], callback=after_first(callback))
+        return continue_after_first(x, x, ts, callback, lambda x, ts, cb: sample_heun(
+            model, sde, x, ts, callback=cb))
     dtype = x_T.dtype
     coeffs = grid_coeffs(sde, ts)
     sig, alpha, tt = coeffs.sigma_tilde.to(dtype), coeffs.alpha.to(dtype), ts.to(dtype)

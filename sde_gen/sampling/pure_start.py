@@ -23,6 +23,8 @@ Refs: [Song21ddim] Eq. (12); [Ho20] Eq. (7); [Lu22pp] Eq. 8 (its ``h -> inf`` li
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..chain import grid_coeffs
@@ -32,8 +34,8 @@ from ..sde import SDE
 from ..tensor_utils import append_dims
 from .result import Callback
 
-__all__ = ["after_first", "ddim_first_step", "heun_first_step", "posterior_first_step",
-           "starts_pure"]
+__all__ = ["after_first", "continue_after_first", "ddim_first_step", "heun_first_step",
+           "posterior_first_step", "starts_pure"]
 
 
 def starts_pure(sde: SDE, ts: torch.Tensor) -> bool:
@@ -81,6 +83,20 @@ def heun_first_step(model: EpsModel, sde: SDE, x: torch.Tensor,
     d1 = drift(x, ts[0])
     d2 = drift(x + h * d1, ts[1])
     return x + 0.5 * h * (d1 + d2)
+
+
+def continue_after_first(x: torch.Tensor, x_mean: torch.Tensor, ts: torch.Tensor,
+                         callback: Callback | None, rest: Callable[..., tuple[torch.Tensor,
+                                                                              torch.Tensor]]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """After the first step from a pure-noise ``ts[0]`` (state ``x``, mean ``x_mean`` at
+    ``ts[1]``): report it as interval 0, then ``rest(x, ts[1:], callback)`` on the remaining
+    intervals with the callback's indices shifted (``(x, x_mean)`` when there are none)."""
+    if callback is not None:
+        callback(0, x, x_mean)
+    if len(ts) == 2:
+        return x, x_mean
+    return rest(x, ts[1:], after_first(callback))
 
 
 def after_first(callback: Callback | None) -> Callback | None:

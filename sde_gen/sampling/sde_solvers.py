@@ -12,7 +12,7 @@ from ..noise import Generator, randn
 from ..parameterization import EpsModel, eps_to_score, eps_to_x0, score_fn
 from ..sde import SDE
 from ..tensor_utils import append_dims
-from .pure_start import after_first, posterior_first_step, starts_pure
+from .pure_start import continue_after_first, posterior_first_step, starts_pure
 from .result import Callback
 from .spec import Option, SolverSpec
 from .torchsde_backend import METHODS as TORCHSDE_METHODS
@@ -48,12 +48,8 @@ def sample_em(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
         x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
-        if callback is not None:
-            callback(0, x, x_mean)
-        if len(ts) == 2:
-            return x, x_mean
-        return sample_em(model, sde, x, ts[1:], generator=generator,
-                         callback=after_first(callback))
+        return continue_after_first(x, x_mean, ts, callback, lambda x, ts, cb: sample_em(
+            model, sde, x, ts, generator=generator, callback=cb))
     rsde = sde.reverse(score_fn(model, sde))
     h = (ts[:-1] - ts[1:]).to(x_T.dtype)
     sqrt_h = torch.sqrt(h)
@@ -112,13 +108,9 @@ def sample_pc(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
         x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
-        if callback is not None:
-            callback(0, x, x_mean)
-        if len(ts) == 2:
-            return x, x_mean
-        return sample_pc(model, sde, x, ts[1:], predictor=predictor, corrector=corrector,
-                         snr=snr, n_corrector=n_corrector, generator=generator,
-                         callback=after_first(callback))
+        return continue_after_first(x, x_mean, ts, callback, lambda x, ts, cb: sample_pc(
+            model, sde, x, ts, predictor=predictor, corrector=corrector,
+            snr=snr, n_corrector=n_corrector, generator=generator, callback=cb))
     dtype = x_T.dtype
     coeffs = grid_coeffs(sde, ts)
     c_x, c_x0, _, v = (c.to(dtype) for c in coeffs.posterior())

@@ -20,7 +20,7 @@ import torchsde
 from ..noise import Generator, IndexedGenerator, randint
 from ..parameterization import EpsModel, score_fn
 from ..sde import SDE
-from .pure_start import after_first, posterior_first_step, starts_pure
+from .pure_start import continue_after_first, posterior_first_step, starts_pure
 from .result import Callback
 
 STRATONOVICH = ("midpoint", "heun", "reversible_heun", "log_ode", "euler_heun")
@@ -144,12 +144,8 @@ def sample_torchsde(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: f and g diverge; DDPM's posterior step
         x, x_mean = posterior_first_step(model, sde, x_T, ts, generator)
-        if callback is not None:
-            callback(0, x, x_mean)
-        if len(ts) == 2:
-            return x, x_mean
-        return sample_torchsde(model, sde, x, ts[1:], method=method, generator=generator,
-                               callback=after_first(callback))
+        return continue_after_first(x, x_mean, ts, callback, lambda x, ts, cb: sample_torchsde(
+            model, sde, x, ts, method=method, generator=generator, callback=cb))
     shape = tuple(x_T.shape)
     adapter = _ReversedSDE(sde, model, shape, "stratonovich" if method in STRATONOVICH else "ito")
     y = x_T.reshape(shape[0], -1)
