@@ -113,8 +113,9 @@ def measurement(task: str, image: str | os.PathLike, shape: tuple[int, int, int]
         return Colorize(), grey, model_to_uint8(grey[0]).expand(3, h, w)
     if task == "deblur":
         x = read_image_for_run(path, shape)
-        return Blur(blur_sigma if blur_sigma is not None else 2.0), x, model_to_uint8(x[0])
-    f = factor if factor is not None else 4
+        sigma = blur_sigma if blur_sigma is not None else TASK_FLAGS["deblur"][1]
+        return Blur(sigma), x, model_to_uint8(x[0])
+    f = factor if factor is not None else TASK_FLAGS["superres"][1]
     op = Downsample(f)
     _, hm, wm = op.out_shape(shape)
     a = read_png(path)
