@@ -19,7 +19,7 @@ from sde_gen.inverse import (
     check_linear,
     restore,
 )
-from sde_gen.inverse.guidance import denoise_with_graph, guided_x0
+from sde_gen.inverse.guidance import conjugate_gradient, denoise_with_graph, guided_x0
 from sde_gen.metrics import sliced_wasserstein
 from sde_gen.sampling.colorize import to_decorrelated
 from sde_gen.sampling.impute import impute
@@ -453,3 +453,19 @@ def test_noiseless_mask_on_a_gaussian(method):
     assert float((op(res.x) - y).abs().max()) < 1e-4
     ratio, _ = _sw_ratio(res.x, gauss.posterior(op.matrix((2,)), y[0], 0.0))
     assert ratio < 2.0  # measured 0.93 (mmps), 0.97 (pgdm), 1.5 (smc)
+
+
+def test_float32_conjugate_gradient_stays_finite_once_an_example_has_converged():
+    # Regression (benchmarks.inverse, PiGDM on an 8-D projection at s = 0: 252 of 256 samples NaN):
+    # a float32 example whose residual reached exactly 0 divided 0 by clamp_min(1e-300) = 0.
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    ill = q @ torch.diag(torch.tensor([1e-3, 1e-2, 1.0, 3.0], dtype=torch.float64)) @ q.T
+    mats = torch.stack([2 * torch.eye(4, dtype=torch.float64), ill])  # CG exact in 1 step / 4
+    b = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    want = torch.linalg.solve(mats, b)
+    u = conjugate_gradient(lambda p: torch.einsum("bij,bj->bi", mats.float(), p), b.float(),
+                           steps=20)
+    assert torch.isfinite(u).all()
+    # float32 rounding on a condition number 3e3: 1e-3 relative
+    assert torch.allclose(u.double(), want, rtol=1e-3, atol=1e-4)

@@ -29,20 +29,33 @@ from ..sampling.grids import SPACINGS
 from ..sampling.solvers import SOLVERS
 from ..sde import SDES
 from .cli_options import (
+    BlurSigma,
+    CgSteps,
     Ckpt,
     ConfigFile,
     Data,
     Denoise,
     Device,
+    DpsStep,
+    EditSolver,
     EndTime,
+    Factor,
     Guidance,
+    NoiseStd,
+    Particles,
     PathName,
     Progress,
+    Resample,
+    Restorations,
+    RestoreMask,
+    RestoreMethod,
+    RestoreTask,
     Seed,
     Sets,
     Spacing,
     Steps,
     Threads,
+    Zeta,
     number,
     out_option,
     with_edit_options,
@@ -283,6 +296,47 @@ def colorize(
 
     path = edit_command("colorize", ckpt, image, out, **options)
     typer.echo(f"colorized with {_edit_text(options)}: {path}")
+
+
+@app.command()
+@one_line_errors
+def restore(
+    *,
+    ckpt: Ckpt = None,
+    task: RestoreTask,
+    image: Annotated[Path, typer.Option(
+        "--image", help="The measurement PNG: the image to inpaint (run's size), the H/f x W/f "
+                        "low-resolution image, the blurred image, or the grey image.")],
+    out: Annotated[Path, out_option("Output PNG: the measurement, then the restorations.")],
+    noise_std: NoiseStd = 0.0,
+    method: RestoreMethod = "mmps",
+    mask: RestoreMask = None,
+    factor: Factor = None,
+    blur_sigma: BlurSigma = None,
+    n: Restorations = 4,
+    steps: Steps = None,
+    t_min: EndTime = None,
+    particles: Particles = None,
+    zeta: Zeta = None,
+    dps_step: DpsStep = None,
+    cg_steps: CgSteps = None,
+    solver: EditSolver = None,
+    resample: Resample = 1,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = 0,
+) -> None:
+    """Restore an image of an image run from a linear measurement y = A x0 + s z (inpainting,
+    super-resolution, deblurring, colorization) with DPS, PiGDM, MMPS, SMC or replacement
+    (--seed seeds the sampler)."""
+    from .restoring import restore_command
+
+    path = restore_command(ckpt, task, image, out, noise_std=noise_std, method=method, mask=mask,
+                           factor=factor, blur_sigma=blur_sigma, n=n, steps=steps, t_min=t_min,
+                           seed=seed, device=device, threads=threads, particles=particles,
+                           zeta=zeta, step=dps_step, cg_steps=cg_steps, solver=solver,
+                           resample=resample)
+    typer.echo(f"restored ({task}, {method}, s = {noise_std:g}), {n} samples: {path}")
 
 
 @app.command()

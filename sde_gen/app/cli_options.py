@@ -165,3 +165,32 @@ def with_edit_options(command: Callable) -> Callable:
                                  annotation=alias) for name, alias, default in EDIT_OPTIONS]
     command.__signature__ = signature.replace(parameters=params)
     return with_solver_flags(command, exclude=("method",))
+
+
+# restore
+RestoreTask = Annotated[str, typer.Option(
+    "--task", help="inpaint (--mask), superres (--factor), deblur (--blur-sigma) or colorize.")]
+RestoreMethod = Annotated[str, typer.Option(
+    "--method", help="dps, pgdm, mmps, smc (--particles) or, for --task inpaint with "
+                     "--noise-std 0, replacement (sde_gen.inverse.restore).")]
+NoiseStd = Annotated[float, typer.Option(
+    "--noise-std", **number(float, 0.0),
+    help="Measurement noise std s >= 0 of --image, in the model's [-1, 1] scale.")]
+RestoreMask = Annotated[Path | None, typer.Option(
+    "--mask", help="--task inpaint: PNG of the run's size, white (1 or 255) where known.")]
+Factor = Annotated[int | None, typer.Option(
+    "--factor", **number(int, 1, 64),
+    help="--task superres: average-pooling factor f (default 4); --image is H/f x W/f.")]
+BlurSigma = Annotated[float | None, typer.Option(
+    "--blur-sigma", **number(float, 0.0, 100.0),
+    help="--task deblur: Gaussian blur std in pixels, > 0 (default 2; zero padding).")]
+Restorations = Annotated[int, typer.Option(
+    "--n", **number(int, 1, 64), help="Restorations, one tile each after the measurement.")]
+Zeta = Annotated[float | None, typer.Option(
+    "--zeta", **number(float, 0.0), help="--method dps: step scale zeta > 0 (default 1).")]
+DpsStep = Annotated[str | None, typer.Option(
+    "--dps-step", help="--method dps: paper (default), constant or likelihood (needs "
+                       "--noise-std > 0).")]
+CgSteps = Annotated[int | None, typer.Option(
+    "--cg-steps", **number(int, 1, 1000),
+    help="--method pgdm or mmps: conjugate-gradient iterations (default 20 / 5).")]

@@ -56,16 +56,20 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, steps: int,
     res, p = b.clone(), b.clone()
     rr = _dot(res, res)
     stop = rtol**2 * rr
+    tiny = torch.finfo(b.dtype).tiny  # 1e-300 is 0 in float32: a converged example gave 0 / 0
+    zero = torch.zeros_like(rr)
     for _ in range(steps):
-        if bool((rr <= stop).all()):
+        active = rr > stop  # converged examples stay where they are
+        if not bool(active.any()):
             break
         mp = matvec(p)
         pmp = _dot(p, mp)
-        step = torch.where(pmp > 0, rr / pmp.clamp_min(1e-300), torch.zeros_like(rr))
+        step = torch.where(active & (pmp > 0), rr / pmp.clamp_min(tiny), zero)
         u = u + _bcast(step, b) * p
         res = res - _bcast(step, b) * mp
         rr_new = _dot(res, res)
-        p = res + _bcast(rr_new / rr.clamp_min(1e-300), b) * p
+        beta = torch.where(active, rr_new / rr.clamp_min(tiny), zero)
+        p = res + _bcast(beta, b) * p
         rr = rr_new
     return u
 
