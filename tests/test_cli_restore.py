@@ -63,6 +63,9 @@ def test_inpaint_replacement_keeps_the_known_pixels_in_every_restoration(run, pi
     ("colorize", ["--image", "grey", "--method", "smc", "--particles", "3"]),
     ("inpaint", ["--image", "image", "--mask", "mask", "--method", "dps", "--noise-std", "0.1",
                  "--dps-step", "likelihood"]),
+    ("deblur", ["--image", "image", "--blur-sigma", "1", "--method", "mmps", "--solver", "dpm"]),
+    ("superres", ["--image", "small", "--method", "dps", "--dps-step", "likelihood",
+                  "--noise-std", "0.1", "--solver", "sde"]),
 ])
 def test_each_task_writes_a_strip(run, pics, tmp_path, task, args):
     args = [pics.get(a, a) for a in args]
@@ -97,6 +100,11 @@ def test_each_task_writes_a_strip(run, pics, tmp_path, task, args):
     (["--task", "deblur", "--image", "image", "--method", "smc"], "needs --particles"),
     (["--task", "deblur", "--image", "image", "--zeta", "2"], "--zeta applies to --method dps"),
     (["--task", "deblur", "--image", "image", "--method", "nope"], "unknown --method 'nope'"),
+    (["--task", "deblur", "--image", "image", "--method", "smc", "--particles", "2", "--solver",
+      "dpm"], "--solver applies to --method dps or pgdm or mmps or replacement"),
+    (["--task", "deblur", "--image", "image", "--method", "dps", "--solver", "dpm"],
+     "has no score form"),
+    (["--task", "deblur", "--image", "image", "--solver", "rk45"], "unknown solver 'rk45'"),
     (["--task", "sharpen", "--image", "image"], "unknown --task 'sharpen'"),
 ])
 def test_bad_input_is_one_line_error_and_writes_nothing(run, pics, tmp_path, args, message):

@@ -105,6 +105,10 @@ Data = Annotated[str | None, typer.Option(
 EditSolver = Annotated[str | None, typer.Option(
     "--solver", "-s", help=f"Sampler of --method replacement: one of {', '.join(SOLVERS)} "
                            "(default pc; --method smc has its own kernel).")]
+RestoreSolver = Annotated[str | None, typer.Option(
+    "--solver", "-s", help=f"For --method mmps, pgdm or dps (--dps-step likelihood): any sampler "
+                           f"({', '.join(SOLVERS)}) walking the guided model (default: DDPM's "
+                           f"kernel); for --method replacement: its sampler (default pc).")]
 Resample = Annotated[int, typer.Option(
     "--resample", **number(int, 1, 100),
     help="RePaint resampling: each step is repeated this many times, re-noising in between "

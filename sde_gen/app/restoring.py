@@ -38,7 +38,7 @@ TASK_FLAGS = {"inpaint": ("--mask", None), "superres": ("--factor", 4),
 #: restore's options behind the method flags: ``name -> (flag, the methods that take it)``.
 METHOD_FLAGS = {"particles": ("--particles", ("smc",)), "zeta": ("--zeta", ("dps",)),
                 "step": ("--dps-step", ("dps",)), "cg_steps": ("--cg-steps", ("pgdm", "mmps")),
-                "solver": ("--solver", ("replacement",)),
+                "solver": ("--solver", ("dps", "pgdm", "mmps", "replacement")),
                 "resample": ("--resample", ("replacement",))}
 GAP = 2  # white pixels between the strip's tiles
 

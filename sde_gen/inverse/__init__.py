@@ -14,7 +14,8 @@ from .operators import (
     Projection,
     check_linear,
 )
+from .posterior_model import PosteriorModel
 from .restore import METHODS, restore
 
 __all__ = ["METHODS", "Blur", "Colorize", "Downsample", "FunctionOperator", "LinearOperator",
-           "Mask", "Projection", "check_linear", "restore"]
+           "Mask", "PosteriorModel", "Projection", "check_linear", "restore"]

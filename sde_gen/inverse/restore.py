@@ -1,10 +1,12 @@
 """``restore``: samples of ``x0`` given ``y = A x0 + s z`` with an unconditional model.
 
-Every method walks the same reverse kernel on the package's grid, the DDPM posterior
+By default every method walks the same reverse kernel on the package's grid, the DDPM posterior
 ``q(x_s | x_t, x0)`` with ``x0`` replaced by the method's guided estimate of ``E[x0 | x_t, y]``
 ([Ho20] Eq. (7); the state moves as with the score ``score + g``), and ends with that estimate at
-the last grid time (Tweedie's step). The estimates are in :mod:`.guidance`. Works on every SDE
-(on a flow path the first step from ``T`` takes the model's own x0, where ``p(y | x_T)`` is flat).
+the last grid time (Tweedie's step). The estimates are in :mod:`.guidance`. With ``solver=...``
+any registered solver walks the guided model instead (:mod:`.posterior_model`). Works on every
+SDE (on a flow path the first step from ``T`` takes the model's own x0, where ``p(y | x_T)`` is
+flat).
 
 Refs: [Chung23] Alg. 1; [Song23pgdm] Alg. 1; [Rozet24] Sec. 4; [Ho20] Eq. (6)-(7).
 """
@@ -30,10 +32,12 @@ from ..sampling.driver import (
 )
 from ..sampling.impute import REPLACEMENT_SOLVERS, impute
 from ..sampling.result import SampleResult
+from ..sampling.sample import sample
 from ..sampling.spec import Option, check_options
 from ..sde import SDE
 from .guidance import denoise_with_graph, guided_x0
 from .operators import LinearOperator, Mask, check_linear
+from .posterior_model import PosteriorModel
 from .smc import SMC_OPTIONS, restore_smc
 
 __all__ = ["METHODS", "VARIANCES", "restore"]
@@ -65,8 +69,6 @@ METHODS: dict[str, tuple[Option, ...]] = {
     ),
     "smc": SMC_OPTIONS,
     "replacement": (
-        Option("solver", str, "pc", "the stochastic solver ([Song21] App. I.2)",
-               choices=REPLACEMENT_SOLVERS),
         Option("resample", int, 1, "RePaint passes per interval ([Lugmayr22]; 1: replacement)",
                min=1),
     ),
@@ -93,6 +95,19 @@ def _check_y(y: Any, op: LinearOperator, shape: tuple[int, ...]) -> torch.Tensor
     return y.expand(shape[0], *want)
 
 
+def _check_solver_method(method: str, opts: dict[str, Any], variance: str) -> None:
+    """A ``solver`` runs a guided model: the method needs a score form (replacement takes one of
+    the stochastic solvers instead)."""
+    if method == "smc":
+        raise UserInputError("method 'smc' is its own sampler: it takes no solver")
+    if method == "dps" and opts["step"] != "likelihood":
+        raise UserInputError(f"dps's {opts['step']!r} step corrects the next state of DDPM's "
+                             f"kernel and has no score form: with a solver use step='likelihood' "
+                             f"(noise_std > 0), mmps or pgdm")
+    if variance != "geometric":
+        raise UserInputError("variance is the DDPM kernel's: a solver sets its own steps")
+
+
 def restore(
     model: EpsModel,
     sde: SDE,
@@ -110,6 +125,8 @@ def restore(
     device: torch.device | str | None = None,
     progress: bool = False,
     variance: str = "geometric",
+    solver: str | None = None,
+    solver_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> SampleResult:
     """Sample ``x0 | y`` for the linear measurement ``y = op(x0) + noise_std z``.
@@ -128,6 +145,14 @@ def restore(
         shape: ``(B, *D)`` of the samples.
         steps, t_min, spacing: the grid (default 200 log-SNR steps to the SDE's ``t_min``).
         variance: the kernel's variance, one of :data:`VARIANCES` (not for replacement).
+        solver: ``None`` (DDPM's kernel, above) or any solver of
+            :data:`~sde_gen.sampling.SOLVERS`, run by :func:`~sde_gen.sampling.sample` on the
+            guided model :class:`~.posterior_model.PosteriorModel` (``steps``, ``t_min`` and
+            ``spacing`` then default to the solver's): for ``mmps``, ``pgdm`` and ``dps`` with
+            ``step="likelihood"``, the methods with a score form. For ``replacement``: its
+            stochastic solver, one of ``REPLACEMENT_SOLVERS`` (default ``pc``, [Song21]
+            App. I.2).
+        solver_options: the solver's options (e.g. ``{"order": 2}`` for ``dpm``).
         options: the method's options.
 
     Returns:
@@ -139,7 +164,8 @@ def restore(
     Raises:
         UserInputError: an unknown method or option, a bad ``noise_std`` or ``y``, an operator
             whose output shape does not match ``y``, a nonlinear operator, ``s = 0`` for a
-            method that needs ``s > 0``, ``replacement`` with ``s > 0`` or not a :class:`Mask`.
+            method that needs ``s > 0``, ``replacement`` with ``s > 0`` or not a :class:`Mask`,
+            a ``solver`` for a method without a score form.
     """
     if variance not in VARIANCES:
         raise UserInputError(f"unknown variance {variance!r}; choose one of "
@@ -151,9 +177,17 @@ def restore(
     if method == "dps" and opts["step"] == "likelihood" and s == 0:
         raise UserInputError("dps with step='likelihood' weighs the residual by 1 / s^2: it needs "
                              "noise_std > 0 (use step='paper')")
+    if solver is not None and method != "replacement":
+        _check_solver_method(method, opts, variance)
     shape = check_shape(shape)
     check_linear(op, shape[1:])
     y = _check_y(y, op, shape)
+    if solver is not None and method != "replacement":
+        guided = PosteriorModel(model, sde, y.to(dtype=dtype, device=device), op, noise_std=s,
+                                method=method, options=opts)
+        return sample(guided, sde, shape, solver, steps=steps, t_min=t_min, spacing=spacing,
+                      generator=generator, device=device, dtype=dtype, progress=progress,
+                      **(solver_options or {}))
     if method == "replacement":
         if not isinstance(op, Mask):
             raise UserInputError(f"method 'replacement' (and RePaint) is for Mask operators only, "
@@ -161,8 +195,11 @@ def restore(
         if s > 0:
             raise UserInputError("method 'replacement' sets the known entries to y exactly: it "
                                  "needs noise_std = 0 (use mmps or smc for a noisy y)")
+        if solver is not None and solver not in REPLACEMENT_SOLVERS:
+            raise UserInputError(f"method 'replacement' runs one of the stochastic solvers "
+                                 f"({', '.join(REPLACEMENT_SOLVERS)}), got solver {solver!r}")
         x_known = op.adjoint(y.to(dtype=dtype, device=device))
-        return impute(model, sde, x_known, op.mask.to(x_known.device), solver=opts["solver"],
+        return impute(model, sde, x_known, op.mask.to(x_known.device), solver=solver or "pc",
                       resample=opts["resample"], steps=steps, t_min=t_min, spacing=spacing,
                       generator=generator, progress=progress)
     ts = time_grid_for(sde, steps=steps, t_min=t_min, spacing=spacing, default_steps=DEFAULT_STEPS,
