@@ -43,6 +43,9 @@ class LinearOperator:
     shape rules ``out_shape``/``in_shape`` (which raise on a shape they do not take)."""
 
     name = "operator"
+    #: ``c`` where the rows are orthogonal with equal norms, ``A A^T = c I`` (a selection, a
+    #: block mean): twisted SMC then needs no dense matrix. ``None``: not known.
+    gram_scale: float | None = None
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
@@ -87,6 +90,7 @@ class Mask(LinearOperator):
     """
 
     name = "Mask"
+    gram_scale = 1.0
 
     def __init__(self, mask: torch.Tensor) -> None:
         m = torch.as_tensor(mask)
@@ -131,6 +135,7 @@ class Downsample(LinearOperator):
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise UserInputError(f"factor must be a positive integer, got {factor!r}")
         self.factor = factor
+        self.gram_scale = 1.0 / factor**2  # f^2 entries of 1 / f^2 per row
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         _check_image(shape, self)
@@ -227,6 +232,7 @@ class Colorize(LinearOperator):
     ``y / 3`` on each channel."""
 
     name = "Colorize"
+    gram_scale = 1.0 / 3  # three entries of 1/3 per row
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         _check_image(shape, self)

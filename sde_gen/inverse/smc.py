@@ -1,7 +1,8 @@
 """Twisted SMC for any linear measurement ``y = A x0 + s z``: asymptotically exact in particles.
 
 The masking filter of :mod:`sde_gen.sampling.smc` carried to a general ``A`` through its thin
-SVD ``A = U diag(lambda) V^T`` (rank ``r``, from the dense matrix): in the row-space coordinates
+SVD ``A = U diag(lambda) V^T`` (rank ``r``; :class:`RowSpace`: matrix-free for operators with
+orthogonal rows, else from the dense matrix): in the row-space coordinates
 ``c = V^T x`` the measurement is diagonal, ``y' = U^T y = lambda * c0 + s z'``, and the reverse
 kernel ``p(x_s | x_t) = N(mean(x_t), w I)`` stays isotropic, so its row-space and null-space
 parts are independent. Potentials (twists, [Wu23] Eq. (8)) are the likelihood ``p(y | x_t)`` of
@@ -42,7 +43,7 @@ from ..sampling.spec import Option
 from ..sde import SDE
 from .operators import LinearOperator
 
-__all__ = ["SMC_OPTIONS", "restore_smc"]
+__all__ = ["MAX_DENSE", "SMC_OPTIONS", "RowSpace", "restore_smc"]
 
 #: The options of ``restore(method="smc")``.
 SMC_OPTIONS = (
@@ -61,13 +62,58 @@ def _log_normal(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch
     return (-0.5 * (torch.log(2 * math.pi * var) + (y - mean) ** 2 / var)).sum(1)
 
 
-def row_space(op: LinearOperator, shape: tuple[int, ...], *, rtol: float = 1e-10
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(U, lambda, V)`` of the thin SVD of ``op``'s dense matrix on examples of ``shape``,
-    singular values below ``rtol`` times the largest dropped: ``(m, r)``, ``(r,)``, ``(D, r)``."""
-    u, lam, vh = torch.linalg.svd(op.matrix(shape), full_matrices=False)
-    keep = lam > rtol * lam[0]
-    return u[:, keep], lam[keep], vh[keep].T
+#: The largest example size whose dense matrix is factored (an SVD of a D x D float64 matrix).
+MAX_DENSE = 4096
+
+
+class RowSpace:
+    """The row space of ``A`` in coordinates where the measurement is diagonal: ``c = V^T x``
+    (``r`` values), ``y' = U^T y = lambda * c0 + s z'``.
+
+    Operators with orthogonal rows of equal norm (``A A^T = c I``: :class:`~.operators.Mask`,
+    :class:`~.operators.Downsample`, :class:`~.operators.Colorize`) are matrix-free:
+    ``U = I``, ``lambda = sqrt(c)``, ``V = A^T / lambda``, so ``c = A x / lambda`` and the
+    operator's own calls do the work at any image size. Others use the thin SVD of the dense
+    matrix (singular values below ``rtol`` times the largest dropped), for ``D <= MAX_DENSE``.
+    """
+
+    def __init__(self, op: LinearOperator, shape: tuple[int, ...], device: torch.device, *,
+                 rtol: float = 1e-10) -> None:
+        self.op, self.m_shape = op, op.out_shape(shape)
+        d = math.prod(shape)
+        if op.gram_scale is not None:
+            self.u = self.v = None
+            self.lam = torch.full((math.prod(self.m_shape),), math.sqrt(op.gram_scale),
+                                  dtype=torch.float64, device=device)
+            return
+        if d > MAX_DENSE:
+            raise UserInputError(f"method='smc' factors {op.name}'s dense matrix, which is "
+                                 f"{d} x {d} on examples of shape {shape} (at most {MAX_DENSE}); "
+                                 f"use mmps or pgdm, or an operator with orthogonal rows (Mask, "
+                                 f"Downsample, Colorize)")
+        u, lam, vh = torch.linalg.svd(op.matrix(shape), full_matrices=False)
+        keep = lam > rtol * lam[0]
+        self.u, self.lam = u[:, keep].to(device), lam[keep].to(device)
+        self.v = vh[keep].T.to(device)
+
+    def measure(self, y: torch.Tensor) -> torch.Tensor:
+        """``y' = U^T y``, ``(B, r)`` float64."""
+        y = y.flatten(1).to(torch.float64)
+        return y if self.u is None else y @ self.u
+
+    def coords(self, x: torch.Tensor) -> torch.Tensor:
+        """``c = V^T x``, ``(N, r)`` float64."""
+        if self.v is None:
+            return self.op(x).flatten(1).to(torch.float64) / self.lam
+        return (x.flatten(1) @ self.v.to(x.dtype)).to(torch.float64)
+
+    def with_coords(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` with its row-space part set to ``c``: ``x + V (c - V^T x)``."""
+        delta = (c - self.coords(x)).to(x.dtype)
+        if self.v is None:
+            return x + self.op.adjoint((delta / self.lam.to(x.dtype)).reshape(
+                x.shape[0], *self.m_shape))
+        return x + (delta @ self.v.to(x.dtype).T).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -91,23 +137,16 @@ def restore_smc(model: EpsModel, sde: SDE, y: torch.Tensor, op: LinearOperator, 
     check_fits(12 * b * k * math.prod(d_shape) * torch.finfo(dtype).bits // 8,
                f"{k} particles for each of {b} rows of shape {d_shape}",
                hint="use fewer particles or rows")
-    u_mat, lam, v_mat = (t.to(device) for t in row_space(op, d_shape))
+    space = RowSpace(op, d_shape, device)
+    lam, rot, set_rot = space.lam, space.coords, space.with_coords
     s2 = noise_std**2
-    y_rot = (y.flatten(1).to(torch.float64) @ u_mat).repeat_interleave(k, 0)  # (N, r)
+    y_rot = space.measure(y).repeat_interleave(k, 0)  # (N, r)
     lam2 = lam**2
     alpha, sigma = grid_coeffs(sde, ts)
     c2 = float(options["twist_scale"]) ** 2
     total = alpha**2 * c2 + sigma**2
     kappa, rho = alpha * c2 / total, c2 * sigma**2 / total
     n = b * k
-    v_x = v_mat.to(dtype)
-
-    def rot(x: torch.Tensor) -> torch.Tensor:  # c = V^T x, (N, r) float64
-        return (x.flatten(1) @ v_x).to(torch.float64)
-
-    def set_rot(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x with its row part c
-        flat = x.flatten(1)
-        return (flat + (c.to(dtype) - flat @ v_x) @ v_x.T).reshape(x.shape)
 
     def log_g(x: torch.Tensor, j: int) -> torch.Tensor:
         return _log_normal(y_rot, float(kappa[j]) * lam * rot(x), float(rho[j]) * lam2 + s2)
