@@ -20,17 +20,20 @@ Noise ``s`` in 0, 0.05, 0.2 (the mixtures have unit scale).
 Methods at comparable cost (``evals/sample``: forward plus backward passes per sample):
 ``dps`` ([Chung23], paper step, zeta = 1) and ``pgdm`` ([Song23pgdm]) at 200 steps (one VJP
 each: 400), ``mmps`` ([Rozet24], cg_steps = 5: 1400), ``dps-lik`` (DPS with the Gaussian
-likelihood step, ``s > 0`` only: it is skipped at ``s = 0``), ``smc`` (twisted SMC, K = 16
-particles, 100 steps: 1616 forward evaluations, no VJPs) and, for ``mask`` at ``s = 0``,
-``replacement`` (``pc``, 500 steps: 1000).
+likelihood step, ``s > 0`` only: it is skipped at ``s = 0``), ``mmps-dpm`` (MMPS's guided model
+walked by DPM-Solver++(2M), 100 steps: 707), ``smc`` (twisted SMC, K = 16 particles, 100 steps:
+1616 forward evaluations, no VJPs), ``smc-32`` (K = 32, 50 steps: 1632) and, for ``mask`` at
+``s = 0``, ``replacement`` (``pc``, 500 steps: 1000).
 
 Cases. No default of ``restore`` was changed here: its defaults (200 log-SNR steps, the geometric
 kernel variance, SMC's twist scale 1) were set in stage 2-3 on 2-D mixtures and single Gaussians
-(``tests/test_inverse.py``). ``2d-asym`` and ``8d-aniso`` (``benchmarks/samplers.py``) are
-labelled ``tune`` (the sampler benchmarks' tuning problems); ``16d-6comp``
-(``random_mixture(16, 6, 2104)`` of ``benchmarks/fast_samplers.py``: 6 unequal components with
-variances log-uniform in [0.003, 0.5] under random rotations) is ``unseen``: nothing was chosen
-on it.
+(``tests/test_inverse.py``). The ``smc-32`` split of the budget (more particles, fewer steps) was
+chosen on the tuning mixtures' ``proj`` and ``mask`` cases among K x steps = 16 x 100, 32 x 50,
+64 x 25 and 8 x 200 (8-D ``proj``: 1.75 / 1.48 / 1.43 / 2.26 at s = 0). ``2d-asym`` and
+``8d-aniso`` (``benchmarks/samplers.py``) are labelled ``tune`` (the sampler benchmarks' tuning
+problems); ``16d-6comp`` (``random_mixture(16, 6, 2104)`` of ``benchmarks/fast_samplers.py``:
+6 unequal components with variances log-uniform in [0.003, 0.5] under random rotations) is
+``unseen``: nothing was chosen on it.
 
 Usage::
 
@@ -73,7 +76,9 @@ METHODS = {
     "dps-lik": ({"method": "dps", "step": "likelihood"}, True, False),
     "pgdm": ({"method": "pgdm"}, False, False),
     "mmps": ({"method": "mmps"}, False, False),
+    "mmps-dpm": ({"method": "mmps", "solver": "dpm", "steps": 100}, False, False),
     "smc": ({"method": "smc", "particles": 16, "steps": 100}, False, False),
+    "smc-32": ({"method": "smc", "particles": 32, "steps": 50}, False, False),
     "replacement": ({"method": "replacement", "solver": "pc", "steps": 500}, False, True),
 }
 
@@ -135,7 +140,7 @@ def run(case: Case, model, sde, label: str, seed: int) -> dict:
     res = restore(model, sde, case.y.to(DTYPE), case.op, noise_std=case.s,
                   shape=(case.n, case.gm.dim), generator=g, **kw)
     wall = time.perf_counter() - t0
-    vjps = {"dps": 1, "pgdm": 1, "mmps": 6}.get(kw["method"], 0)
+    vjps = {"dps": 1, "pgdm": 1, "mmps": kw.get("cg_steps", 5) + 1}.get(kw["method"], 0)
     sw = sum(case.sw(res.x, i) for i in range(REFS)) / REFS
     return {"nfe": res.nfe, "evals/sample": res.nfe * (k + vjps), "wall_s": wall, "sw": sw,
             "ratio": sw / case.floor, "resid": case.residual(res.x)}

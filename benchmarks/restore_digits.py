@@ -28,9 +28,10 @@ from sde_gen.scaling import from_model, uint8_to_model
 
 #: method label -> restore options (per task where they differ).
 METHODS = {
-    "DPS": dict(method="dps"),
-    "PiGDM": dict(method="pgdm"),
-    "MMPS": dict(method="mmps"),
+    "DPS": dict(method="dps", clip_sample=1.0),
+    "PiGDM": dict(method="pgdm", clip_sample=1.0),
+    "MMPS": dict(method="mmps", clip_sample=1.0),
+    "MMPS\n(dpm 50)": dict(method="mmps", clip_sample=1.0, solver="dpm", steps=50),
     "SMC K=16": dict(method="smc", particles=16, steps=100),
 }
 
@@ -74,7 +75,7 @@ def main() -> None:
             res = restore(model, run.sde, y, op, noise_std=s, shape=tuple(x0.shape),
                           generator=torch.Generator().manual_seed(1), **kw)
             wall = time.perf_counter() - t0
-            steps = res.nfe - 1  # the final denoise has no guidance
+            steps = res.nfe - 1 if "solver" not in kw else res.nfe  # the kernel's last: none
             backward = {"dps": steps, "pgdm": steps, "mmps": 6 * steps}.get(kw["method"], 0)
             rows.append({"task": task, "method": name.replace("\n", " "),
                          "forward evals": res.nfe * kw.get("particles", 1),
@@ -93,7 +94,9 @@ def main() -> None:
     text = (header("Restoring held-out digits with every inverse-problem method")
             + f"- run: `{args.run}` (step {run.step})\n"
             f"- {args.n} held-out test digits, the same noise draw and seed for every method; "
-            f"200 log-SNR steps unless stated; per image: forward evaluations of the network "
+            f"200 log-SNR steps of DDPM's kernel unless stated (dpm: DPM-Solver++ on the guided "
+            f"model); DPS, PiGDM and MMPS clip the guided x0 to [-1, 1] (`clip_sample=1`, what "
+            f"`sde-gen restore` does on image runs); per image: forward evaluations of the network "
             f"(SMC: K particles each) and the backward passes of the guidance (DPS, PiGDM: one "
             f"per step; MMPS: cg_steps + 1 = 6)\n\n" + table(rows, list(rows[0])) + "\n\n"
             + "\n\n".join(figures) + "\n")

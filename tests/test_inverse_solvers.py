@@ -99,3 +99,30 @@ def test_solver_refusals():
     with pytest.raises(UserInputError, match="order"):
         restore(model, sde, Y, Projection(A), method="mmps", solver_options={"order": 9},
                 **kw)
+
+
+@pytest.mark.parametrize("solver", [None, "dpm"])
+def test_clip_sample_bounds_the_guided_x0(solver):
+    """``clip_sample=c`` clips the guided x0 before each step and at the end: every sample in
+    ``[-c, c]`` (the Gaussian's posterior reaches past 0.6 at both ends)."""
+    gauss = GaussianMixture.gaussian(MU, COV)
+    sde = SDES["vp"]()
+    kw = dict(noise_std=S, method="mmps", shape=(500, 2), generator=_gen(5), dtype=G64,
+              steps=20, solver=solver)
+    free = restore(gauss.eps_model(sde), sde, Y, Projection(A), **kw).x
+    clipped = restore(gauss.eps_model(sde), sde, Y, Projection(A), clip_sample=0.6, **kw).x
+    assert float(free.abs().max()) > 1.0 and float(clipped.abs().max()) <= 0.6
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(clip_sample=-1.0), "clip_sample must be a finite number >= 0"),
+    (dict(clip_sample=float("nan")), "clip_sample must be a finite number >= 0"),
+    (dict(clip_sample=1.0, method="smc", particles=2), "method 'smc' has none"),
+    (dict(clip_sample=1.0, solver="sde"), "clip_sample"),
+])
+def test_clip_sample_refusals(kw, message):
+    gauss = GaussianMixture.gaussian(MU, COV)
+    sde = SDES["vp"]()
+    with pytest.raises(UserInputError, match=message):
+        restore(gauss.eps_model(sde), sde, Y, Projection(A), **{
+            "noise_std": S, "method": "mmps", "shape": (3, 2), "dtype": G64, **kw})

@@ -140,6 +140,18 @@ def strip(tiles: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
+def image_clip(method: str, solver: str | None) -> float | None:
+    """1 (pixels in ``[-1, 1]``) where the guided x0 can be clipped: DPS, PiGDM and MMPS on
+    DDPM's kernel or on a solver that steps on x0; else ``None``."""
+    from ..sampling.driver import solver_spec
+
+    if method not in ("dps", "pgdm", "mmps"):
+        return None
+    if solver is None or "clip_sample" in (o.name for o in solver_spec(solver).options):
+        return 1.0
+    return None
+
+
 def restore_file(run: LoadedRun, task: str, image: str | os.PathLike, out: str | os.PathLike,
                  *, noise_std: float, n: int = 4, mask: str | os.PathLike | None = None,
                  factor: int | None = None, blur_sigma: float | None = None, seed: int = 0,
@@ -166,6 +178,7 @@ def restore_file(run: LoadedRun, task: str, image: str | os.PathLike, out: str |
     op, y, shown = measurement(task, image, shape, mask=mask, factor=factor,
                                blur_sigma=blur_sigma)
     g = torch.Generator(device=device).manual_seed(seed)
+    options.setdefault("clip_sample", image_clip(options["method"], options.get("solver")))
     res = restore(run.model, run.sde, y.to(device), op, noise_std=noise_std,
                   shape=(n, *shape), generator=g, device=device, **options)
     check_nonfinite(res.x)
@@ -201,5 +214,5 @@ def restore_command(ckpt: str | os.PathLike | None, task: str, image: str | os.P
                         factor=factor, blur_sigma=blur_sigma, seed=seed, device=dev, **opts)
 
 
-__all__ = ["METHOD_FLAGS", "TASKS", "check_task_flags", "measurement", "restore_command",
-           "restore_file", "restore_options", "strip"]
+__all__ = ["METHOD_FLAGS", "TASKS", "check_task_flags", "image_clip", "measurement",
+           "restore_command", "restore_file", "restore_options", "strip"]

@@ -34,6 +34,7 @@ from ..sampling.impute import REPLACEMENT_SOLVERS, impute
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.spec import Option, check_options
+from ..sampling.thresholding import process_x0
 from ..sde import SDE
 from .guidance import denoise_with_graph, guided_x0
 from .operators import LinearOperator, Mask, check_linear
@@ -127,6 +128,7 @@ def restore(
     variance: str = "geometric",
     solver: str | None = None,
     solver_options: dict[str, Any] | None = None,
+    clip_sample: float | None = None,
     **options: Any,
 ) -> SampleResult:
     """Sample ``x0 | y`` for the linear measurement ``y = op(x0) + noise_std z``.
@@ -152,7 +154,12 @@ def restore(
             ``step="likelihood"``, the methods with a score form. For ``replacement``: its
             stochastic solver, one of ``REPLACEMENT_SOLVERS`` (default ``pc``, [Song21]
             App. I.2).
-        solver_options: the solver's options (e.g. ``{"order": 2}`` for ``dpm``).
+        solver_options: the solver's options (e.g. ``{"order": 2}`` for ``dpm``; a solver that
+            steps on x0 takes ``clip_sample`` here).
+        clip_sample: clip the guided x0 to ``[-c, c]`` before each kernel step (DDPM's
+            ``clip_sample``; ``None`` or 0: off). For image models on ``[-1, 1]``: 1 keeps the
+            guidance of a learned denoiser, whose Jacobian is neither symmetric nor well
+            conditioned where pixels never vary (MMPS at ``s = 0``), from running away.
         options: the method's options.
 
     Returns:
@@ -177,8 +184,17 @@ def restore(
     if method == "dps" and opts["step"] == "likelihood" and s == 0:
         raise UserInputError("dps with step='likelihood' weighs the residual by 1 / s^2: it needs "
                              "noise_std > 0 (use step='paper')")
+    if clip_sample is not None:
+        if isinstance(clip_sample, bool) or not isinstance(clip_sample, (int, float)) or not (
+                math.isfinite(clip_sample) and clip_sample >= 0):
+            raise UserInputError(f"clip_sample must be a finite number >= 0, got {clip_sample!r}")
+        if method in ("smc", "replacement"):
+            raise UserInputError(f"clip_sample clips the guided x0 of dps, pgdm and mmps; method "
+                                 f"{method!r} has none")
     if solver is not None and method != "replacement":
         _check_solver_method(method, opts, variance)
+        if clip_sample is not None:
+            solver_options = {**(solver_options or {}), "clip_sample": clip_sample}
     shape = check_shape(shape)
     check_linear(op, shape[1:])
     y = _check_y(y, op, shape)
@@ -224,6 +240,7 @@ def restore(
             with torch.enable_grad():
                 x0, leaf, a_t, s_t = denoise_with_graph(counted, sde, x, t)
                 x0_g, shift = guided_x0(method, x0, leaf, a_t, s_t, y, op, s, opts)
+            x0_g = process_x0(x0_g, clip_sample=clip_sample)
             if k == len(ts) - 1:  # Tweedie's last step: the guided x0 at t_min
                 x = x0_g if shift is None else x0_g + shift
                 break
