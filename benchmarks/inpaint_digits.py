@@ -10,17 +10,15 @@ twisted SMC sampler ([Wu23], [Cardoso23]). The exact comparisons are in
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from benchmarks.common import RESULTS, header, table, write_result
-from sde_gen.app.factory import build_data
+from benchmarks.restore_digits import held_out_digits
 from sde_gen.app.plots import image_table, save_figure
-from sde_gen.app.runs import load_run
 from sde_gen.sampling import impute
-from sde_gen.scaling import from_model, uint8_to_model
+from sde_gen.scaling import from_model
 
 METHODS = {  # name (a column title: two short lines) -> impute keyword arguments
     "replacement\npc 500": dict(solver="pc", steps=500),
@@ -30,16 +28,8 @@ METHODS = {  # name (a column title: two short lines) -> impute keyword argument
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/images_quality/digits/after")
-    ap.add_argument("--n", type=int, default=6)
-    args = ap.parse_args()
-    run = load_run(args.run)
-    model = run.model.eval()
-    data = build_data(run.cfg.data, "test")
-    g = torch.Generator().manual_seed(0)
-    x0 = uint8_to_model(data.x[torch.randperm(len(data), generator=g)[:args.n]])
+    args, run, x0 = held_out_digits("runs/images_quality/digits/after")
+    model = run.model
     mask = torch.zeros(1, *x0.shape[2:])
     mask[:, : x0.shape[2] // 2] = 1  # top half known
     rows, results = [], {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -51,17 +52,24 @@ def tasks(shape: tuple[int, ...]) -> dict:
     }
 
 
-def main() -> None:
+def held_out_digits(default_run: str) -> tuple[argparse.Namespace, Any, torch.Tensor]:
+    """``(args, run, x0)``: the command line (``--run``, ``--n``), the loaded run and ``n``
+    test-split images of its data in the model's scale (the same ones for a given ``n``)."""
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/digits_restore")
+    ap.add_argument("--run", default=default_run)
     ap.add_argument("--n", type=int, default=6)
     args = ap.parse_args()
     run = load_run(args.run)
-    model = run.model.eval()
+    run.model.eval()
     data = build_data(run.cfg.data, "test")
     g = torch.Generator().manual_seed(0)
-    x0 = uint8_to_model(data.x[torch.randperm(len(data), generator=g)[:args.n]])
+    return args, run, uint8_to_model(data.x[torch.randperm(len(data), generator=g)[:args.n]])
+
+
+def main() -> None:
+    args, run, x0 = held_out_digits("runs/digits_restore")
+    model = run.model
     rows, figures = [], []
     for k, (task, (op, s, show)) in enumerate(tasks(tuple(x0.shape[1:])).items()):
         y = op(x0) + s * torch.randn(op(x0).shape, generator=torch.Generator().manual_seed(7))
