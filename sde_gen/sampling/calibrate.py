@@ -48,10 +48,10 @@ from ..parameterization import EpsModel, eps_to_x0
 from ..sde import SDE
 from .driver import check_shape, plan, solver_spec
 from .grids import make_grid
-from .optimized_grid import _gits_grid, reference_endpoints, steps_for_nfe
+from .optimized_grid import _gits_grid, gits_candidates, reference_endpoints, steps_for_nfe
 from .pure_start import ddim_first_step, starts_pure
 
-__all__ = ["CALIBRATABLE", "Calibration", "calibrate", "default_solver"]
+__all__ = ["CALIBRATABLE", "Calibration", "Teacher", "calibrate", "default_solver", "teacher"]
 
 #: Solvers whose function is differentiable in its grid (autograd through every step), with
 #: their fixed options. Their pure-noise first step is :func:`~.pure_start.ddim_first_step`.
@@ -66,6 +66,10 @@ MIN_GAP = 1e-4
 DEFAULT_BUDGET_S = 60.0
 #: The most prior draws the gradient uses (the rest of a larger ``shape[0]`` is not drawn).
 MAX_DRAWS = 512
+#: GITS' candidate intervals (the start grid's dynamic programme).
+CANDIDATES = 64
+#: Draws of the GITS cost (the first of the tuning draws).
+GITS_DRAWS = 64
 
 
 def default_solver(nfe: int) -> str:
@@ -105,6 +109,53 @@ class Calibration:
     def steps(self) -> int:
         """Grid intervals (``sample --steps``)."""
         return len(self.ts) - 1
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The tight probability-flow solve that every calibration of one model and SDE shares.
+
+    Attributes:
+        x_T, x_val: the tuning and validation prior draws.
+        ref, ref_val: their teacher endpoints (dopri5 at tol 1e-7, denoised).
+        traj: the teacher's states at :func:`~.optimized_grid.gits_candidates` from the first
+            :data:`GITS_DRAWS` tuning draws (GITS' edge costs).
+        t_min: the end time; ``seconds``: what the solve took.
+    """
+
+    x_T: torch.Tensor
+    x_val: torch.Tensor
+    ref: torch.Tensor
+    ref_val: torch.Tensor
+    traj: torch.Tensor
+    t_min: float
+    seconds: float
+
+
+def teacher(model: EpsModel, sde: SDE, shape: tuple[int, ...], *, n_val: int = 128,
+            generator: Generator = None, t_min: float | None = None,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype = torch.float32) -> Teacher:
+    """Draw ``min(B, MAX_DRAWS)`` tuning and ``n_val`` validation prior draws (``shape = (B,
+    *D)``; ``generator`` default seed 0) and solve the model's PF-ODE from all of them at once.
+
+    Raises:
+        UserInputError: a bad shape or ``t_min``.
+    """
+    clock = time.perf_counter()
+    shape = check_shape(shape)
+    t_min = check_t_min(sde, sde.default_t_min if t_min is None else t_min)
+    if generator is None:
+        generator = torch.Generator(device=device or "cpu").manual_seed(0)
+    n = min(shape[0], MAX_DRAWS)
+    x_T = sde.prior_sampling((n, *shape[1:]), generator=generator, device=device, dtype=dtype)
+    x_val = sde.prior_sampling((n_val, *shape[1:]), generator=generator, device=device,
+                               dtype=dtype)
+    cand = gits_candidates(sde, t_min, CANDIDATES, device=x_T.device)
+    ref, traj = reference_endpoints(model, sde, torch.cat([x_T, x_val]), t_min, ts=cand)
+    ref, ref_val = ref.split([n, n_val])
+    return Teacher(x_T, x_val, ref, ref_val, traj[:, :min(n, GITS_DRAWS)], t_min,
+                   time.perf_counter() - clock)
 
 
 def _check_budget(budget_s: object) -> float:
@@ -217,6 +268,7 @@ def calibrate(
     patience: int = 40,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    given_teacher: Teacher | None = None,
 ) -> Calibration:
     """Learn the time grid of ``solver`` at ``nfe`` model calls for ``model`` (LD3, see the
     module docstring).
@@ -236,6 +288,8 @@ def calibrate(
         lr: Adam's step size on the grid logits (the ball's points take ``lr r sigma_T``).
         max_iterations, patience: at most this many gradient steps; stop after ``patience``
             steps without a better validation error.
+        given_teacher: a :func:`teacher` solve to reuse (several NFEs of one model); its draws
+            and end time then replace ``shape[0]``, ``generator``, ``t_min`` and ``n_val``.
 
     Returns:
         :class:`Calibration`.
@@ -250,21 +304,17 @@ def calibrate(
     """
     start_clock = time.perf_counter()
     solver, steps, budget = check_calibration_input(solver, nfe, budget_s)
-    shape = check_shape(shape)
-    t_min = check_t_min(sde, sde.default_t_min if t_min is None else t_min)
     if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
         raise UserInputError(f"radius must be a finite number >= 0, got {radius!r}")
+    if given_teacher is None:
+        given_teacher = teacher(model, sde, shape, n_val=n_val, generator=generator,
+                                t_min=t_min, device=device, dtype=dtype)
+    tch = given_teacher
+    t_min, x_T, x_val, ref, ref_val = tch.t_min, tch.x_T, tch.x_val, tch.ref, tch.ref_val
+    n = x_T.shape[0]
     options = dict(CALIBRATABLE[solver])
     spec = solver_spec(solver)
     fn = inspect.unwrap(spec.fn)  # the solver function without its no_grad decorator
-    gen = generator if generator is not None else torch.Generator(device=device or "cpu")
-    if generator is None:
-        gen.manual_seed(0)
-    n = min(shape[0], MAX_DRAWS)
-    x_T = sde.prior_sampling((n, *shape[1:]), generator=gen, device=device, dtype=dtype)
-    x_val = sde.prior_sampling((n_val, *shape[1:]), generator=gen, device=device, dtype=dtype)
-    ref, ref_val = reference_endpoints(model, sde, torch.cat([x_T, x_val]), t_min)[0].split(
-        [n, n_val])
 
     @torch.no_grad()
     def val_error(ts: torch.Tensor) -> float:
@@ -273,8 +323,9 @@ def calibrate(
 
     default = make_grid(sde, steps, t_min=t_min, spacing=spec.spacing_for(sde))
     candidates = [(spec.spacing_for(sde), default)]
-    if steps >= 2 and steps < 64:
-        gits = _gits_grid(model, sde, x_T[:64], t_min, steps, 64).cpu()
+    if 2 <= steps < CANDIDATES:
+        gits = _gits_grid(model, sde, x_T[:tch.traj.shape[1]], t_min, steps, CANDIDATES,
+                          traj=tch.traj).cpu()
         candidates.append(("gits", gits))
     scored = [(val_error(ts), name, ts) for name, ts in candidates]
     err_start, start, ts0 = min(scored, key=lambda s: s[0])
@@ -284,9 +335,9 @@ def calibrate(
         grid = _Grid(sde, ts0)
         theta = grid.theta0.clone().requires_grad_(True)
         sigma_T = float(grid_coeffs(sde, ts0[:1]).sigma[0])
-        ball = radius * sigma_T * math.sqrt(math.prod(shape[1:]))
+        ball = radius * sigma_T * math.sqrt(x_T[0].numel())
         x_soft = x_T.clone().requires_grad_(ball > 0)
-        steps_size = [lr, lr * ball / math.sqrt(math.prod(shape[1:]))]
+        steps_size = [lr, lr * ball / math.sqrt(x_T[0].numel())]
         adam = [_Adam(theta, steps_size[0])] + ([_Adam(x_soft, steps_size[1])] if ball > 0 else [])
         since_best = 0
         while it < max_iterations and since_best < patience:
