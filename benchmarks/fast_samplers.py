@@ -27,6 +27,8 @@ Usage::
 
     python -m benchmarks.fast_samplers              # full run (about 20 CPU minutes)
     python -m benchmarks.fast_samplers --quick      # smoke run
+    python -m benchmarks.fast_samplers --calibrated # only the calibrated section (benchmarks/
+                                                    # calibrated.py; about 15 CPU minutes)
 """
 
 from __future__ import annotations
@@ -310,8 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-optimize", action="store_true", help="skip the optimized grids")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "benchmarks" / "results" / "fast_samplers.md")
+    ap.add_argument("--calibrated", action="store_true",
+                    help="only the calibrated default against the best peers at 4-20 NFE on "
+                         "every path; replaces that section of --out, keeps the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.calibrated:
+        return calibrated_section(args)
     t0 = time.perf_counter()
     kd, df = import_kdiffusion(), import_diffusers()
     n = 200 if args.quick else args.samples
@@ -366,6 +373,21 @@ def main(argv: list[str] | None = None) -> None:
                 optimized[(digits.label, nfe)] = run_ours(digits, m, nfe, ts=g.ts), g.seconds
         cases.append(digits)
     write_report(args, cases, methods, results, chosen, best, optimized, kd, df, t0)
+
+
+def calibrated_section(args) -> None:
+    """``--calibrated``: :mod:`benchmarks.calibrated`, spliced into ``args.out``."""
+    from benchmarks import calibrated
+
+    rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick)
+    section = calibrated.report(rows, seconds, calibrated.BUDGET_S)
+    print("\n".join(section))
+    out = args.out if not args.quick else args.out.with_name("fast_samplers_quick.md")
+    old = out.read_text() if out.is_file() else ""
+    out.write_text(calibrated.splice(old, section))
+    out.with_name("fast_samplers_calibrated.json").write_text(dumps_strict(rows, indent=1)
+                                                               + "\n")
+    print(f"wrote the calibrated section of {out}")
 
 
 def run_peers(r: dict, case: Case, kd, df, nfe: int) -> None:

@@ -502,7 +502,7 @@ def calibrate(
                                    seed=seed, device=device, threads=threads)
     for c in cals:
         typer.echo(f"{c.nfe} NFE ({c.solver}, sample --steps {c.steps}): endpoint error "
-                   f"{c.error_start:.4g} -> {c.error:.4g} on validation draws "
+                   f"{c.error_start:.4g} -> {c.error:.4g} on the calibration draws "
                    f"({c.iterations} steps from the {c.start} grid, {c.seconds:.1f} s)")
     typer.echo(f"calibration: {path}")
 
