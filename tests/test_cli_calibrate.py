@@ -130,3 +130,4 @@ def test_training_calibrates_by_default_within_its_budget(tmp_path):
     run = load_run(tmp_path)
     cal = load_calibrations(tmp_path / FILE, run.sde, run.model)[6]
     assert cal.steps == 5 and cal.seconds < 4 + 2  # the budget, and one last step's overshoot
+

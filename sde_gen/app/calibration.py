@@ -128,12 +128,14 @@ def find_calibration(path: str | os.PathLike, sde: SDE, model: Any, *, steps: in
 
 
 def calibrate_run(model: Any, sde: SDE, shape: tuple[int, ...], nfes: list[int], *,
-                  budget_s: float, solver: str | None = None, n: int = 256, n_val: int = 128,
+                  budget_s: float, solver: str | None = None, n: int = 256,
+                  n_val: int | None = None,
                   seed: int = 0,
                   device: torch.device | str | None = None) -> list[Calibration]:
     """One calibration per NFE of ``nfes`` (each checked before any work) on ``n`` tuning and
-    ``n_val`` validation draws of ``shape``: one teacher solve for all, then ``budget_s`` less
-    its time shared equally (each calibration's ``seconds`` includes its share of the teacher).
+    ``n_val`` (default ``n // 2``) validation draws of ``shape``: one teacher solve for all,
+    then ``budget_s`` less its time shared equally (each calibration's ``seconds`` includes its
+    share of the teacher).
 
     Raises:
         UserInputError: an empty or repeated NFE list, or a bad NFE, solver or budget.
@@ -142,6 +144,7 @@ def calibrate_run(model: Any, sde: SDE, shape: tuple[int, ...], nfes: list[int],
         raise UserInputError(f"give one or more distinct NFEs to calibrate, got {list(nfes)}")
     for nfe in nfes:
         check_calibration_input(solver, nfe, budget_s)
+    n_val = max(n // 2, 1) if n_val is None else n_val
     tch = teacher(model, sde, (n, *shape), n_val=n_val, device=device,
                   generator=torch.Generator(device=device or "cpu").manual_seed(seed))
     per = max(float(budget_s) - tch.seconds, 1e-3) / len(nfes)
