@@ -192,12 +192,56 @@ def _stretch(rows: list[dict]) -> str:
         f" ({', '.join(ok)})" if ok else "")
 
 
-def splice(text: str, section: list[str], before: str = "## How the peers are wired") -> str:
-    """``text`` with its calibrated section replaced by ``section`` (inserted before ``before``
-    when it has none); the rest unchanged."""
+def soft_ablation(*, quick: bool = False, n: int = 500, budget_s: float = BUDGET_S,
+                  radii: tuple[float, ...] = (0.0, 0.01, 0.05), nfe: int = 10,
+                  log=print) -> list[str]:
+    """LD3's soft loss (ball radius ``r sigma_T sqrt(D)``) against its hard loss (``r = 0``) at
+    ``nfe`` on the tuning cases under every path: the held-out error of each, as a section."""
+    t0 = time.perf_counter()
+    paths = ("vp", "flow") if quick else PATHS
+    rows = []
+    for name in TUNE[:1] if quick else TUNE:
+        for path in paths:
+            log(f"[{time.perf_counter() - t0:6.0f}s] soft loss: {name} / {path}")
+            case = _case(name, "tune", path, 200 if quick else n)
+            shape = (256, case.gm.dim)
+            tch = teacher(case.model, case.sde, shape, n_val=128,
+                          generator=torch.Generator().manual_seed(100), dtype=F64)
+            errs = []
+            for r in radii:
+                cal = calibrate(case.model, case.sde, shape, nfe=nfe, budget_s=budget_s,
+                                given_teacher=tch, dtype=F64, radius=r)
+                x = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, ts=cal.ts,
+                           **cal.options).x
+                errs.append(_err(x, case.ref))
+            rows.append((case.label, errs))
+    out = [SOFT_MARKER, "",
+           f"`python -m benchmarks.fast_samplers --calibrated-soft` "
+           f"({time.perf_counter() - t0:.0f} s): the tuning cases at {nfe} NFE, "
+           f"{budget_s:g} s of descent each, held-out error (500 draws) for each radius r of "
+           "the soft loss's ball (r = 0: the hard loss, the default).", "",
+           "| case | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
+           "| --- |" + " ---: |" * len(radii)]
+    for label, errs in rows:
+        best = min(errs)
+        out.append(f"| {label} | " + " | ".join(
+            (f"**{_fmt(e)}**" if e == best else _fmt(e)) for e in errs) + " |")
+    wins = [sum(e[i] == min(e) for _, e in rows) for i in range(len(radii))]
+    out += ["", "Least error: " + ", ".join(f"r = {r:g} on {w}" for r, w in zip(radii, wins))
+            + f" of {len(rows)} cases.", ""]
+    return out
+
+
+SOFT_MARKER = "## Calibrated: LD3's soft loss against its hard loss"
+
+
+def splice(text: str, section: list[str], before: str = "## How the peers are wired",
+           marker: str = MARKER) -> str:
+    """``text`` with the section that starts with ``marker`` replaced by ``section`` (inserted
+    before ``before`` when it has none); the rest unchanged."""
     new = "\n".join(section).rstrip("\n") + "\n\n"
-    if MARKER in text:
-        head, _, tail = text.partition(MARKER)
+    if marker in text:
+        head, _, tail = text.partition(marker)
         nxt = tail.find("\n## ")
         return head + new + (tail[nxt + 1:] if nxt >= 0 else "")
     if before in text:

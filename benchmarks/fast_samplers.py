@@ -315,9 +315,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrated", action="store_true",
                     help="only the calibrated default against the best peers at 4-20 NFE on "
                          "every path; replaces that section of --out, keeps the rest")
+    ap.add_argument("--calibrated-soft", action="store_true",
+                    help="only the soft-loss ablation of the calibration (tuning cases, 10 NFE); "
+                         "replaces that section of --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.calibrated:
+    if args.calibrated or args.calibrated_soft:
         return calibrated_section(args)
     t0 = time.perf_counter()
     kd, df = import_kdiffusion(), import_diffusers()
@@ -376,18 +379,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def calibrated_section(args) -> None:
-    """``--calibrated``: :mod:`benchmarks.calibrated`, spliced into ``args.out``."""
+    """``--calibrated`` / ``--calibrated-soft``: :mod:`benchmarks.calibrated`, spliced into
+    ``args.out``."""
     from benchmarks import calibrated
 
-    rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick)
-    section = calibrated.report(rows, seconds, calibrated.BUDGET_S)
-    print("\n".join(section))
     out = args.out if not args.quick else args.out.with_name("fast_samplers_quick.md")
+    if args.calibrated_soft:
+        section, marker = calibrated.soft_ablation(quick=args.quick), calibrated.SOFT_MARKER
+    else:
+        rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick)
+        section, marker = calibrated.report(rows, seconds, calibrated.BUDGET_S), calibrated.MARKER
+        out.with_name("fast_samplers_calibrated.json").write_text(dumps_strict(rows, indent=1)
+                                                                   + "\n")
+    print("\n".join(section))
     old = out.read_text() if out.is_file() else ""
-    out.write_text(calibrated.splice(old, section))
-    out.with_name("fast_samplers_calibrated.json").write_text(dumps_strict(rows, indent=1)
-                                                               + "\n")
-    print(f"wrote the calibrated section of {out}")
+    out.write_text(calibrated.splice(old, section, marker=marker))
+    print(f"wrote the section {marker!r} of {out}")
 
 
 def run_peers(r: dict, case: Case, kd, df, nfe: int) -> None:

@@ -143,7 +143,7 @@ class TrainConfig:
                               "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
     calibrate_nfe: tuple = _f((5, 10, 20), "after training, calibrate the fast solver's grid at "
                               "these NFEs (sde-gen calibrate; []: none)")
-    calibrate_budget: float = _f(30.0, "seconds for that calibration, all NFEs together (0: off)",
+    calibrate_budget: float = _f(20.0, "seconds for that calibration, all NFEs together (0: off)",
                                  min=0.0)
 
 
