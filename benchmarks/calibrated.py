@@ -233,6 +233,48 @@ def soft_ablation(*, quick: bool = False, n: int = 500, budget_s: float = BUDGET
 
 
 SOFT_MARKER = "## Calibrated: LD3's soft loss against its hard loss"
+DIGITS_MARKER = "## Calibrated: a trained digits model"
+
+
+def digits(run_dir, kd, df, *, nfes: tuple[int, ...] = (10, 20), n: int = 64,
+           budget_s: float = 60.0, log=print) -> list[str]:
+    """The calibrated default on a trained digits run (its own PF-ODE at tol 1e-7 as the
+    reference, on ``n`` draws of seed 0) against the best peers, as a section."""
+    t0 = time.perf_counter()
+    case = fs.digits_case(run_dir, n)
+    log(f"[{time.perf_counter() - t0:6.0f}s] digits reference done")
+    shape = (n, *case.x_T.shape[1:])
+    tch = teacher(case.model, case.sde, shape, n_val=n // 2,
+                  generator=torch.Generator().manual_seed(100))
+    log(f"[{time.perf_counter() - t0:6.0f}s] digits teacher done ({tch.seconds:.0f} s)")
+    out = [DIGITS_MARKER, "",
+           f"`python -m benchmarks.fast_samplers --calibrated-digits {run_dir}` "
+           f"(the run's 1000-step checkpoint; {n} draws of seed 0, reference: the model's own "
+           f"PF-ODE at tol 1e-7, denoised). Calibration: {n} tuning + {n // 2} validation draws "
+           f"of seed 100, teacher {tch.seconds:.0f} s, then {budget_s:g} s of descent per NFE. "
+           "FD-classifier not measured (the endpoint distance only).", "",
+           "| NFE | solver | ours calibrated | ours default grid | steps | cost (s) | best "
+           "diffusers | best k-diffusion | ratio |",
+           "| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for nfe in nfes:
+        cal = calibrate(case.model, case.sde, shape, nfe=nfe, budget_s=budget_s,
+                        given_teacher=tch)
+        with torch.no_grad():
+            x = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, ts=cal.ts,
+                       **cal.options).x
+            d = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, steps=cal.steps,
+                       **cal.options).x
+        row = {"ours": case.err(x), "default": case.err(d),
+               **best_peers(SimpleNamespace(name=case.name, role=case.role, path="vp",
+                                            sde=case.sde, model=case.model, x_T=case.x_T,
+                                            ref=case.ref), nfe, kd, df)}
+        peers = [f"{_fmt(row[k][0])} {row[k][1]}" for k in ("diffusers", "k-diffusion")]
+        out.append(f"| {nfe} | {cal.solver} | {_fmt(row['ours'])} | {_fmt(row['default'])} | "
+                   f"{cal.iterations} | {cal.seconds + tch.seconds / len(nfes):.0f} | "
+                   f"{peers[0]} | {peers[1]} | {_ratio(row['ours'], _best(row))} |")
+        log(out[-1])
+    out += ["", f"Total: {time.perf_counter() - t0:.0f} s.", ""]
+    return out
 
 
 def splice(text: str, section: list[str], before: str = "## How the peers are wired",

@@ -318,9 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrated-soft", action="store_true",
                     help="only the soft-loss ablation of the calibration (tuning cases, 10 NFE); "
                          "replaces that section of --out")
+    ap.add_argument("--calibrated-digits", type=Path, default=None, metavar="RUN",
+                    help="only the calibrated default on a trained digits run (10 and 20 NFE); "
+                         "replaces that section of --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.calibrated or args.calibrated_soft:
+    if args.calibrated or args.calibrated_soft or args.calibrated_digits:
         return calibrated_section(args)
     t0 = time.perf_counter()
     kd, df = import_kdiffusion(), import_diffusers()
@@ -384,7 +387,11 @@ def calibrated_section(args) -> None:
     from benchmarks import calibrated
 
     out = args.out if not args.quick else args.out.with_name("fast_samplers_quick.md")
-    if args.calibrated_soft:
+    if args.calibrated_digits:
+        section = calibrated.digits(args.calibrated_digits, import_kdiffusion(),
+                                    import_diffusers())
+        marker = calibrated.DIGITS_MARKER
+    elif args.calibrated_soft:
         section, marker = calibrated.soft_ablation(quick=args.quick), calibrated.SOFT_MARKER
     else:
         rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick)
