@@ -475,7 +475,7 @@ def optimize_grid(
 @one_line_errors
 def calibrate(
     more_nfe: Annotated[list[int] | None, typer.Argument(
-        metavar="[NFE]...", help="More NFEs after --nfe's first (--nfe 5 10 20).")] = None,
+        metavar="NFE", help="More NFEs after --nfe's first (--nfe 5 10 20).")] = None,
     ckpt: Ckpt = None,
     nfe: Annotated[list[int] | None, typer.Option(
         "--nfe", help="Model calls per sample to calibrate for, the final denoise included: "
@@ -487,8 +487,9 @@ def calibrate(
         "--budget", help="Seconds for all the NFEs together, teacher solves included (> 0).")
     ] = 60.0,
     n: Annotated[int, typer.Option(
-        "--n", **number(int, 1), help="Prior draws per NFE (a tight ODE solve of each is the "
-                                      "target; at most 512 are used).")] = 256,
+        "--n", **number(int, 1), help="Prior draws to tune on, shared by the NFEs (a tight ODE "
+                                      "solve of each is the target; n/2 more validate; at most "
+                                      "512 are used).")] = 256,
     seed: Seed = 0,
     device: Device = "auto",
     threads: Threads = 0,

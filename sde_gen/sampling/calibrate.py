@@ -59,7 +59,8 @@ __all__ = ["CALIBRATABLE", "Calibration", "Teacher", "calibrate", "default_solve
 CALIBRATABLE: dict[str, dict[str, Any]] = {"ipndm": {"order": 3}, "deis": {"order": 3},
                                            "dpm": {"order": 3}}
 #: Relative radius ``r`` of the soft loss's ball, ``r sigma_T sqrt(D)``. Default 0 (the hard
-#: loss): on the exact mixtures r = 0.01-0.1 gave 5-20% larger held-out errors (README).
+#: loss): r = 0.01 and 0.05 lost to it on 9 of the 10 tuning cases at 10 NFE
+#: (benchmarks/results/fast_samplers.md, "soft loss").
 SOFT_RADIUS = 0.0
 #: The smallest gap in ``u`` between two grid times, as a fraction of ``u``'s span.
 MIN_GAP = 1e-4
