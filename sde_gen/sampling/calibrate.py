@@ -92,7 +92,9 @@ class Calibration:
         start: where the descent started: ``"gits"`` or the solver's default spacing.
         error_start, error: mean endpoint error on the tuning and validation draws on the start
             grid and on ``ts`` (the hard error, from ``x_T`` itself).
-        iterations: gradient steps taken; ``seconds``: wall time, teacher solves included.
+        iterations: gradient steps taken; ``seconds``: wall time, the teacher solve included
+            (not when it was given: :func:`~sde_gen.app.calibration.calibrate_run` adds its
+            share).
         sde: :func:`~.grid_file.sde_signature` of the SDE it is for.
     """
 
@@ -142,10 +144,12 @@ def teacher(model: EpsModel, sde: SDE, shape: tuple[int, ...], *, n_val: int = 1
     *D)``; ``generator`` default seed 0) and solve the model's PF-ODE from all of them at once.
 
     Raises:
-        UserInputError: a bad shape or ``t_min``.
+        UserInputError: a bad shape, ``n_val`` or ``t_min``.
     """
     clock = time.perf_counter()
     shape = check_shape(shape)
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+        raise UserInputError(f"n_val must be a positive integer, got {n_val!r}")
     t_min = check_t_min(sde, sde.default_t_min if t_min is None else t_min)
     if generator is None:
         generator = torch.Generator(device=device or "cpu").manual_seed(0)
