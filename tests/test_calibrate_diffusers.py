@@ -38,3 +38,9 @@ def test_a_diffusers_folder_is_calibrated_in_continuous_time(tmp_path, monkeypat
                   tmp_path / "s.png")
     assert res.exit_code == 0, res.output
     assert "using the calibration for 5 steps" in res.output and "6 NFE" in res.output
+    # gradient steps on the tabulated chain (its inverse log-SNR has no gradient: gaps in t)
+    from sde_gen.sampling import calibrate
+
+    cal = calibrate(run.model, run.sde, (4, 1, 8, 8), nfe=6, n_val=2, max_iterations=2,
+                    budget_s=600)
+    assert cal.iterations == 2 and bool((cal.ts[1:] < cal.ts[:-1]).all())

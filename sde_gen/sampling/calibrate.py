@@ -8,9 +8,10 @@ interior times are the parameters, backpropagated through every solver step and 
 
 - **Parameterization** (LD3 Sec. 3.1, written for this package): the interior times are
   ``u_i = u_T + span * cumsum(w)_i`` in ``u = log-SNR`` (``-t`` on a path with ``alpha_T = 0``,
-  where the log-SNR is ``-inf``), with gaps ``w = delta + (1 - K delta) softmax(theta)``; every
-  trial grid is then strictly decreasing inside ``(t_min, T)`` with its ends fixed, and no gap is
-  below ``delta = 1e-4`` of the span.
+  where the log-SNR is ``-inf``, and on a tabulated chain, whose inverse log-SNR is a
+  bisection), with gaps ``w = delta + (1 - K delta) softmax(theta)``; every trial grid is
+  then strictly decreasing inside ``(t_min, T)`` with its ends fixed, and no gap is below
+  ``delta = 1e-4`` of the span.
 - **Soft loss** (LD3 Sec. 3.2, "soft teacher forcing"): the student may start from any ``x'``
   in a ball around its draw, ``||x' - x_T|| <= r sigma_T sqrt(D)``, and the loss is the mean L2
   distance of its endpoint from ``x'`` to the teacher's endpoint from ``x_T``; ``x'`` is learned
@@ -193,10 +194,14 @@ def check_calibration_input(solver: str | None, nfe: object, budget_s: object = 
     return solver, steps, _check_budget(budget_s)
 
 
+def _u_map_t():
+    return (lambda t: -t), (lambda u: -u)
+
+
 def _u_map(sde: SDE):
     """``(to_u, from_u)``: log-SNR, or ``-t`` on a path whose log-SNR is ``-inf`` at ``T``."""
     if sde.pure_noise_at_T:
-        return (lambda t: -t), (lambda u: -u)
+        return _u_map_t()
     return sde.log_snr, sde.t_from_log_snr
 
 
@@ -207,6 +212,10 @@ class _Grid:
         self.to_u, self.from_u = _u_map(sde)
         self.ends = ts[[0, -1]].to(torch.float64)
         u = self.to_u(self.ends)
+        if self.from_u(u[1:].clone().requires_grad_(True)).grad_fn is None:
+            # an inverse without a gradient (a tabulated chain's bisection): gaps in t instead
+            self.to_u, self.from_u = _u_map_t()
+            u = self.to_u(self.ends)
         self.u0, self.span = u[0], u[1] - u[0]
         k = len(ts) - 1
         self.delta = MIN_GAP if k * MIN_GAP < 0.5 else 0.5 / k
