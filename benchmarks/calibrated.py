@@ -90,14 +90,15 @@ def best_peers(case: SimpleNamespace, nfe: int, kd, df) -> dict[str, tuple[float
     return out
 
 
-def run_case(case: SimpleNamespace, kd, df, budget_s: float) -> list[dict]:
+def run_case(case: SimpleNamespace, kd, df, budget_s: float,
+             nfes: tuple[int, ...] = NFES) -> list[dict]:
     """Ours calibrated and on its default grid, and the best peers, at every NFE of
     :data:`NFES`; the calibration's cost includes its share of the teacher solve."""
     shape = (256, case.gm.dim)
     tch = teacher(case.model, case.sde, shape, n_val=128,
                   generator=torch.Generator().manual_seed(100), dtype=F64)
     rows = []
-    for nfe in NFES:
+    for nfe in nfes:
         cal = calibrate(case.model, case.sde, shape, nfe=nfe, budget_s=budget_s,
                         given_teacher=tch, dtype=F64)
         res = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, ts=cal.ts,
@@ -108,15 +109,16 @@ def run_case(case: SimpleNamespace, kd, df, budget_s: float) -> list[dict]:
         rows.append({"case": case.label, "role": case.role, "nfe": nfe, "solver": cal.solver,
                      "ours": _err(res.x, case.ref), "default": _err(default.x, case.ref),
                      "start": cal.start, "iterations": cal.iterations,
-                     "seconds": cal.seconds + tch.seconds / len(NFES),
+                     "seconds": cal.seconds + tch.seconds / len(nfes),
                      **{k: v for k, v in best_peers(case, nfe, kd, df).items()}})
     return rows
 
 
 def run(kd, df, *, quick: bool = False, n: int = 500, budget_s: float = BUDGET_S,
+        only: list[str] | None = None, nfes: tuple[int, ...] = NFES,
         log=print) -> tuple[list[dict], float]:
-    """Every case (``quick``: 2d-asym and 12d-3comp under VP and flow); returns the rows and
-    the wall time."""
+    """Every case (``quick``: 2d-asym and 12d-3comp under VP and flow; ``only``: the cases of
+    these labels, ``"8d-aniso / ve"``) at ``nfes``; returns the rows and the wall time."""
     t0 = time.perf_counter()
     paths = ("vp", "flow") if quick else PATHS
     cases = [(name, "tune") for name in (TUNE[:1] if quick else TUNE)]
@@ -124,8 +126,11 @@ def run(kd, df, *, quick: bool = False, n: int = 500, budget_s: float = BUDGET_S
     rows = []
     for name, role in cases:
         for path in paths:
+            if only and f"{name} / {path}" not in only:
+                continue
             log(f"[{time.perf_counter() - t0:6.0f}s] calibrated: {name} / {path} ({role})")
-            rows += run_case(_case(name, role, path, 200 if quick else n), kd, df, budget_s)
+            rows += run_case(_case(name, role, path, 200 if quick else n), kd, df, budget_s,
+                             nfes)
     return rows, time.perf_counter() - t0
 
 
@@ -142,10 +147,12 @@ def _best(row: dict) -> float:
     return min(vals) if vals else math.nan
 
 
-def report(rows: list[dict], seconds: float, budget_s: float) -> list[str]:
+def report(rows: list[dict], seconds: float, budget_s: float,
+           command: str = "python -m benchmarks.fast_samplers --calibrated") -> list[str]:
     """The Markdown section: the goal summary, then every case."""
+    nfes = sorted({r["nfe"] for r in rows})
     out = [MARKER, "",
-           f"`python -m benchmarks.fast_samplers --calibrated` ({seconds:.0f} s). "
+           f"`{command}` ({seconds:.0f} s). "
            "`sde_gen.sampling.calibrate` with its defaults (the default solver per NFE: deis up "
            "to 5, ipndm above; LD3's hard loss; GITS or the solver's default grid as the "
            f"start), {budget_s:g} s of descent per NFE; cost = descent + the NFE's share of "
@@ -157,7 +164,9 @@ def report(rows: list[dict], seconds: float, budget_s: float) -> list[str]:
         out += [f"**Goal, {role} cases**: ours <= 0.5x the best peer", "",
                 "| NFE | cases with a peer | met (<= 0.5x) | ratio range | median cost (s) |",
                 "| ---: | ---: | ---: | --- | ---: |"]
-        for nfe in NFES:
+        if not sel:
+            continue
+        for nfe in nfes:
             ratios = [r["ours"] / _best(r) for r in sel if r["nfe"] == nfe
                       and math.isfinite(_best(r)) and _best(r) > 0]
             cost = sorted(r["seconds"] for r in sel if r["nfe"] == nfe)

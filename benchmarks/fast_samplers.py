@@ -321,6 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrated-digits", type=Path, default=None, metavar="RUN",
                     help="only the calibrated default on a trained digits run (10 and 20 NFE); "
                          "replaces that section of --out")
+    ap.add_argument("--calibrate-budget", type=float, default=None,
+                    help="--calibrated: seconds of descent per NFE (default 5)")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="LABEL",
+                    help="--calibrated: only these cases ('8d-aniso / ve'), at 10 and 20 NFE")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.calibrated or args.calibrated_soft or args.calibrated_digits:
@@ -394,10 +398,18 @@ def calibrated_section(args) -> None:
     elif args.calibrated_soft:
         section, marker = calibrated.soft_ablation(quick=args.quick), calibrated.SOFT_MARKER
     else:
-        rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick)
-        section, marker = calibrated.report(rows, seconds, calibrated.BUDGET_S), calibrated.MARKER
-        out.with_name("fast_samplers_calibrated.json").write_text(dumps_strict(rows, indent=1)
-                                                                   + "\n")
+        budget = args.calibrate_budget or calibrated.BUDGET_S
+        rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick,
+                                       budget_s=budget, only=args.cases,
+                                       nfes=(10, 20) if args.cases else calibrated.NFES)
+        command = "python -m benchmarks.fast_samplers --calibrated" + (
+            f" --calibrate-budget {budget:g}" if args.calibrate_budget else "") + (
+            " --cases " + " ".join(f"'{c}'" for c in args.cases) if args.cases else "") + (
+            f" --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
+            if args.cases or args.calibrate_budget else "")
+        section, marker = calibrated.report(rows, seconds, budget, command), calibrated.MARKER
+        out.with_name(out.stem + "_calibrated.json").write_text(dumps_strict(rows, indent=1)
+                                                                + "\n")
     print("\n".join(section))
     old = out.read_text() if out.is_file() else ""
     out.write_text(calibrated.splice(old, section, marker=marker))
