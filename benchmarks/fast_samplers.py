@@ -27,6 +27,8 @@ Usage::
 
     python -m benchmarks.fast_samplers              # full run (about 20 CPU minutes)
     python -m benchmarks.fast_samplers --quick      # smoke run
+    python -m benchmarks.fast_samplers --calibrated # only the calibrated section (benchmarks/
+                                                    # calibrated.py; about 15 CPU minutes)
 """
 
 from __future__ import annotations
@@ -310,8 +312,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-optimize", action="store_true", help="skip the optimized grids")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "benchmarks" / "results" / "fast_samplers.md")
+    ap.add_argument("--calibrated", action="store_true",
+                    help="only the calibrated default against the best peers at 4-20 NFE on "
+                         "every path; replaces that section of --out, keeps the rest")
+    ap.add_argument("--calibrated-soft", action="store_true",
+                    help="only the soft-loss ablation of the calibration (tuning cases, 10 NFE); "
+                         "replaces that section of --out")
+    ap.add_argument("--calibrated-digits", type=Path, default=None, metavar="RUN",
+                    help="only the calibrated default on a trained digits run (10 and 20 NFE); "
+                         "replaces that section of --out")
+    ap.add_argument("--calibrate-budget", type=float, default=None,
+                    help="--calibrated: seconds of descent per NFE (default 5)")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="LABEL",
+                    help="--calibrated: only these cases ('8d-aniso / ve'), at 10 and 20 NFE")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.calibrated or args.calibrated_soft or args.calibrated_digits:
+        return calibrated_section(args)
     t0 = time.perf_counter()
     kd, df = import_kdiffusion(), import_diffusers()
     n = 200 if args.quick else args.samples
@@ -366,6 +383,37 @@ def main(argv: list[str] | None = None) -> None:
                 optimized[(digits.label, nfe)] = run_ours(digits, m, nfe, ts=g.ts), g.seconds
         cases.append(digits)
     write_report(args, cases, methods, results, chosen, best, optimized, kd, df, t0)
+
+
+def calibrated_section(args) -> None:
+    """``--calibrated`` / ``--calibrated-soft``: :mod:`benchmarks.calibrated`, spliced into
+    ``args.out``."""
+    from benchmarks import calibrated
+
+    out = args.out if not args.quick else args.out.with_name("fast_samplers_quick.md")
+    if args.calibrated_digits:
+        section = calibrated.digits(args.calibrated_digits, import_kdiffusion(),
+                                    import_diffusers())
+        marker = calibrated.DIGITS_MARKER
+    elif args.calibrated_soft:
+        section, marker = calibrated.soft_ablation(quick=args.quick), calibrated.SOFT_MARKER
+    else:
+        budget = args.calibrate_budget or calibrated.BUDGET_S
+        rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick,
+                                       budget_s=budget, only=args.cases,
+                                       nfes=(10, 20) if args.cases else calibrated.NFES)
+        command = "python -m benchmarks.fast_samplers --calibrated" + (
+            f" --calibrate-budget {budget:g}" if args.calibrate_budget else "") + (
+            " --cases " + " ".join(f"'{c}'" for c in args.cases) if args.cases else "") + (
+            f" --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
+            if args.cases or args.calibrate_budget else "")
+        section, marker = calibrated.report(rows, seconds, budget, command), calibrated.MARKER
+        out.with_name(out.stem + "_calibrated.json").write_text(dumps_strict(rows, indent=1)
+                                                                + "\n")
+    print("\n".join(section))
+    old = out.read_text() if out.is_file() else ""
+    out.write_text(calibrated.splice(old, section, marker=marker))
+    print(f"wrote the section {marker!r} of {out}")
 
 
 def run_peers(r: dict, case: Case, kd, df, nfe: int) -> None:

@@ -27,10 +27,12 @@ FLOW_SDES = {n: c for n, c in SDES.items() if n not in DIFFUSION_SDES}
 # A test adds its steps and what it checks (later overrides win).
 #: A 2-D MLP run: a small network and batch, no sample plot, on the CPU.
 TINY_MLP = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
-            "train.batch_size=32", "train.plot_samples=0", "train.device=cpu"]
+            "train.batch_size=32", "train.plot_samples=0", "train.device=cpu",
+            "train.calibrate_budget=0"]
 #: An image U-Net run on the CPU (the test names the data and the batch size).
 TINY_UNET = ["model.name=unet", "model.ch=8", "model.ch_mult=[1, 2]", "model.num_res_blocks=1",
-             "model.attn_resolutions=[]", "model.dropout=0.0", "train.device=cpu"]
+             "model.attn_resolutions=[]", "model.dropout=0.0", "train.device=cpu",
+             "train.calibrate_budget=0"]
 
 
 def cli_sets(overrides: Iterable[str]) -> list[str]:

@@ -418,7 +418,8 @@ def test_resume_with_importance_sampling_is_bitwise_identical(tmp_path):
 def test_image_and_subvp_hybrid_training_runs(tmp_path):
     img = load_config("configs/digits_vp.yaml", HYBRID + [
         "model.ch=8", "model.attn_resolutions=[]", "train.steps=2", "train.batch_size=16",
-        "train.device=cpu", "train.sample_every=0", "train.sample_n=4"])
+        "train.device=cpu", "train.sample_every=0", "train.sample_n=4",
+        "train.calibrate_budget=0"])
     res = train(img, tmp_path / "img", progress=False)
     assert res.step == 2 and math.isfinite(res.loss)
     sub = load_config(None, FAST + HYBRID + ["sde.name=subvp", "train.steps=3"])

@@ -187,7 +187,8 @@ def test_likelihood_cli_reports_gap(tmp_path):
     runner = CliRunner()
     train = ["train", "--workdir", str(tmp_path), "--no-progress", "--set", "model.width=32",
              "--set", "model.depth=1", "--set", "train.steps=30", "--set", "train.batch_size=64",
-             "--set", "train.plot_samples=0", "--set", "train.device=cpu"]
+             "--set", "train.plot_samples=0", "--set", "train.device=cpu",
+             "--set", "train.calibrate_budget=0"]
     assert runner.invoke(app, train).exit_code == 0
     out = tmp_path / "ll.json"
     res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--n", "64",
@@ -215,7 +216,8 @@ def test_likelihood_cli_ode_and_vlb_together(tmp_path):
     runner = CliRunner()
     train = ["train", "--workdir", str(tmp_path), "--no-progress", "--set", "model.width=32",
              "--set", "model.depth=1", "--set", "train.steps=10", "--set", "train.batch_size=64",
-             "--set", "train.plot_samples=0", "--set", "train.device=cpu", "--set", "sde.N=50"]
+             "--set", "train.plot_samples=0", "--set", "train.device=cpu",
+             "--set", "train.calibrate_budget=0", "--set", "sde.N=50"]
     assert runner.invoke(app, train).exit_code == 0
     out = tmp_path / "both.json"
     res = runner.invoke(app, ["likelihood", "--ckpt", str(tmp_path), "--method", "both",

@@ -128,7 +128,7 @@ def test_likelihood_reports_do_not_depend_on_the_batch_or_n(tmp_path) -> None:
 
     sets = ["model.width=16", "model.depth=1", "model.emb_dim=16", "model.fourier_features=4",
             "train.batch_size=32", "train.plot_samples=0", "train.device=cpu", "train.steps=4",
-            "sde.N=50"]
+            "sde.N=50", "train.calibrate_budget=0"]
     train(load_config(None, sets), tmp_path, progress=False)
     run = load_run(tmp_path)
     kw = dict(n=12, split="test", seed=3, progress=False)

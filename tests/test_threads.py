@@ -62,7 +62,8 @@ def test_the_rule():
 
 def test_train_uses_the_policy(tmp_path, events):
     train(load_config(None, ["model.width=16", "model.depth=1", "train.steps=1",
-                             "train.batch_size=8", "train.plot_samples=0", "train.device=cpu"]),
+                             "train.batch_size=8", "train.plot_samples=0", "train.device=cpu",
+                             "train.calibrate_budget=0"]),
           tmp_path, progress=False)
     assert events[:1] == [("threads", 1)]
 

@@ -194,6 +194,9 @@ def train(
     typer.echo(f"checkpoint: {result.checkpoint}")
     if result.plot is not None:
         typer.echo(f"plot: {result.plot}")
+    if result.calibration is not None:
+        typer.echo(f"calibration: {result.calibration} (sample --steps K uses it; "
+                   "train.calibrate_budget=0: off)")
 
 
 @app.command()
@@ -230,6 +233,13 @@ def sample(
     guidance: Guidance = None,
     path: PathName = None,
     threads: Threads = 0,
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="A calibration file from 'sde-gen calibrate' (default: the run's "
+                              "calibration.json, used for --steps K when it has K steps).")] = None,
+    use_calibration: Annotated[bool, typer.Option(
+        "--use-calibration/--no-calibration",
+        help="With --steps K alone, sample on the run's calibrated grid of K steps when there is "
+             "one (and say so).")] = True,
     **solver_opts,
 ) -> None:
     """Sample a trained model; write a PNG and an .npz of raw samples (sample i's noise depends
@@ -243,7 +253,8 @@ def sample(
                          batch_size=batch_size, seed=seed, out=out, t_min=t_min, spacing=spacing,
                          denoise=denoise, device=device, progress=progress, class_=class_,
                          guidance=guidance, path=path, threads=threads,
-                         solver_opts=solver_opts)
+                         solver_opts=solver_opts, calibration=calibration,
+                         use_calibration=use_calibration)
     if res.png is None:  # a torchrun rank other than 0
         return
     typer.echo(f"{res.n} samples with {res.solver}{res.what}: {res.nfe} NFE per batch, "
@@ -458,6 +469,43 @@ def optimize_grid(
                f"({g.heldout_after / g.heldout_before:.2f}x)")
     typer.echo("ts: " + " ".join(f"{t:.4g}" for t in g.ts.tolist()))
     typer.echo(f"grid: {path} (use: sde-gen sample --grid {path})")
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+@one_line_errors
+def calibrate(
+    more_nfe: Annotated[list[int] | None, typer.Argument(
+        metavar="NFE", help="More NFEs after --nfe's first (--nfe 5 10 20).")] = None,
+    ckpt: Ckpt = None,
+    nfe: Annotated[list[int] | None, typer.Option(
+        "--nfe", help="Model calls per sample to calibrate for, the final denoise included: "
+                      "--nfe 5 10 20 (default 5 10 20).")] = None,
+    solver: Annotated[str | None, typer.Option(
+        "--solver", "-s", help="ipndm, deis or dpm (default: deis up to 5 NFE, else ipndm).")
+    ] = None,
+    budget: Annotated[float, typer.Option(
+        "--budget", help="Seconds for all the NFEs together, teacher solves included (> 0).")
+    ] = 60.0,
+    n: Annotated[int, typer.Option(
+        "--n", **number(int, 1), help="Prior draws to tune on, shared by the NFEs (a tight ODE "
+                                      "solve of each is the target; n/2 more validate; at most "
+                                      "512 are used).")] = 256,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = 0,
+) -> None:
+    """Learn the run's fast-solver time grid at each NFE by gradient through the solver (LD3)
+    and store it in <run>/calibration.json; 'sample --steps K' then uses it."""
+    from .sampling_commands import calibrate_command
+
+    nfes = [*(nfe or []), *(more_nfe or [])] or [5, 10, 20]
+    cals, path = calibrate_command(ckpt, nfes=nfes, solver=solver, budget=budget, n=n,
+                                   seed=seed, device=device, threads=threads)
+    for c in cals:
+        typer.echo(f"{c.nfe} NFE ({c.solver}, sample --steps {c.steps}): endpoint error "
+                   f"{c.error_start:.4g} -> {c.error:.4g} on the calibration draws "
+                   f"({c.iterations} steps from the {c.start} grid, {c.seconds:.1f} s)")
+    typer.echo(f"calibration: {path}")
 
 
 @app.command("eval")

@@ -141,6 +141,10 @@ class TrainConfig:
                             min=0.0)
     label_dropout: float = _f(0.1, "model.class_cond: probability that a label is replaced by "
                               "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
+    calibrate_nfe: tuple = _f((5, 10, 20), "after training, calibrate the fast solver's grid at "
+                              "these NFEs (sde-gen calibrate; []: none)")
+    calibrate_budget: float = _f(20.0, "seconds for that calibration, all NFEs together (0: off)",
+                                 min=0.0)
 
 
 #: The SDEs whose path has ``alpha_T = 0`` (pure noise at ``T``): no log-SNR at ``T``, no
@@ -179,7 +183,8 @@ class Config:
 RESUMABLE_KEYS = (
     "train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.sample_every",
     "train.sample_n", "train.plot_samples", "train.device", "train.threads",
-    "train.max_nonfinite", "train.max_seconds", "data.download",
+    "train.max_nonfinite", "train.max_seconds", "data.download", "train.calibrate_nfe",
+    "train.calibrate_budget",
 )
 
 _SECTION_CLASSES = {

@@ -196,11 +196,16 @@ def sample_command(
     denoise: bool = True, device: str = "auto", progress: bool = True,
     class_: str | None = None, guidance: float | None = None, path: str | None = None,
     threads: int = 0, solver_opts: dict[str, Any] | None = None,
+    calibration: str | os.PathLike | None = None, use_calibration: bool = True,
 ) -> Sampled:
     """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
     and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
 
     ``path``: sample the model moved to that path (:func:`moved_to_path`).
+
+    ``steps`` alone (no grid, spacing, end time or path): the run's calibration of that many
+    intervals is used when it has one (``calibration``: another file; ``use_calibration=False``:
+    none), with its solver unless ``solver`` names another, and a line on stderr says so.
 
     The options, ``out`` and a grid file are checked before the checkpoint is read; the labels
     and their memory before any is made; the output paths before sampling.
@@ -221,6 +226,7 @@ def sample_command(
         out = check_out_path(out, ".png")
         check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
     tuned = None if grid is None else _grid_file(Path(grid), solver, steps, t_min, spacing)
+    asked_solver = solver
     solver = solver or (tuned.solver if tuned is not None else "ode")
     opts = solver_options(solver, solver_opts or {})
     if tuned is not None and solver == tuned.solver:
@@ -231,6 +237,18 @@ def sample_command(
             from ..sampling.optimized_grid import OptimizedGrid
 
             opts["ts"] = OptimizedGrid.load(grid, run.sde).ts
+        cal = None
+        if use_calibration and steps is not None and grid is None and path is None \
+                and t_min is None and spacing is None:
+            cal = _calibration_for(run, steps, asked_solver, calibration)
+        elif calibration is not None:
+            raise UserInputError("--calibration applies to --steps K alone (no --grid, "
+                                 "--spacing, --t-min, --path or --no-calibration)")
+        if cal is not None:
+            solver = cal.solver
+            opts = {**cal.options, **solver_options(solver, solver_opts or {})}
+            print(f"using the calibration for {steps} steps: {cal.solver} at {cal.nfe} NFE "
+                  f"(learned grid; --no-calibration to sample without it)", file=sys.stderr)
         y, nrow = class_labels(run.model, label, n, run.shape)
         if out is None:  # checked before sampling, not after
             tag = "" if label is None else ("_all_classes" if label == "all" else f"_class{label}")
@@ -239,7 +257,9 @@ def sample_command(
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         total = n if y is None else len(y)
         opts = checkpoint_sampler_defaults(run, solver, opts)
-        if path is None:
+        if cal is not None:
+            model, sde, grid_opts = run.model, run.sde, dict(ts=cal.ts)
+        elif path is None:
             model, sde, grid_opts = run.model, run.sde, dict(steps=steps, t_min=t_min,
                                                              spacing=spacing)
         else:
@@ -257,6 +277,60 @@ def sample_command(
     png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
                              nrow=nrow, labels=y)
     return Sampled(total, solver, what, gen.nfe, gen.seconds, png, npz)
+
+
+def _calibration_for(run: Any, steps: int, solver: str | None,
+                     calibration: str | os.PathLike | None):
+    """The calibration of ``steps`` intervals for ``run`` (with ``solver`` if given) from
+    ``calibration`` or, when that is ``None``, the run's own file if it has one; else ``None``.
+
+    Raises:
+        UserInputError: a given file that is missing or has no calibration of ``steps``, or any
+            file made for another SDE or model (:func:`~.calibration.load_calibrations`).
+    """
+    from .calibration import FILE, find_calibration
+
+    path = Path(calibration) if calibration is not None else run.workdir / FILE
+    if calibration is None and not path.is_file():
+        return None
+    cal = find_calibration(check_input_file(path, "--calibration"), run.sde, run.model,
+                           steps=steps, solver=solver)
+    if cal is None and calibration is not None:
+        from .calibration import load_calibrations
+
+        have = load_calibrations(path, run.sde, run.model).values()
+        raise UserInputError(f"{path} has no calibration of {steps} steps"
+                             + (f" for {solver}" if solver else "") + "; it has "
+                             + ", ".join(f"{c.steps} ({c.solver}, {c.nfe} NFE)" for c in have))
+    return cal
+
+
+def calibrate_command(
+    ckpt: str | os.PathLike | None, *, nfes: list[int], solver: str | None = None,
+    budget: float = 60.0, n: int = 256, seed: int = 0, device: str = "auto", threads: int = 0,
+):
+    """``sde-gen calibrate``: learn the run's grid at each NFE (:func:`~.calibration.
+    calibrate_run`) and store them in ``<run>/calibration.json`` (atomically, replacing the
+    file); returns the calibrations and the path.
+
+    Raises:
+        UserInputError: a bad NFE, solver or budget (before the checkpoint is read).
+    """
+    from ..sampling.calibrate import check_calibration_input
+    from .calibration import FILE, calibrate_run, save_calibrations
+    from .distributed import resolve_device
+
+    if not nfes or len(set(nfes)) != len(nfes):
+        raise UserInputError(f"give one or more distinct NFEs to calibrate, got {list(nfes)}")
+    for nfe in nfes:
+        check_calibration_input(solver, nfe, budget)
+    dev = resolve_device(device)
+    run = open_run(ckpt, dev, threads)
+    cals = calibrate_run(run.model, run.sde, run.shape, list(nfes), budget_s=budget,
+                         solver=solver, n=n, seed=seed, device=dev)
+    path = run.workdir / FILE
+    with writing(path):
+        return cals, save_calibrations(path, cals, run.sde, run.model)
 
 
 def optimize_grid_command(

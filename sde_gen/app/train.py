@@ -78,6 +78,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_steps: int = 0
     already_done: bool = False
+    calibration: Path | None = None
 
 
 class _Interrupted(BaseException):
@@ -287,7 +288,7 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     run.start_clock()
     bar = tqdm(total=tc.steps, initial=run.step, disable=not progress, desc="train", unit="it")
     metrics = distributed.on_main((workdir / METRICS).open, "a")  # rank 0 writes the run
-    first_step, plot = run.step, None
+    first_step, plot, calibration = run.step, None, None
     try:
         with _StopFlag() as stop:
             while run.step < tc.steps and not run.stopping:
@@ -301,6 +302,7 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
                 try:  # a signal now interrupts the plot: the checkpoint is complete already
                     stop.raise_from_now()
                     plot = run.finish(keep_existing=already_done)
+                    calibration = run.calibrate(keep_existing=already_done)
                 except _Interrupted:
                     run.stopping = True
     finally:
@@ -309,7 +311,8 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
             metrics.close()
     return TrainResult(workdir=workdir, step=run.step, checkpoint=list_checkpoints(workdir)[-1],
                        loss=run.loss_value, plot=plot, interrupted=run.stopping,
-                       skipped_steps=run.skipped, already_done=already_done)
+                       skipped_steps=run.skipped, already_done=already_done,
+                       calibration=calibration)
 
 
 class _Trainer:
@@ -529,6 +532,27 @@ class _Trainer:
         if self.vlb_sampler is not None:
             state["vlb_sampler"] = self.vlb_sampler.state_dict()
         return state
+
+    def calibrate(self, *, keep_existing: bool = False) -> Path | None:
+        """At ``train.steps``, rank 0 of a single-process run calibrates the fast solver's grid at
+        ``train.calibrate_nfe`` within ``train.calibrate_budget`` seconds (0: off) on the final
+        checkpoint's EMA model, as ``sde-gen calibrate`` does (``keep_existing``: unless the
+        run has its calibration already); returns the file."""
+        from .calibration import FILE, calibrate_run, save_calibrations
+        from .runs import load_run
+
+        tc, path = self.cfg.train, self.workdir / FILE
+        if (not self.main or self.di.enabled or self.step != tc.steps or not tc.calibrate_nfe
+                or tc.calibrate_budget <= 0):
+            return None
+        if keep_existing and path.is_file():
+            return path
+        run = load_run(list_checkpoints(self.workdir)[-1], device=self.device)
+        n = 32 if self.images else 256  # a tight ODE solve of each: images cost more per draw
+        cals = calibrate_run(run.model, run.sde, run.shape, list(tc.calibrate_nfe),
+                             budget_s=tc.calibrate_budget, n=n, n_val=n, seed=tc.seed,
+                             device=self.device)
+        return save_calibrations(path, cals, run.sde, run.model)
 
     def finish(self, *, keep_existing: bool = False) -> Path | None:
         """At ``train.steps``, rank 0 writes the final EMA sample plot (``keep_existing``: unless

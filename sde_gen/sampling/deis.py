@@ -122,7 +122,7 @@ def lagrange_coefficients(
     n_steps = lam.shape[0] - 1
     x_gl, w_gl = (torch.tensor(v, dtype=torch.float64, device=lam.device)
                   for v in _gauss_legendre(nodes))
-    pieces = max(1, math.ceil(float((lam[1:] - lam[:-1]).abs().max()) / width))
+    pieces = max(1, math.ceil(float((lam[1:] - lam[:-1]).detach().abs().max()) / width))
     u = torch.linspace(0.0, 1.0, pieces + 1, dtype=torch.float64, device=lam.device)
     edges = lam[:-1, None] + (lam[1:] - lam[:-1])[:, None] * u  # (K, pieces + 1)
     half = 0.5 * (edges[:, 1:] - edges[:, :-1])  # (K, pieces)

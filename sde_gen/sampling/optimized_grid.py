@@ -106,13 +106,21 @@ def _gits_path(cost: torch.Tensor, k: int) -> list[int]:
 
 
 @torch.no_grad()
+def gits_candidates(sde: SDE, t_min: float, candidates: int,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """GITS' fine grid: ``candidates`` log-SNR-uniform intervals (on a flow path the first from
+    ``T`` is of the uniform grid's length, :func:`~.grids.make_grid`)."""
+    return make_grid(sde, candidates, t_min=t_min, spacing="logsnr", device=device)
+
+
 def _gits_grid(model: EpsModel, sde: SDE, x_T: torch.Tensor, t_min: float, steps: int,
-               candidates: int) -> torch.Tensor:
-    """GITS: the DDIM-cost DP over ``candidates`` log-SNR-uniform intervals (on a flow path the
-    first from ``T`` is of the uniform grid's length, :func:`~.grids.make_grid`)."""
-    cand = make_grid(sde, candidates, t_min=t_min, spacing="logsnr", device=x_T.device)
+               candidates: int, traj: torch.Tensor | None = None) -> torch.Tensor:
+    """GITS: the DDIM-cost DP over :func:`gits_candidates`; ``traj``: the teacher's states at
+    those times from ``x_T`` if already solved for."""
+    cand = gits_candidates(sde, t_min, candidates, device=x_T.device)
     pure = starts_pure(sde, cand)
-    _, traj = reference_endpoints(model, sde, x_T, t_min, ts=cand)
+    if traj is None:
+        _, traj = reference_endpoints(model, sde, x_T, t_min, ts=cand)
     alpha, sigma = (c.to(x_T.dtype) for c in grid_coeffs(sde, cand))
     m = len(cand) - 1
     cost = torch.full((m + 1, m + 1), math.inf, dtype=torch.float64)

@@ -1,0 +1,394 @@
+"""Calibration: a deterministic fast solver's time grid learned for one model at a fixed NFE.
+
+LD3 ([Tong25ld3]) in the package's terms. The teacher is the model's own probability-flow ODE,
+solved tightly (dopri5, tol 1e-7) from ``B`` prior draws and denoised
+(:func:`~.optimized_grid.reference_endpoints`); the student is the solver itself on a grid of
+``K`` intervals, run with autograd, ending in the same Tweedie denoise at ``t_min``. The grid's
+interior times are the parameters, backpropagated through every solver step and model call:
+
+- **Parameterization** (LD3 Sec. 3.1, written for this package): the interior times are
+  ``u_i = u_T + span * cumsum(w)_i`` in ``u = log-SNR`` (``-t`` on a path with ``alpha_T = 0``,
+  where the log-SNR is ``-inf``, and on a tabulated chain, whose inverse log-SNR is a
+  bisection), with gaps ``w = delta + (1 - K delta) softmax(theta)``; every trial grid is
+  then strictly decreasing inside ``(t_min, T)`` with its ends fixed, and no gap is below
+  ``delta = 1e-4`` of the span.
+- **Soft loss** (LD3 Sec. 3.2, "soft teacher forcing"): the student may start from any ``x'``
+  in a ball around its draw, ``||x' - x_T|| <= r sigma_T sqrt(D)``, and the loss is the mean L2
+  distance of its endpoint from ``x'`` to the teacher's endpoint from ``x_T``; ``x'`` is learned
+  with ``theta`` and projected back into the ball after each step. A few parameters cannot map
+  every draw onto its teacher endpoint; the relaxation stops them from chasing that. On the
+  exact mixtures (a few dimensions, ~10 parameters) it did not pay, so ``radius`` defaults to 0,
+  LD3's hard loss.
+- **Start**: the project's GITS grid (:func:`~.optimized_grid._gits_grid`, dynamic programming
+  over 64 log-SNR candidates), or the solver's default grid where that is better on the
+  validation draws.
+- **Selection**: the grid kept is the one of least *hard* error (from ``x_T`` itself) on all
+  the draws: the tuning draws and ``n_val`` validation draws that the gradient never sees (on
+  the 12-D mixtures 128 validation draws alone were too noisy to choose between the start
+  grids). The start is a candidate, so the result is never worse there than where it started.
+
+Only the grid is learned: the solver's own update rule and coefficients stay (no learned
+solver coefficients as in PAS; see README "Calibration").
+
+Refs: [Tong25ld3] Sec. 3 (LD3); [Chen24gits] (GITS, the start).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..chain import check_t_min, grid_coeffs
+from ..errors import UserInputError
+from ..noise import Generator
+from ..parameterization import EpsModel, eps_to_x0
+from ..sde import SDE
+from .driver import check_shape, plan, solver_spec
+from .grids import make_grid
+from .optimized_grid import _gits_grid, gits_candidates, reference_endpoints, steps_for_nfe
+from .pure_start import ddim_first_step, starts_pure
+
+__all__ = ["CALIBRATABLE", "Calibration", "Teacher", "calibrate", "default_solver", "teacher"]
+
+#: Solvers whose function is differentiable in its grid (autograd through every step), with
+#: their fixed options. Their pure-noise first step is :func:`~.pure_start.ddim_first_step`.
+CALIBRATABLE: dict[str, dict[str, Any]] = {"ipndm": {"order": 3}, "deis": {"order": 3},
+                                           "dpm": {"order": 3}}
+#: Relative radius ``r`` of the soft loss's ball, ``r sigma_T sqrt(D)``. Default 0 (the hard
+#: loss): r = 0.01 and 0.05 lost to it on 9 of the 10 tuning cases at 10 NFE
+#: (benchmarks/results/fast_samplers.md, "soft loss").
+SOFT_RADIUS = 0.0
+#: The smallest gap in ``u`` between two grid times, as a fraction of ``u``'s span.
+MIN_GAP = 1e-4
+#: Default budget (seconds) of one calibration, teacher solve included.
+DEFAULT_BUDGET_S = 60.0
+#: The most prior draws the gradient uses (the rest of a larger ``shape[0]`` is not drawn).
+MAX_DRAWS = 512
+#: GITS' candidate intervals (the start grid's dynamic programme).
+CANDIDATES = 64
+#: Draws of the GITS cost (the first of the tuning draws).
+GITS_DRAWS = 64
+
+
+def default_solver(nfe: int) -> str:
+    """The README's fast deterministic solver at ``nfe``: ``deis`` up to 5 NFE, else ``ipndm``."""
+    return "deis" if nfe <= 5 else "ipndm"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A learned grid and what it was measured to do.
+
+    ``sample(model, sde, shape, cal.solver, ts=cal.ts, **cal.options)`` makes ``nfe`` model calls.
+
+    Attributes:
+        solver, options: the registered solver and its options.
+        ts: the learned grid, ``(K + 1,)`` float64, strictly decreasing from ``T`` to ``t_min``.
+        nfe: model calls of one run on it, the final denoise included.
+        start: where the descent started: ``"gits"`` or the solver's default spacing.
+        error_start, error: mean endpoint error on the tuning and validation draws on the start
+            grid and on ``ts`` (the hard error, from ``x_T`` itself).
+        iterations: gradient steps taken; ``seconds``: wall time, the teacher solve included
+            (not when it was given: :func:`~sde_gen.app.calibration.calibrate_run` adds its
+            share).
+        sde: :func:`~.grid_file.sde_signature` of the SDE it is for.
+    """
+
+    solver: str
+    ts: torch.Tensor
+    options: dict[str, Any]
+    nfe: int
+    start: str
+    error_start: float
+    error: float
+    iterations: int
+    seconds: float
+    sde: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """Grid intervals (``sample --steps``)."""
+        return len(self.ts) - 1
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The tight probability-flow solve that every calibration of one model and SDE shares.
+
+    Attributes:
+        x_T, x_val: the tuning and validation prior draws.
+        ref, ref_val: their teacher endpoints (dopri5 at tol 1e-7, denoised).
+        traj: the teacher's states at :func:`~.optimized_grid.gits_candidates` from the first
+            :data:`GITS_DRAWS` tuning draws (GITS' edge costs).
+        t_min: the end time; ``seconds``: what the solve took.
+    """
+
+    x_T: torch.Tensor
+    x_val: torch.Tensor
+    ref: torch.Tensor
+    ref_val: torch.Tensor
+    traj: torch.Tensor
+    t_min: float
+    seconds: float
+
+
+def teacher(model: EpsModel, sde: SDE, shape: tuple[int, ...], *, n_val: int = 128,
+            generator: Generator = None, t_min: float | None = None,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype = torch.float32) -> Teacher:
+    """Draw ``min(B, MAX_DRAWS)`` tuning and ``n_val`` validation prior draws (``shape = (B,
+    *D)``; ``generator`` default seed 0) and solve the model's PF-ODE from all of them at once.
+
+    Raises:
+        UserInputError: a bad shape, ``n_val`` or ``t_min``.
+    """
+    clock = time.perf_counter()
+    shape = check_shape(shape)
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+        raise UserInputError(f"n_val must be a positive integer, got {n_val!r}")
+    t_min = check_t_min(sde, sde.default_t_min if t_min is None else t_min)
+    if generator is None:
+        generator = torch.Generator(device=device or "cpu").manual_seed(0)
+    n = min(shape[0], MAX_DRAWS)
+    x_T = sde.prior_sampling((n, *shape[1:]), generator=generator, device=device, dtype=dtype)
+    x_val = sde.prior_sampling((n_val, *shape[1:]), generator=generator, device=device,
+                               dtype=dtype)
+    cand = gits_candidates(sde, t_min, CANDIDATES, device=x_T.device)
+    ref, traj = reference_endpoints(model, sde, torch.cat([x_T, x_val]), t_min, ts=cand)
+    ref, ref_val = ref.split([n, n_val])
+    return Teacher(x_T, x_val, ref, ref_val, traj[:, :min(n, GITS_DRAWS)], t_min,
+                   time.perf_counter() - clock)
+
+
+def _check_budget(budget_s: object) -> float:
+    if budget_s is None:
+        return DEFAULT_BUDGET_S
+    ok = isinstance(budget_s, (int, float)) and not isinstance(budget_s, bool)
+    if not ok or not math.isfinite(budget_s) or budget_s <= 0:
+        raise UserInputError(f"the calibration budget must be a positive number of seconds, got "
+                             f"{budget_s!r}")
+    return float(budget_s)
+
+
+def check_calibration_input(solver: str | None, nfe: object, budget_s: object = None
+                            ) -> tuple[str, int, float]:
+    """``(solver, steps, budget)`` for a calibration, checked before any work.
+
+    Raises:
+        UserInputError: a solver that cannot be calibrated, an NFE it cannot make exactly, or a
+            budget that is not a positive finite number.
+    """
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise UserInputError(f"nfe must be an integer, got {nfe!r}")
+    solver = default_solver(nfe) if solver is None else solver
+    solver_spec(solver)
+    if solver not in CALIBRATABLE:
+        raise UserInputError(f"solver {solver!r} cannot be calibrated; choose one of "
+                             f"{', '.join(CALIBRATABLE)}")
+    steps = steps_for_nfe(solver, nfe, CALIBRATABLE[solver])
+    return solver, steps, _check_budget(budget_s)
+
+
+def _u_map_t():
+    return (lambda t: -t), (lambda u: -u)
+
+
+def _u_map(sde: SDE):
+    """``(to_u, from_u)``: log-SNR, or ``-t`` on a path whose log-SNR is ``-inf`` at ``T``."""
+    if sde.pure_noise_at_T:
+        return _u_map_t()
+    return sde.log_snr, sde.t_from_log_snr
+
+
+class _Grid:
+    """The LD3 parameterization of a grid with fixed ends (module docstring)."""
+
+    def __init__(self, sde: SDE, ts: torch.Tensor) -> None:
+        self.to_u, self.from_u = _u_map(sde)
+        self.ends = ts[[0, -1]].to(torch.float64)
+        u = self.to_u(self.ends)
+        if self.from_u(u[1:].clone().requires_grad_(True)).grad_fn is None:
+            # an inverse without a gradient (a tabulated chain's bisection): gaps in t instead
+            self.to_u, self.from_u = _u_map_t()
+            u = self.to_u(self.ends)
+        self.u0, self.span = u[0], u[1] - u[0]
+        k = len(ts) - 1
+        self.delta = MIN_GAP if k * MIN_GAP < 0.5 else 0.5 / k
+        gaps = (self.to_u(ts.to(torch.float64)).diff() / self.span - self.delta)
+        self.theta0 = torch.log(gaps.clamp(min=1e-12) / (1 - k * self.delta))
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        k = theta.shape[0]
+        w = self.delta + (1 - k * self.delta) * torch.softmax(theta, 0)
+        inner = self.from_u(self.u0 + self.span * torch.cumsum(w, 0)[:-1])
+        return torch.cat([self.ends[:1], inner, self.ends[1:]])
+
+
+def _student(fn, model: EpsModel, sde: SDE, x: torch.Tensor, ts: torch.Tensor,
+             options: dict[str, Any]) -> torch.Tensor:
+    """The solver on ``ts`` then Tweedie's denoise at ``ts[-1]``, differentiable in ``ts`` and
+    ``x`` (what ``sample(..., ts=ts, **options).x`` computes, with autograd)."""
+    if starts_pure(sde, ts):  # as the solvers do: the first step's finite limit, then the rest
+        x = ddim_first_step(model, sde, x, ts)
+        rest = ts[1:]
+    else:
+        rest = ts
+    if len(rest) > 1:
+        x, _ = fn(model, sde, x, rest, **options)
+    alpha, sigma = (c[-1].to(x.dtype) for c in grid_coeffs(sde, ts[-1:]))
+    return eps_to_x0(x, model(x, ts[-1].to(x.dtype).expand(x.shape[0])), alpha, sigma)
+
+
+class _Adam:
+    """Adam ([Kingma15] Alg. 1) on one tensor, in place (``torch.optim`` imports torch._dynamo,
+    seconds of start-up on a CPU, for ten parameters)."""
+
+    def __init__(self, p: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.p, self.lr, self.betas, self.eps, self.k = p, lr, betas, eps, 0
+        self.m, self.v = torch.zeros_like(p), torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.k += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat, v_hat = self.m / (1 - b1**self.k), self.v / (1 - b2**self.k)
+        self.p.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+
+def _distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (x - ref).reshape(x.shape[0], -1).norm(dim=1).mean()
+
+
+def calibrate(
+    model: EpsModel,
+    sde: SDE,
+    shape: tuple[int, ...],
+    *,
+    nfe: int,
+    solver: str | None = None,
+    budget_s: float | None = None,
+    generator: Generator = None,
+    t_min: float | None = None,
+    n_val: int = 128,
+    radius: float = SOFT_RADIUS,
+    lr: float = 0.05,
+    max_iterations: int = 300,
+    patience: int = 40,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    given_teacher: Teacher | None = None,
+) -> Calibration:
+    """Learn the time grid of ``solver`` at ``nfe`` model calls for ``model`` (LD3, see the
+    module docstring).
+
+    Args:
+        model: eps-model ``model(x, t)``, differentiable in ``x`` (and ideally in ``t``).
+        shape: ``(B, *D)``: ``B`` prior draws to calibrate on (at most :data:`MAX_DRAWS` are
+            used), of shape ``D``; the same ``shape`` as the ``sample`` calls it is for.
+        nfe: model calls per sample, the final denoise included.
+        solver: a key of :data:`CALIBRATABLE` (default :func:`default_solver`).
+        budget_s: wall-clock seconds for the whole calibration, teacher solves included
+            (default :data:`DEFAULT_BUDGET_S`); the descent stops when it is spent.
+        generator: source of the prior draws (default seed 0).
+        t_min: the end time (default the SDE's).
+        n_val: validation draws (drawn after the tuning draws; the grid is selected on these and
+            the tuning draws).
+        radius: ``r`` of the soft loss's ball ``r sigma_T sqrt(D)`` (0: LD3's hard loss).
+        lr: Adam's step size on the grid logits (the ball's points take ``lr r sigma_T``).
+        max_iterations, patience: at most this many gradient steps; stop after ``patience``
+            steps without a better validation error.
+        given_teacher: a :func:`teacher` solve to reuse (several NFEs of one model); its draws
+            and end time then replace ``shape[0]``, ``generator``, ``t_min`` and ``n_val``.
+
+    Returns:
+        :class:`Calibration`.
+
+    Raises:
+        UserInputError: a solver that cannot be calibrated, an NFE it cannot make exactly, a
+            budget that is not a positive number, a bad shape or ``t_min``.
+
+    Shapes: draws ``(B, *D)``.
+
+    Refs: [Tong25ld3] Sec. 3.
+    """
+    start_clock = time.perf_counter()
+    solver, steps, budget = check_calibration_input(solver, nfe, budget_s)
+    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
+        raise UserInputError(f"radius must be a finite number >= 0, got {radius!r}")
+    if given_teacher is None:
+        given_teacher = teacher(model, sde, shape, n_val=n_val, generator=generator,
+                                t_min=t_min, device=device, dtype=dtype)
+    tch = given_teacher
+    t_min, x_T, x_val, ref, ref_val = tch.t_min, tch.x_T, tch.x_val, tch.ref, tch.ref_val
+    n = x_T.shape[0]
+    options = dict(CALIBRATABLE[solver])
+    spec = solver_spec(solver)
+    fn = inspect.unwrap(spec.fn)  # the solver function without its no_grad decorator
+
+    x_all, ref_all = torch.cat([x_T, x_val]), torch.cat([ref, ref_val])
+
+    @torch.no_grad()
+    def val_error(ts: torch.Tensor) -> float:  # the hard error on every draw (less noise)
+        e = _distance(_student(fn, model, sde, x_all, ts.to(x_all.device), options), ref_all)
+        return float(e) if torch.isfinite(e) else math.inf
+
+    default = make_grid(sde, steps, t_min=t_min, spacing=spec.spacing_for(sde))
+    candidates = [(spec.spacing_for(sde), default)]
+    if 2 <= steps < CANDIDATES:
+        gits = _gits_grid(model, sde, x_T[:tch.traj.shape[1]], t_min, steps, CANDIDATES,
+                          traj=tch.traj).cpu()
+        candidates.append(("gits", gits))
+    scored = [(val_error(ts), name, ts) for name, ts in candidates]
+    err_start, start, ts0 = min(scored, key=lambda s: s[0])
+    best_err, best_ts, it = err_start, ts0, 0
+    plan(model, sde, solver, options, ts=ts0)  # the grid and options pass sample()'s checks
+    if steps >= 2:
+        grid = _Grid(sde, ts0)
+        theta = grid.theta0.clone().requires_grad_(True)
+        sigma_T = float(grid_coeffs(sde, ts0[:1]).sigma[0])
+        ball = radius * sigma_T * math.sqrt(x_T[0].numel())
+        x_soft = x_T.clone().requires_grad_(ball > 0)
+        steps_size = [lr, lr * ball / math.sqrt(x_T[0].numel())]
+        adam = [_Adam(theta, steps_size[0])] + ([_Adam(x_soft, steps_size[1])] if ball > 0 else [])
+        since_best = 0
+        while it < max_iterations and since_best < patience:
+            if time.perf_counter() - start_clock > budget:
+                break
+            ts = grid(theta)
+            loss = _distance(_student(fn, model, sde, x_soft, ts.to(x_T.device), options), ref)
+            if not torch.isfinite(loss):
+                break
+            # the model's own parameters get no .grad: only theta (and x') are differentiated
+            grads = torch.autograd.grad(loss, [a.p for a in adam])
+            for a, g in zip(adam, grads):
+                a.step(g)
+            it += 1
+            if ball > 0:
+                with torch.no_grad():  # project x' back into the ball around x_T
+                    d = x_soft - x_T
+                    norm = d.reshape(n, -1).norm(dim=1).clamp(min=ball)
+                    x_soft.copy_(x_T + d * (ball / norm).reshape(-1, *[1] * (d.ndim - 1)))
+            with torch.no_grad():
+                ts = grid(theta).detach()
+            e = val_error(ts)
+            if e < best_err:
+                best_err, best_ts, since_best = e, ts, 0
+            else:
+                since_best += 1
+    return Calibration(solver=solver, ts=best_ts.detach().cpu().to(torch.float64),
+                       options=options, nfe=spec.nfe(steps, options), start=start,
+                       error_start=err_start, error=best_err, iterations=it,
+                       seconds=time.perf_counter() - start_clock, sde=_signature(sde))
+
+
+def _signature(sde: SDE) -> dict[str, Any]:
+    from .grid_file import sde_signature
+
+    return sde_signature(sde)
