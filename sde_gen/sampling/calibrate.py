@@ -244,24 +244,6 @@ def _student(fn, model: EpsModel, sde: SDE, x: torch.Tensor, ts: torch.Tensor,
     return eps_to_x0(x, model(x, ts[-1].to(x.dtype).expand(x.shape[0])), alpha, sigma)
 
 
-class _Adam:
-    """Adam ([Kingma15] Alg. 1) on one tensor, in place (``torch.optim`` imports torch._dynamo,
-    seconds of start-up on a CPU, for ten parameters)."""
-
-    def __init__(self, p: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.p, self.lr, self.betas, self.eps, self.k = p, lr, betas, eps, 0
-        self.m, self.v = torch.zeros_like(p), torch.zeros_like(p)
-
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
-        b1, b2 = self.betas
-        self.k += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat, v_hat = self.m / (1 - b1**self.k), self.v / (1 - b2**self.k)
-        self.p.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
-
-
 def _distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (x - ref).reshape(x.shape[0], -1).norm(dim=1).mean()
 
@@ -356,7 +338,10 @@ def calibrate(
         ball = radius * sigma_T * math.sqrt(x_T[0].numel())
         x_soft = x_T.clone().requires_grad_(ball > 0)
         steps_size = [lr, lr * ball / math.sqrt(x_T[0].numel())]
-        adam = [_Adam(theta, steps_size[0])] + ([_Adam(x_soft, steps_size[1])] if ball > 0 else [])
+        groups = [{"params": [theta], "lr": steps_size[0]}]
+        if ball > 0:
+            groups.append({"params": [x_soft], "lr": steps_size[1]})
+        adam = torch.optim.Adam(groups)  # [Kingma15] Alg. 1
         since_best = 0
         while it < max_iterations and since_best < patience:
             if time.perf_counter() - start_clock > budget:
@@ -366,9 +351,10 @@ def calibrate(
             if not torch.isfinite(loss):
                 break
             # the model's own parameters get no .grad: only theta (and x') are differentiated
-            grads = torch.autograd.grad(loss, [a.p for a in adam])
-            for a, g in zip(adam, grads):
-                a.step(g)
+            params = [p for group in adam.param_groups for p in group["params"]]
+            for p, g in zip(params, torch.autograd.grad(loss, params)):
+                p.grad = g
+            adam.step()
             it += 1
             if ball > 0:
                 with torch.no_grad():  # project x' back into the ball around x_T
