@@ -196,7 +196,7 @@ def restore_command(ckpt: str | os.PathLike | None, task: str, image: str | os.P
     opts.update({k: v for k, v in (("steps", steps), ("t_min", t_min)) if v is not None})
     out = check_out_path(out, ".png")
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = open_run(ckpt, dev, threads, pixels_only="restore")
     return restore_file(run, task, image, out, noise_std=noise_std, n=n, mask=mask,
                         factor=factor, blur_sigma=blur_sigma, seed=seed, device=dev, **opts)
 
