@@ -52,10 +52,10 @@ def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
                              f"--set model.autoencoder={run.workdir} (eval reports its "
                              "reconstructions)")
     if run.codec is not None and pixels_only:
-        raise UserInputError(f"{pixels_only} on a latent run: its measurement of the image, "
-                             "A D(z), is not linear in the latent z (the decoder D is not), and "
-                             f"{pixels_only}'s methods (replacement, DPS, PiGDM, MMPS, SMC) need a "
-                             "linear A; use a pixel-space run")
+        raise UserInputError(f"{pixels_only} on a latent run: its pixels are not linear in the "
+                             "latent z (the decoder is not), and imputation needs them to be; use "
+                             "sde-gen restore --task inpaint --method dps (DPS through the "
+                             "decoder)")
     apply_thread_policy(run.cfg, device, threads)
     return run
 
