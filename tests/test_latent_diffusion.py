@@ -122,6 +122,14 @@ def test_samples_decode_to_the_data_shape_and_range(runs, tmp_path):
     assert np.load(tmp_path / "g.npz")["images"].shape == (2, 1, 8, 8)
 
 
+def test_an_export_keeps_the_latent_record(runs, tmp_path):
+    out = tmp_path / "ldm.safetensors"
+    res = CliRunner().invoke(app, ["export", "--ckpt", str(runs["ldm"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    run, ref = load_run(out), load_run(runs["ldm"])
+    assert run.codec.metadata() == ref.codec.metadata() and run.data_shape == (1, 8, 8)
+
+
 def test_latent_samples_are_the_decoded_latents(runs):
     from sde_gen.app.generate import generate
 
