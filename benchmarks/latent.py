@@ -200,12 +200,36 @@ def report(rows: list[dict], floor: float, args) -> str:
             "AE PSNR dB": f"{r['psnr']:.2f} ± {r['psnr_se']:.2f}" if "psnr" in r else "-",
             "CPU ms/image (50 NFE)": f"{r['sample_cpu_ms']:.1f}",
             "of it decode": f"{r['decode_cpu_ms']:.1f}" if "recon_fd" in r else "-"})
+    parts = []
+    for r in rows:
+        if "ae_cpu_s" not in r:
+            parts.append(f"- `{r['method']}`: score model {r['score_cpu_s']:.0f} CPU s "
+                         f"({r['probe_step_s']:.2f} s/step in the probe)")
+            continue
+        parts.append(f"- `{r['method']}`: first stage {r['ae_cpu_s']:.0f} CPU s "
+                     f"({r['ae_steps']} steps; VAE {r['vae_bpd']:.2f} bits/dim), score model "
+                     f"{r['score_cpu_s']:.0f} CPU s with the encoding of the training images "
+                     f"({r['probe_step_s']:.2f} s/step in the probe); latent scaling s = "
+                     f"{r['scaling']:.3f}")
+    grids = ", ".join(f"`{NAME}_{r['method']}.png`" for r in rows)
     return (header("Latent diffusion against pixel diffusion on MNIST, equal CPU budget")
             + f"- budget: {args.budget:.0f} CPU s of one thread per method (latent: first stage "
-            f"{args.ae_budget:.0f} s, encoding, then the score model); training images: the "
-            f"first {args.n_train} of MNIST; {args.n_samples} DDIM samples at 50 NFE each\n"
-            f"- FD-classifier of held-out test images (the floor of any model): {floor:.2f}\n\n"
-            + table(table_rows, cols) + "\n")
+            f"{args.ae_budget:.0f} s, the encoding of the training images, then the score model "
+            f"in the rest); steps from short probes, the CPU actually spent below; training "
+            f"images: the first {args.n_train} of MNIST; {args.n_samples} DDIM samples at 50 NFE "
+            f"each; FD-classifier with the {args.classifier_steps}-step MNIST classifier\n"
+            f"- FD-classifier of held-out test images (the floor of any model): {floor:.2f}\n"
+            "- first stages: diffusers' AutoencoderKL, ch 16, one block per level, KL weight "
+            "1e-6 (Gaussian decoder, learned scale); f = 2 with c = 2 (2x14x14 latents), f = 4 "
+            "with c = 4 (4x7x7); score models: the image recipe on a U-Net with ch 32 (pixels "
+            "and f = 2: two levels, f = 4: one level at 7x7), sigma_data 0.5 for pixels, 1 for "
+            "the unit-variance latents\n\n"
+            + table(table_rows, cols) + "\n\n"
+            + "\n".join(parts) + "\n\n"
+            + f"Grids (64 samples, 2x nearest-neighbour): {grids}; the first stages' test "
+            "reconstructions (4 rows of originals over 4 rows of reconstructions): "
+            + ", ".join(f"`{NAME}_{r['method']}_reconstructions.png`" for r in rows
+                        if "recon_fd" in r) + ".\n")
 
 
 def main() -> None:
