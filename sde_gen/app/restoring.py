@@ -178,26 +178,38 @@ def restore_file(run: LoadedRun, task: str, image: str | os.PathLike, out: str |
     """
     from ..inverse import restore
 
+    if run.codec is not None:  # a latent run: DPS through the decoder
+        return _restore_latent_file(run, task, image, out, n=n, mask=mask, factor=factor,
+                                    blur_sigma=blur_sigma, seed=seed, device=device, **options)
     shape = _run_shape(run, "restore")
-    if run.codec is not None:
-        shape = run.data_shape
-        check_latent_method(options.get("method"))
     op, y, shown = measurement(task, image, shape, mask=mask, factor=factor,
                                blur_sigma=blur_sigma)
     g = torch.Generator(device=device).manual_seed(seed)
-    if run.codec is not None:
-        from ..latent.restore import restore_latent
+    res = restore(run.model, run.sde, y.to(device), op, noise_std=noise_std,
+                  shape=(n, *shape), generator=g, device=device, **options)
+    check_nonfinite(res.x)
+    tiles = [shown, *(model_to_uint8(x.float().cpu()) for x in res.x)]
+    return write_png(strip(tiles), out)
 
-        kw = {k: options[k] for k in ("steps", "t_min", "zeta") if k in options}
-        res = restore_latent(run.model, run.sde, y.to(device),
-                             lambda z: op(run.codec.decode(z)), shape=(n, *run.shape),
-                             generator=g, device=device, **kw)
-        with torch.no_grad():
-            x = run.decode(res.x)
-    else:
-        res = restore(run.model, run.sde, y.to(device), op, noise_std=noise_std,
-                      shape=(n, *shape), generator=g, device=device, **options)
-        x = res.x
+
+def _restore_latent_file(run: LoadedRun, task: str, image: str | os.PathLike,
+                         out: str | os.PathLike, *, n: int, mask: str | os.PathLike | None,
+                         factor: int | None, blur_sigma: float | None, seed: int,
+                         device: torch.device | str, **options: Any) -> Path:
+    """:func:`restore_file` on a latent run: the measurement of the decoded image, restored by
+    :func:`sde_gen.latent.restore.restore_latent` (DPS only), the latents decoded."""
+    from ..latent.restore import restore_latent
+
+    _run_shape(run, "restore")
+    check_latent_method(options.get("method"))
+    op, y, shown = measurement(task, image, run.data_shape, mask=mask, factor=factor,
+                               blur_sigma=blur_sigma)
+    g = torch.Generator(device=device).manual_seed(seed)
+    kw = {k: options[k] for k in ("steps", "t_min", "zeta") if k in options}
+    res = restore_latent(run.model, run.sde, y.to(device), lambda z: op(run.codec.decode(z)),
+                         shape=(n, *run.shape), generator=g, device=device, **kw)
+    with torch.no_grad():
+        x = run.decode(res.x)
     check_nonfinite(x)
     tiles = [shown, *(model_to_uint8(xi.float().cpu()) for xi in x)]
     return write_png(strip(tiles), out)
