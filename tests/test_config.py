@@ -125,7 +125,7 @@ def test_more_bad_values_are_config_errors(override, message):
 def test_name_choices_come_from_the_registries():
     from dataclasses import fields
 
-    from sde_gen.app.config import DataConfig, ModelConfig, SDEConfig
+    from sde_gen.app.config import AUTOENCODER, DataConfig, ModelConfig, SDEConfig
     from sde_gen.app.factory import NET_ARGS, SDE_ARGS
     from sde_gen.data.registry import DATASETS, IMAGE_DATASETS
     from sde_gen.data.toy2d import TOY2D
@@ -136,7 +136,7 @@ def test_name_choices_come_from_the_registries():
         return next(f for f in fields(cls) if f.name == "name").metadata["choices"]
 
     assert choices(SDEConfig) == tuple(SDES) and set(SDE_ARGS) == set(SDES)
-    assert choices(ModelConfig) == tuple(NETWORKS) and set(NET_ARGS) == set(NETWORKS)
+    assert choices(ModelConfig) == (*NETWORKS, AUTOENCODER) and set(NET_ARGS) == set(NETWORKS)
     assert choices(DataConfig) == tuple(DATASETS) == TOY2D + IMAGE_DATASETS
 
 

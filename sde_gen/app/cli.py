@@ -171,7 +171,9 @@ def train(
     cfg = load_config(config, set_, **sections)
     from .train import train as run_training
 
-    workdir = workdir or Path("runs") / f"{cfg.data.name}_{cfg.sde.name}"
+    kind = ("_autoencoder" if cfg.model.name == "autoencoder" else
+            f"_ldm_{cfg.sde.name}" if cfg.model.autoencoder else f"_{cfg.sde.name}")
+    workdir = workdir or Path("runs") / f"{cfg.data.name}{kind}"
     result = run_training(cfg, workdir, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
@@ -402,6 +404,14 @@ def likelihood(
     if done is None:  # a torchrun rank other than 0
         return
     rep, path = done
+    if "latent_nats_per_dim" in rep:
+        typer.echo(f"ODE (latent): NLL {rep['latent_nats_per_dim']:.4f} +- "
+                   f"{rep['latent_nats_per_dim_stderr']:.4f} nats per latent dim (not image "
+                   f"bits/dim; {rep['latent_dims']} latent dims, {rep['n']} {split} examples, "
+                   f"{rep['nfe']:.0f} NFE per batch, {rep['seconds']:.1f} s)")
+        typer.echo(f"image bits/dim bound {rep['bpd_bound']:.4f} +- {rep['bpd_bound_stderr']:.4f}"
+                   " (ELBO: decoder NLL + latent ODE prior + posterior entropy)"
+                   if "bpd_bound" in rep else rep["bpd_bound_note"])
     if "nll_nats" in rep:
         typer.echo(f"ODE: NLL {rep['nll_nats']:.4f} +- {rep['nll_stderr']:.4f} nats/example "
                    f"({rep['n']} {split} examples, {rep['trace']} trace, {rep['nfe']:.0f} NFE per "
@@ -540,10 +550,23 @@ def eval_(
     rep, path = eval_command(ckpt, data=data, n=n, solver=solver, steps=steps, n_bpd=n_bpd,
                              batch_size=batch_size, seed=seed, classifier_steps=classifier_steps,
                              out=out, device=device, progress=progress, threads=threads)
+    if "psnr_db" in rep:  # a first-stage run
+        typer.echo(f"{'reconstruction PSNR':<24} {rep['psnr_db']:.2f} +- {rep['psnr_stderr']:.2f}"
+                   f" dB ({rep['n']} {rep['split']} images; MSE {rep['mse']:.5f})")
+        typer.echo(f"{'VAE bits/dim (N(0,I))':<24} {rep['vae_bpd']:.4f} +- "
+                   f"{rep['vae_bpd_stderr']:.4f}")
+        typer.echo(f"result: {path}")
+        return
     rows = [("samples", f"{n} with {solver}, {rep['nfe']} NFE, {rep['sample_seconds']:.1f} s"),
             ("FID", f"{rep['fid']:.2f}" if rep["fid"] is not None else rep["fid_note"])]
     rows.append(("FD-classifier (not FID)", f"{rep['fd_classifier']:.4f}"
                  if "fd_classifier" in rep else rep["fd_classifier_note"]))
+    if "latent_nats_per_dim" in rep:
+        rows.append(("latent nats/dim", f"{rep['latent_nats_per_dim']:.4f} +- "
+                                        f"{rep['latent_nats_per_dim_stderr']:.4f} (not bits/dim)"))
+    if "bpd_bound" in rep:
+        rows.append(("test bits/dim bound", f"{rep['bpd_bound']:.4f} +- "
+                     f"{rep['bpd_bound_stderr']:.4f} ({rep['bpd_n']} images)"))
     if "bpd" in rep:
         rows.append(("test bits/dim", f"{rep['bpd']:.4f} +- {rep['bpd_stderr']:.4f} "
                                       f"({rep['bpd_n']} images)"))

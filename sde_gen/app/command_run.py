@@ -33,12 +33,29 @@ def process_group(device: str) -> Iterator[distributed.DistInfo]:
 
 
 def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
-             threads: int = 0) -> LoadedRun:
+             threads: int = 0, *, autoencoder_ok: bool = False,
+             pixels_only: str | None = None) -> LoadedRun:
     """:func:`~.runs.load_run` of ``ckpt`` on ``device``, then its thread policy
-    (:func:`~.threads.apply_thread_policy`, ``threads`` > 0 overriding it)."""
+    (:func:`~.threads.apply_thread_policy`, ``threads`` > 0 overriding it).
+
+    Raises:
+        UserInputError: a first-stage autoencoder run, unless ``autoencoder_ok`` (``eval``):
+            it has no score model to sample or score; a latent run for the command named by
+            ``pixels_only``, whose methods take a linear measurement of the model's variable.
+    """
     from . import runs
 
     run = runs.load_run(ckpt, device=device)
+    if run.is_autoencoder and not autoencoder_ok:
+        raise UserInputError(f"{run.workdir} is a first-stage autoencoder run (model.name="
+                             "autoencoder): it has no score model; train one on its latents with "
+                             f"--set model.autoencoder={run.workdir} (eval reports its "
+                             "reconstructions)")
+    if run.codec is not None and pixels_only:
+        raise UserInputError(f"{pixels_only} on a latent run: its pixels are not linear in the "
+                             "latent z (the decoder is not), and imputation needs them to be; use "
+                             "sde-gen restore --task inpaint --method dps (DPS through the "
+                             "decoder)")
     apply_thread_policy(run.cfg, device, threads)
     return run
 

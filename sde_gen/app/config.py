@@ -24,6 +24,7 @@ import yaml
 from ..data.registry import DATASETS, TOY
 from ..data.toy2d import TOY2D_CLASSES
 from ..errors import ConfigError
+from ..latent.autoencoder import AUTOENCODER_FACTORS
 from ..nets import NETWORKS
 from ..sde import SDES, vp_min_chain_steps
 
@@ -35,6 +36,10 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
     """A dataclass field with a help text and validation rules (``min``, ``max``, ``gt``, ``lt``,
     ``choices``, ``even``). A float field always has to be finite."""
     return field(default=default, metadata={"help": help, **rules})
+
+
+#: ``model.name`` of a first-stage autoencoder run (not a score network).
+AUTOENCODER = "autoencoder"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class SDEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("mlp", "network", choices=tuple(NETWORKS))
+    name: str = _f("mlp", "network (autoencoder: train the first stage of latent diffusion, "
+                   "diffusers' AutoencoderKL)", choices=(*NETWORKS, AUTOENCODER))
     width: int = _f(128, "MLP hidden width", min=1, max=65536)
     depth: int = _f(3, "MLP residual blocks", min=1, max=64)
     emb_dim: int = _f(64, "MLP time-embedding size (even)", min=2, max=4096, even=True)
@@ -79,6 +85,15 @@ class ModelConfig:
     class_cond: bool = _f(False, "class-conditional model (labels: the 2-D mixtures' components, "
                           "the pinwheel's arms, image classes); label dropout trains the null "
                           "label for classifier-free guidance")
+    factor: int = _f(4, "autoencoder: downsampling factor f (model.ch_mult has log2 f + 1 "
+                     "levels)", choices=AUTOENCODER_FACTORS)
+    latent_channels: int = _f(4, "autoencoder: latent channels c", min=1, max=1024)
+    autoencoder: str = _f("", "latent diffusion: the frozen autoencoder, a finished "
+                          "model.name=autoencoder run directory or a diffusers AutoencoderKL "
+                          "folder ('': diffuse pixels)")
+    latent_scaling: str = _f("auto", "latent diffusion: scaling_factor/shift_factor from the "
+                             "folder's config (auto, for a diffusers folder) or from the "
+                             "training latents (data; auto for a run)", choices=("auto", "data"))
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,8 @@ class TrainConfig:
     max_nonfinite: int = _f(10, "stop after this many consecutive NaN/Inf steps", min=1)
     max_seconds: float = _f(0.0, "wall-clock budget: checkpoint and stop after it (0: none)",
                             min=0.0)
+    kl_weight: float = _f(1e-6, "autoencoder: weight of KL(q(z|x) || N(0, I)) against the "
+                          "decoder's NLL ([Rombach22] App. G)", min=0.0)
     label_dropout: float = _f(0.1, "model.class_cond: probability that a label is replaced by "
                               "the null label ([Ho22] Alg. 1's p_uncond)", min=0.0, lt=1.0)
     calibrate_nfe: tuple = _f((5, 10, 20), "after training, calibrate the fast solver's grid at "
@@ -146,6 +163,10 @@ class TrainConfig:
     calibrate_budget: float = _f(20.0, "seconds for that calibration, all NFEs together (0: off)",
                                  min=0.0)
 
+
+#: The keys that only an autoencoder run reads, and those only a latent score model reads.
+AUTOENCODER_KEYS = ("model.factor", "model.latent_channels", "train.kl_weight")
+LATENT_KEYS = ("model.latent_scaling",)
 
 #: The SDEs whose path has ``alpha_T = 0`` (pure noise at ``T``): no log-SNR at ``T``, no
 #: discrete chain (:attr:`~sde_gen.sde.SDE.pure_noise_at_T`, asked of a default instance).
@@ -185,6 +206,8 @@ RESUMABLE_KEYS = (
     "train.sample_n", "train.plot_samples", "train.device", "train.threads",
     "train.max_nonfinite", "train.max_seconds", "data.download", "train.calibrate_nfe",
     "train.calibrate_budget",
+    # The autoencoder's path may move: resuming checks its weights' hash instead.
+    "model.autoencoder",
 )
 
 _SECTION_CLASSES = {
@@ -318,6 +341,53 @@ def _check_combination(cfg: Config) -> None:
         raise ConfigError("train.vlb_importance=true samples the steps of the hybrid loss; it "
                           "needs model.learn_variance=true")
     _check_class_cond(cfg)
+    _check_latent(cfg)
+
+
+def _non_default(cfg: Config, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` (``section.key``) set away from its default, or ``None``."""
+    default = Config()
+    for key in keys:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != getattr(getattr(default, section), name):
+            return key
+    return None
+
+
+def _check_latent(cfg: Config) -> None:
+    """An autoencoder run: images, no SDE or score-model options, ``model.ch_mult`` with one
+    level per halving. A latent score model: a U-Net on images, no flips."""
+    m = cfg.model
+    if m.name == AUTOENCODER:
+        if DATASETS[cfg.data.name] == TOY:
+            raise ConfigError(f"model.name=autoencoder encodes images; data.name={cfg.data.name} "
+                              "is 2-D data")
+        levels = int(math.log2(m.factor)) + 1
+        if len(m.ch_mult) != levels:
+            raise ConfigError(f"model.ch_mult={list(m.ch_mult)} has {len(m.ch_mult)} levels; an "
+                              f"autoencoder with model.factor={m.factor} needs {levels} (f = "
+                              "2^(levels - 1))")
+        for key, bad in (("model.autoencoder", m.autoencoder), ("model.class_cond", m.class_cond),
+                         ("model.learn_variance", m.learn_variance),
+                         ("sde.name", cfg.sde.name != SDEConfig().name)):
+            if bad:
+                raise ConfigError(f"{key} does not apply to model.name=autoencoder (the first "
+                                  "stage has no score model or SDE)")
+        return
+    key = _non_default(cfg, AUTOENCODER_KEYS)
+    if key is not None:
+        raise ConfigError(f"{key} applies only to model.name=autoencoder (it is {m.name})")
+    if not m.autoencoder:
+        key = _non_default(cfg, LATENT_KEYS)
+        if key is not None:
+            raise ConfigError(f"{key} applies only to latent diffusion; set model.autoencoder")
+        return
+    if m.name != "unet" or DATASETS[cfg.data.name] == TOY:
+        raise ConfigError(f"model.autoencoder: latent diffusion needs image data and "
+                          f"model.name=unet (it is {m.name} on {cfg.data.name})")
+    if cfg.data.flip:
+        raise ConfigError("data.flip=true does not apply to latent diffusion: the training "
+                          "images are encoded once, unflipped")
 
 
 def _check_pure_noise_path(cfg: Config) -> None:

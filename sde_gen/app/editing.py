@@ -317,7 +317,7 @@ def edit_command(
                         particles=particles, denoise=denoise, solver_opts=solver_opts)
     out = check_out_path(out, ".png")  # before the checkpoint is even read
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = open_run(ckpt, dev, threads, pixels_only=command)
     kw = dict(label=class_, guidance=guidance, seed=seed, device=dev, **opts)
     if command == "inpaint":
         return inpaint_file(run, image, mask, out, **kw)

@@ -53,6 +53,8 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     check_run_state(state, path)
     tensors = {k: v.contiguous() for k, v in state["ema"].items()}
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
+    if "latent" in state:  # a latent run's scaling and autoencoder hash
+        meta["latent"] = json.dumps(state["latent"])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -95,4 +97,10 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         config, step = json.loads(meta["config"]), int(meta.get("step", 0))
     except ValueError as e:  # also json.JSONDecodeError
         raise CheckpointError(f"{path} has malformed metadata: {str(e)[:200]}") from None
-    return {"model": weights, "ema": weights, "config": config, "step": step}
+    state = {"model": weights, "ema": weights, "config": config, "step": step}
+    if "latent" in meta:
+        try:
+            state["latent"] = json.loads(meta["latent"])
+        except ValueError as e:
+            raise CheckpointError(f"{path} has malformed metadata: {str(e)[:200]}") from None
+    return state

@@ -135,11 +135,41 @@ def num_classes(cfg: Config) -> int | None:
     return k
 
 
-def build_model(cfg: Config, sde: SDE | None = None) -> ScoreModel:
+def build_autoencoder(cfg: Config) -> nn.Module:
+    """The first stage of ``model.name=autoencoder``: a :class:`~sde_gen.latent.KLAutoencoder`
+    of ``model.factor``, ``model.latent_channels``, widths ``model.ch * model.ch_mult`` and
+    ``model.num_res_blocks`` residual blocks per level.
+
+    Raises:
+        UserInputError: images whose sides ``model.factor`` does not divide, or no diffusers.
+    """
+    from ..latent import KLAutoencoder
+
+    c, shape = cfg.model, data_shape(cfg.data)
+    if shape[1] % c.factor or shape[2] % c.factor:
+        raise UserInputError(f"images of {shape[1]}x{shape[2]} pixels do not divide by the "
+                             f"autoencoder's model.factor={c.factor}")
+    return KLAutoencoder(in_channels=shape[0], latent_channels=c.latent_channels,
+                         factor=c.factor, block_out_channels=tuple(c.ch * m for m in c.ch_mult),
+                         layers_per_block=c.num_res_blocks, image_size=shape[1])
+
+
+def build_model(cfg: Config, sde: SDE | None = None, *,
+                shape: tuple[int, ...] | None = None) -> nn.Module:
     """The eps-model ``ScoreModel(net, sde)`` for a config (class-conditional with
-    ``model.class_cond``: the net gets ``num_classes`` from the data, :func:`num_classes`)."""
+    ``model.class_cond``: the net gets ``num_classes`` from the data, :func:`num_classes`), or the
+    first stage of ``model.name=autoencoder`` (:func:`build_autoencoder`).
+
+    ``shape``: one example's shape, default the data's; a latent config (``model.autoencoder``)
+    must pass its latents' (:func:`~.autoencoders.model_shape`)."""
+    from .config import AUTOENCODER
+
+    if cfg.model.name == AUTOENCODER:
+        return build_autoencoder(cfg)
+    if shape is None and cfg.model.autoencoder:
+        raise ValueError("build_model: a latent config needs shape= (autoencoders.model_shape)")
     sde = sde if sde is not None else build_sde(cfg.sde)
-    shape = data_shape(cfg.data)
+    shape = data_shape(cfg.data) if shape is None else tuple(shape)
     if (len(shape) == 3) != (cfg.model.name == "unet"):
         raise UserInputError(f"model.name={cfg.model.name} does not fit data.name={cfg.data.name} "
                              f"(use unet for images, mlp for 2-D data)")

@@ -32,13 +32,15 @@ ODE_TOL = 1e-5  # rtol = atol of the PF-ODE encoder and decoder
 class FigureContext:
     """What every figure needs: the model, its SDE and data, seeded generators, the chains."""
 
-    def __init__(self, model, sde, cfg, device, seed, ancestral_steps, interpolation_steps):
+    def __init__(self, model, sde, cfg, device, seed, ancestral_steps, interpolation_steps,
+                 codec=None):
         if ancestral_steps is not None and ancestral_steps < 1:
             raise UserInputError(f"ancestral_steps must be positive, got {ancestral_steps}")
         if interpolation_steps < 1:
             raise UserInputError(f"interpolation_steps must be positive, got {interpolation_steps}")
         self.model, self.sde, self.cfg, self.device, self.seed = model, sde, cfg, device, seed
         self.ancestral_steps, self.interpolation_steps = ancestral_steps, interpolation_steps
+        self.codec = codec  # a latent run: data are encoded, everything shown is decoded
         self.t_min = sde.default_t_min
         self.x0_hat = denoise_fn(model, sde)
         # The chains the figures draw: the discrete chain (DDPM's, SMLD's), or on a path
@@ -96,7 +98,17 @@ class FigureContext:
         if len(images) < k:
             raise UserInputError(f"the figures need {k} images; {images.origin} has {len(images)}")
         idx = torch.randperm(len(images), generator=g)[:k]
-        return uint8_to_model(images.x[idx]).to(self.device)
+        x = uint8_to_model(images.x[idx]).to(self.device)
+        return x if self.codec is None else self.codec.encode(x)
+
+    def show(self, x: torch.Tensor) -> torch.Tensor:
+        """What a figure shows of ``x`` (latents: decoded) in [0, 1], on the CPU."""
+        from ..scaling import from_model
+
+        if self.codec is not None:
+            x = self.codec.decode(x.reshape(-1, *x.shape[-3:])).reshape(
+                *x.shape[:-3], *self.codec.image_shape)
+        return from_model(x.float().cpu())
 
     def prior(self, shape: tuple[int, ...], offset: int) -> torch.Tensor:
         return self.sde.prior_sampling(shape, generator=self.generator(offset), device=self.device)

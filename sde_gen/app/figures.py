@@ -128,14 +128,14 @@ def figures_command(
     dev = resolve_device(device or "auto")
     run = open_run(ckpt, dev, threads)
     return write_figures(run.model, run.sde, run.cfg, out, n=n, seed=seed, device=dev,
-                         prefix=prefix)
+                         prefix=prefix, codec=run.codec)
 
 
 @torch.no_grad()
 def write_figures(
     model: EpsModel, sde: SDE, cfg: Config, out_dir: str | os.PathLike, *, n: int | None = None,
     seed: int = 0, device: torch.device | str = "cpu", prefix: str = "",
-    ancestral_steps: int | None = None, interpolation_steps: int = 100,
+    ancestral_steps: int | None = None, interpolation_steps: int = 100, codec: Any = None,
 ) -> list[Path]:
     """Compute every figure of :data:`IMAGE_FIGURES` (image data) or :data:`TOY_FIGURES` (2-D data)
     and write them all to ``out_dir`` (temp files renamed together: a failure leaves none).
@@ -156,6 +156,8 @@ def write_figures(
         ancestral_steps: intervals of the DDPM chains (default every chain step, as in [Ho20]).
         interpolation_steps: reverse intervals per unit time of the DDPM interpolation's chains
             (its start at ``t`` gets ``ceil(interpolation_steps * t / T)``), a respaced chain.
+        codec: a latent run's :class:`~sde_gen.latent.LatentCodec`: the figures run in its
+            latent space (held-out images encoded) and show every latent decoded.
 
     Returns:
         the paths written, in the order of the figure tuple.
@@ -165,7 +167,7 @@ def write_figures(
         model.eval()
     out_dir = Path(out_dir)
     ctx = FigureContext(model, sde, cfg, torch.device(device), seed, ancestral_steps,
-                   interpolation_steps)
+                        interpolation_steps, codec=codec)
     plt = pyplot()
     try:
         if is_image(cfg.data):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from ..scaling import from_model
 from .figure_context import (
     FORWARD_TIMES,
     INTERP_LEVELS,
@@ -35,10 +34,6 @@ def image_figures(ctx: FigureContext, rows: int) -> dict[str, object]:
     }
 
 
-def _show(x: torch.Tensor) -> torch.Tensor:
-    return from_model(x.float().cpu())
-
-
 def forward(ctx: FigureContext, rows: int):
     """``x_t`` of ``rows`` data images at :data:`FORWARD_TIMES` (the same noise along a row),
     divided by ``sqrt(alpha_t^2 + sigma_t^2)`` for display (1 for VP; VE's ``x_t`` would be
@@ -50,7 +45,7 @@ def forward(ctx: FigureContext, rows: int):
         alpha, sigma = ctx.sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
         scale = float(torch.sqrt(alpha**2 + sigma**2))
         rescaled |= abs(scale - 1) > 1e-3
-        cols.append(_show(ctx.diffuse(x0, t, noise) / scale))
+        cols.append(ctx.show(ctx.diffuse(x0, t, noise) / scale))
     note = " (shown divided by sqrt(alpha_t^2 + sigma_t^2))" if rescaled else ""
     return image_table(
         [[c[i] for c in cols] for i in range(rows)],
@@ -67,10 +62,10 @@ def progressive(ctx: FigureContext, k: int):
     idx = sorted({nearest_index(res.ts, t) for t in PROGRESSIVE_TIMES})
     cells, labels = [], []
     for i in range(k):
-        cells.append([_show(res.trajectory[j][i]) for j in idx] + [_show(res.x[i])])
+        cells.append([ctx.show(res.trajectory[j][i]) for j in idx] + [ctx.show(res.x[i])])
         t = [res.ts[j].to(res.trajectory.dtype).expand(1).to(res.x.device) for j in idx]
-        cells.append([_show(ctx.x0_hat(res.trajectory[j][i:i + 1], tj)[0])
-                      for j, tj in zip(idx, t)] + [_show(res.x[i])])
+        cells.append([ctx.show(ctx.x0_hat(res.trajectory[j][i:i + 1], tj)[0])
+                      for j, tj in zip(idx, t)] + [ctx.show(res.x[i])])
         labels += [f"#{i + 1}  $x_t$", r"$\hat{x}_0(x_t, t)$"]
     return image_table(
         cells, row_labels=labels,
@@ -84,9 +79,9 @@ def ddim_consistency(ctx: FigureContext, rows: int):
     by DDPM's chain ([Song21ddim] Sec. 5.2)."""
     x_T = ctx.prior((rows, *ctx.data(1).shape[1:]), offset=4)
     steps = ctx.ddim_steps()
-    cols = [_show(ctx.ddim(x_T, s).x) for s in steps]
+    cols = [ctx.show(ctx.ddim(x_T, s).x) for s in steps]
     ddpm = ctx.ancestral(x_T, offset=4)
-    cols.append(_show(ddpm.x))
+    cols.append(ctx.show(ddpm.x))
     return image_table(
         [[c[i] for c in cols] for i in range(rows)],
         col_titles=[f"{s} steps" for s in steps] + [f"DDPM\n{len(ddpm.ts) - 1} steps"],
@@ -98,8 +93,8 @@ def _step_range(steps: tuple[int, ...]) -> str:
     return f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else str(steps[0])
 
 
-def _pair_table(x0, x1, mixed, row_labels, title, weight):
-    cells = [[_show(x0[i])] + [_show(m[i]) for m in mixed] + [_show(x1[i])]
+def _pair_table(ctx, x0, x1, mixed, row_labels, title, weight):
+    cells = [[ctx.show(x0[i])] + [ctx.show(m[i]) for m in mixed] + [ctx.show(x1[i])]
              for i in range(x0.shape[0])]
     return image_table(
         cells, row_labels=row_labels, title=title,
@@ -109,7 +104,7 @@ def _pair_table(x0, x1, mixed, row_labels, title, weight):
 def interpolation_ode(ctx: FigureContext, x0: torch.Tensor, x1: torch.Tensor):
     """Decoded slerps of PF-ODE latents ([Song21ddim] Sec. 5.3); the ends are reconstructions."""
     mixed = ctx.ode_interpolation(x0, x1, INTERP_WEIGHTS)
-    return _pair_table(x0, x1, mixed, None, weight=r"$\alpha$",
+    return _pair_table(ctx, x0, x1, mixed, None, weight=r"$\alpha$",
                        title="Interpolation through the probability-flow ODE: slerp of the "
                              r"encoded latents $x_T$ of A and B, decoded")
 
@@ -128,7 +123,7 @@ def interpolation_ddpm(ctx: FigureContext, x0: torch.Tensor, x1: torch.Tensor):
             mixed.append(m[:, p])
             labels.append(f"pair {p + 1}\n{time_label(t)}")
     mixed = torch.stack(mixed, dim=1)  # (weights, rows, *D)
-    return _pair_table(torch.stack(rows_a), torch.stack(rows_b), mixed, labels,
+    return _pair_table(ctx, torch.stack(rows_a), torch.stack(rows_b), mixed, labels,
                        weight=r"$\lambda$",
                        title=r"DDPM interpolation: $(1-\lambda)\,x_t + \lambda\,x'_t$ at noise "
                              r"level $t$, denoised by the reverse chain (its noise fixed)")

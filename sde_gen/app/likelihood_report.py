@@ -86,6 +86,12 @@ def evaluate_likelihood(
     if n < 1 or batch_size < 1:
         raise UserInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
     check_solve(run.sde, t_min, rtol, atol)  # before any data is built
+    if run.codec is not None:  # latent nats per dim, and the image bound where there is one
+        from .latent_report import evaluate_latent_likelihood
+
+        return evaluate_latent_likelihood(run, n=n, batch_size=batch_size, split=split,
+                                          trace=trace, rtol=rtol, atol=atol, t_min=t_min,
+                                          seed=seed, device=device, progress=progress)
     images = is_image(run.cfg.data)
     trace = trace or ("hutchinson" if images else "exact")
     data, x_all = _examples(run, split, n, seed, dequantized=True)
@@ -145,6 +151,10 @@ def evaluate_vlb(
 
     if split not in SPLITS:
         raise UserInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if run.codec is not None:
+        raise UserInputError("--method vlb: DDPM's bound with its discretized pixel decoder is "
+                             "not defined on a latent run; use --method ode (latent nats/dim and "
+                             "the image bits/dim bound)")
     images = is_image(run.cfg.data)
     _, x_all = _examples(run, split, n, seed, dequantized=False)
     n = len(x_all)
@@ -228,6 +238,8 @@ def likelihood_command(
     with process_group(device) as di:
         run = with_data(open_run(ckpt, di.device, threads), data)
         out = check_out_path(out or run.workdir / f"likelihood_{split}.json", ".json")
+        if method in ("vlb", "both") and run.codec is not None:
+            evaluate_vlb(run)  # its one-line refusal, before the ODE solves
         if method in ("vlb", "both") and variance == "learned":
             learned_variance_fn(run.model)  # fail before the ODE solves, not after
         rep: dict[str, Any] = {"method": method}
@@ -243,7 +255,8 @@ def likelihood_command(
                                     progress=progress))
         if not di.is_main:
             return None
-    bad = nonfinite_keys(rep, ("nll_nats", "bpd", "vlb_nats", "vlb_bpd"))
+    bad = nonfinite_keys(rep, ("nll_nats", "bpd", "vlb_nats", "vlb_bpd", "latent_nll_nats",
+                               "bpd_bound"))
     if bad:
         raise UserInputError(f"the likelihood is not finite ({bad}): the model or the ODE solve "
                              "diverged; nothing was written")

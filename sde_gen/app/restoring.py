@@ -7,6 +7,10 @@ run's size with a ``--mask`` (white: known); for ``superres`` the ``f x f`` aver
 the grey image (the channel mean) of an RGB run. ``--noise-std s`` is the measurement noise in
 the model's [-1, 1] scale. Everything is checked before any sampling and the PNG is written
 atomically at the end, so a failure leaves no file.
+
+On a latent run only ``--method dps`` is defined: it guides through the decoder
+(:func:`sde_gen.latent.restore.restore_latent`, whose docstring says what is exact and what is
+approximate); the restorations are decoded.
 """
 
 from __future__ import annotations
@@ -132,6 +136,18 @@ def measurement(task: str, image: str | os.PathLike, shape: tuple[int, int, int]
     return op, uint8_to_model(pixels)[None], shown
 
 
+def check_latent_method(method: str | None) -> None:
+    """On a latent run, only DPS (with its paper step) is defined.
+
+    Raises:
+        UserInputError: another method, naming why.
+    """
+    if method != "dps":
+        raise UserInputError(f"--method {method} on a latent run: the measurement A D(z) is not "
+                             "linear in the latent z; only --method dps (guided through the "
+                             "decoder) is defined there")
+
+
 def strip(tiles: list[torch.Tensor]) -> torch.Tensor:
     """``(C, H, W)`` uint8 tiles side by side, :data:`GAP` white columns between them."""
     c, h, _ = tiles[0].shape
@@ -174,6 +190,9 @@ def restore_file(run: LoadedRun, task: str, image: str | os.PathLike, out: str |
     """
     from ..inverse import restore
 
+    if run.codec is not None:  # a latent run: DPS through the decoder
+        return _restore_latent_file(run, task, image, out, n=n, mask=mask, factor=factor,
+                                    blur_sigma=blur_sigma, seed=seed, device=device, **options)
     shape = _run_shape(run, "restore")
     op, y, shown = measurement(task, image, shape, mask=mask, factor=factor,
                                blur_sigma=blur_sigma)
@@ -183,6 +202,29 @@ def restore_file(run: LoadedRun, task: str, image: str | os.PathLike, out: str |
                   shape=(n, *shape), generator=g, device=device, **options)
     check_nonfinite(res.x)
     tiles = [shown, *(model_to_uint8(x.float().cpu()) for x in res.x)]
+    return write_png(strip(tiles), out)
+
+
+def _restore_latent_file(run: LoadedRun, task: str, image: str | os.PathLike,
+                         out: str | os.PathLike, *, n: int, mask: str | os.PathLike | None,
+                         factor: int | None, blur_sigma: float | None, seed: int,
+                         device: torch.device | str, **options: Any) -> Path:
+    """:func:`restore_file` on a latent run: the measurement of the decoded image, restored by
+    :func:`sde_gen.latent.restore.restore_latent` (DPS only), the latents decoded."""
+    from ..latent.restore import restore_latent
+
+    _run_shape(run, "restore")
+    check_latent_method(options.get("method"))
+    op, y, shown = measurement(task, image, run.data_shape, mask=mask, factor=factor,
+                               blur_sigma=blur_sigma)
+    g = torch.Generator(device=device).manual_seed(seed)
+    kw = {k: options[k] for k in ("steps", "t_min", "zeta") if k in options}
+    res = restore_latent(run.model, run.sde, y.to(device), lambda z: op(run.codec.decode(z)),
+                         shape=(n, *run.shape), generator=g, device=device, **kw)
+    with torch.no_grad():
+        x = run.decode(res.x)
+    check_nonfinite(x)
+    tiles = [shown, *(model_to_uint8(xi.float().cpu()) for xi in x)]
     return write_png(strip(tiles), out)
 
 
@@ -210,6 +252,10 @@ def restore_command(ckpt: str | os.PathLike | None, task: str, image: str | os.P
     out = check_out_path(out, ".png")
     dev = resolve_device(device)
     run = open_run(ckpt, dev, threads)
+    if run.codec is not None:
+        check_latent_method(method)
+        if flags.get("step") not in (None, "paper"):
+            raise UserInputError("--dps-step on a latent run: only the paper step is defined")
     return restore_file(run, task, image, out, noise_std=noise_std, n=n, mask=mask,
                         factor=factor, blur_sigma=blur_sigma, seed=seed, device=dev, **opts)
 

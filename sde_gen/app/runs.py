@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UserInputError
+from ..latent import LatentCodec
 from ..parameterization import ScoreModel
 from ..sde import SDE
 from .checkpoint import check_run_state, find_checkpoint, latest_run, load_checkpoint
-from .config import Config, DataConfig, from_dict
+from .config import AUTOENCODER, Config, DataConfig, from_dict
 from .export import load_safetensors
 from .factory import build_model, build_sde
 
@@ -31,15 +32,41 @@ class LoadedRun:
     step: int
     #: ``(C, H, W)`` of a diffusers folder's UNet (``None``: from ``cfg.data``).
     image_shape: tuple[int, ...] | None = None
+    #: A latent run's frozen autoencoder and scaling (``None``: the model diffuses pixels).
+    codec: LatentCodec | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one example (a diffusers run: its UNet's, without loading the data)."""
+        """Shape of one example the model sees (a diffusers run: its UNet's, without loading the
+        data; a latent run: the latents')."""
+        if self.codec is not None:
+            return self.codec.latent_shape
         if self.image_shape is not None:
             return self.image_shape
         from .factory import data_shape
 
         return data_shape(self.cfg.data)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one example of the data (a latent run: the decoded images')."""
+        return self.codec.image_shape if self.codec is not None else self.shape
+
+    @property
+    def is_autoencoder(self) -> bool:
+        """A first-stage run (``model.name=autoencoder``): no score model."""
+        return self.cfg.model.name == AUTOENCODER
+
+    def decode(self, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Samples of the model -> data: latents decoded in batches on the codec's device and
+        returned on ``x``'s device, float32 (pixel runs: ``x`` itself)."""
+        if self.codec is None:
+            return x
+        device = next(self.codec.vae.parameters()).device
+        with torch.no_grad():
+            out = [self.codec.decode(x[i:i + batch_size].to(device)).float().to(x.device)
+                   for i in range(0, len(x), batch_size)]
+        return torch.cat(out)
 
     @property
     def workdir(self) -> Path:
@@ -127,11 +154,24 @@ def load_run(
     except ConfigError as e:
         raise CheckpointError(f"{ckpt} holds an invalid config: {e}") from None
     sde = build_sde(cfg.sde)
-    model = build_model(cfg, sde)
+    if cfg.model.autoencoder:
+        from .autoencoders import model_shape
+
+        model = build_model(cfg, sde, shape=model_shape(cfg))
+    else:
+        model = build_model(cfg, sde)
     weights = state["ema"] if ema else state["model"]
     load_weights(model, weights, ckpt)
     model.to(device).eval().requires_grad_(False)
-    return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]))
+    codec = None
+    if cfg.model.autoencoder:
+        from .autoencoders import codec_from_record
+        from .factory import data_shape
+
+        codec = codec_from_record(cfg.model.autoencoder, state.get("latent"),
+                                  data_shape(cfg.data), device, str(ckpt))
+    return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]),
+                     codec=codec)
 
 
 def load_diffusers_run(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LoadedRun:
@@ -185,12 +225,12 @@ def with_data(run: LoadedRun, data: str | None) -> LoadedRun:
     elif p.suffix == ".npz" and p.is_file():
         cfg = replace(run.cfg.data, name="npz", path=str(p))
     elif p.is_dir():
-        cfg = replace(run.cfg.data, name="folder", path=str(p), channels=run.shape[0])
+        cfg = replace(run.cfg.data, name="folder", path=str(p), channels=run.data_shape[0])
     else:
         raise UserInputError(f"--data {data}: not a built-in image set "
                              f"({', '.join(IMAGE_SHAPES)}), an existing .npz file or a folder")
     shape = data_shape(cfg)
-    if tuple(shape) != tuple(run.shape):
+    if tuple(shape) != tuple(run.data_shape):
         raise UserInputError(f"--data {data} has {'x'.join(map(str, shape))} images; the model "
-                             f"makes {'x'.join(map(str, run.shape))}")
+                             f"makes {'x'.join(map(str, run.data_shape))}")
     return replace(run, cfg=replace(run.cfg, data=cfg))

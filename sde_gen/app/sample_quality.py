@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..data.images import ImageData
 from ..errors import CheckpointError, UserInputError
 from ..metrics import frechet_distance
 from ..nets.classifier import FeatureClassifier
+from ..sampling.result import count_nonfinite
 from ..scaling import from_model, uint8_to_model
 from .checkpoint import save_checkpoint
 from .factory import build_data, is_image
@@ -181,6 +184,11 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
            if train.y is not None else None)
     gen = generate(run.model, run.sde, n, run.shape, solver, batch_size=batch_size,
                    seed=seed, device=device, progress=progress, steps=steps, **(options or {}))
+    if run.codec is not None:  # latents -> images (timed with the sampling)
+        start = time.perf_counter()
+        x = run.decode(gen.x)
+        gen = replace(gen, x=x, seconds=gen.seconds + time.perf_counter() - start,
+                      n_nonfinite=count_nonfinite(x))
     if gen.n_nonfinite:
         raise UserInputError(f"{gen.n_nonfinite} of {n} samples are NaN or infinite (the model or "
                              "the solver diverged): no FID or FD-classifier of them; nothing was "
@@ -199,7 +207,12 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
     if n_bpd > 0:
         ll = evaluate_likelihood(run, n=n_bpd, batch_size=min(batch_size, n_bpd), split="test",
                                  seed=seed, device=device, progress=progress)
-        report.update(bpd=ll["bpd"], bpd_stderr=ll["bpd_stderr"], bpd_n=ll["n"], bpd_nfe=ll["nfe"])
+        if run.codec is not None:  # latent nats/dim, and the image bound where defined
+            report.update({k: v for k, v in ll.items() if k.startswith(("latent_nats", "bpd_"))},
+                          bpd_n=ll["n"], bpd_nfe=ll["nfe"])
+        else:
+            report.update(bpd=ll["bpd"], bpd_stderr=ll["bpd_stderr"], bpd_n=ll["n"],
+                          bpd_nfe=ll["nfe"])
         if ll["n"] < n_bpd:
             report["bpd_n_requested"] = n_bpd
             note(f"the test split has {ll['n']} images: bits/dim of all {ll['n']}, not "
@@ -230,11 +243,16 @@ def eval_command(
     if out is not None:
         check_out_path(out, ".json")
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = open_run(ckpt, dev, threads, autoencoder_ok=True)
     if not is_image(run.cfg.data):
         raise UserInputError(NOT_IMAGES)
     run = with_data(run, data)
     out = check_out_path(out or run.workdir / "eval.json", ".json")
+    if run.is_autoencoder:  # a first stage: reconstruction error and its likelihood
+        from .latent_report import evaluate_autoencoder
+
+        rep = evaluate_autoencoder(run, n=n, batch_size=batch_size, seed=seed, device=dev)
+        return rep, write_json(rep, out)
     rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
                        seed=seed, classifier_steps=classifier_steps, device=dev,
                        progress=progress, options=checkpoint_sampler_defaults(run, solver, {}))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
+from ..sampling.result import count_nonfinite
 from .command_run import check_input_file, open_run, process_group
 from .outputs import check_out_path, writing
 from .solver_options import checkpoint_sampler_defaults, solver_options
@@ -268,13 +269,15 @@ def sample_command(
         gen = generate(model, sde, total, run.shape, solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
                        denoise=denoise, y=y, guidance=guidance, **grid_opts, **opts)
-        if gen.n_nonfinite:
-            raise UserInputError(f"{gen.n_nonfinite} of {total} samples are NaN or infinite (the "
+        x = run.decode(gen.x)  # a latent run's samples are decoded to images
+        n_bad = count_nonfinite(x) if run.codec is not None else gen.n_nonfinite
+        if n_bad:
+            raise UserInputError(f"{n_bad} of {total} samples are NaN or infinite (the "
                                  "model or the solver diverged); nothing was written")
         what = _label_text(label, guidance) + ("" if path is None else f", on the {path} path")
         if not di.is_main:
             return Sampled(total, solver, what, gen.nfe, gen.seconds, None, None)
-    png, npz = write_samples(gen.x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
+    png, npz = write_samples(x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
                              nrow=nrow, labels=y)
     return Sampled(total, solver, what, gen.nfe, gen.seconds, png, npz)
 

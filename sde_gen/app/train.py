@@ -7,6 +7,12 @@ A model with a learned variance (``model.learn_variance``) trains Improved DDPM'
 probability ``train.label_dropout`` ([Ho22] Alg. 1); the batcher's label-dropout generator is part
 of the checkpoint.
 
+A first-stage run (``model.name=autoencoder``) trains a :class:`~sde_gen.latent.KLAutoencoder` on
+:func:`~sde_gen.latent.autoencoder_loss` with the same loop; a latent score model
+(``model.autoencoder``) trains on the training images encoded once by that frozen autoencoder,
+scaled by the factor recorded in its checkpoints (``latent``, with the autoencoder's hash, which
+resuming checks).
+
 Resuming restores the model, EMA, optimizer, step and every RNG the loop draws from, so a run that
 is stopped and restarted ends with the same parameters, bit for bit, as one that never stopped.
 
@@ -37,6 +43,7 @@ from ..data.batches import ImageBatches, ToyBatches
 from ..ema import EMA
 from ..errors import CheckpointError, NonFiniteLossError, UserInputError
 from ..hybrid_loss import HybridLoss, VLBStepSampler, hybrid_loss
+from ..latent import AutoencoderTerms, autoencoder_loss
 from ..likelihood.vlb import discrete_chain
 from ..losses import dsm_loss, make_weighting
 from ..time_sampling import TimeSampler
@@ -51,7 +58,7 @@ from .checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from .config import Config, save_config, to_dict
+from .config import AUTOENCODER, Config, save_config, to_dict
 from .distributed import resolve_device
 from .factory import build_data, build_model, build_sde, is_image
 from .outputs import dumps_strict
@@ -196,15 +203,25 @@ def _append(metrics, line: str) -> None:
     metrics.flush()
 
 
-def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device) -> None:
-    """EMA sample grid with DDIM (50 NFE), nearest-neighbour upscaled, written atomically."""
+def _write_grid(model, sde, cfg: Config, shape, path: Path, device: torch.device,
+                codec=None, images: torch.Tensor | None = None) -> None:
+    """EMA sample grid with DDIM (50 NFE; latents decoded by ``codec``), nearest-neighbour
+    upscaled, written atomically; for an autoencoder, ``images`` (uint8) over their
+    reconstructions."""
     from ..sampling import sample
-    from ..scaling import from_model
+    from ..scaling import from_model, uint8_to_model
     from .plots import image_grid, save_grid
 
-    g = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    x = sample(model, sde, (cfg.train.sample_n, *shape), "ddim", steps=49, generator=g,
-               device=device).x
+    with torch.no_grad():
+        if images is not None:
+            x = uint8_to_model(images.to(device))
+            mu, _ = model.posterior(x)
+            x = torch.cat([x, model.decode(mu)])
+        else:
+            g = torch.Generator(device=device).manual_seed(cfg.train.seed)
+            x = sample(model, sde, (cfg.train.sample_n, *shape), "ddim", steps=49, generator=g,
+                       device=device).x
+            x = x if codec is None else codec.decode(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".tmp_" + path.name)
     save_grid(image_grid(from_model(x.float().cpu()), nrow=int(math.sqrt(cfg.train.sample_n))), tmp)
@@ -231,6 +248,14 @@ def check_workdir(workdir: str | os.PathLike) -> None:
                 f"--workdir {workdir} holds a diffusers model ({marker.split('+')[0]}); a run "
                 "written there would mix with its files: use a new --workdir (the diffusers "
                 "folder itself is used with --ckpt)")
+
+
+def _write_latent_record(workdir: Path, cfg: Config, codec) -> None:
+    """``latent.json``: the autoencoder and the latent scaling of a latent run, for reading."""
+    from .atomic import write_atomic
+
+    text = dumps_strict({"autoencoder": cfg.model.autoencoder, **codec.metadata()})
+    write_atomic(workdir / "latent.json", lambda tmp: tmp.write_text(text + "\n"))
 
 
 def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
@@ -272,7 +297,10 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
         check_run_state(found[1], found[0], resume=True)
         check_resume_config(cfg, found[1]["config"], workdir)
     distributed.on_main(_remove_stale_temps, workdir)  # under the run lock: no write is running
-    run = _Trainer(cfg, workdir, di)
+    if found is not None and cfg.model.autoencoder and "latent" not in found[1]:
+        raise CheckpointError(f"cannot resume {workdir}: its checkpoint {found[0]} records no "
+                              "autoencoder (it is not a latent-diffusion run); use a new --workdir")
+    run = _Trainer(cfg, workdir, di, latent=found[1].get("latent") if found else None)
     run.resume(found)
     tc = cfg.train
     if run.step > tc.steps:  # checked before config.yaml is overwritten with the lower steps
@@ -321,7 +349,8 @@ class _Trainer:
     optimizer step (:meth:`step_once`), and log, checkpoint and plot (:meth:`log`,
     :meth:`checkpoint`, :meth:`finish`)."""
 
-    def __init__(self, cfg: Config, workdir: Path, di: distributed.DistInfo) -> None:
+    def __init__(self, cfg: Config, workdir: Path, di: distributed.DistInfo,
+                 latent: dict[str, Any] | None = None) -> None:
         self.cfg, self.workdir, self.di = cfg, workdir, di
         self.device, self.main = di.device, di.is_main
         tc = cfg.train
@@ -329,12 +358,21 @@ class _Trainer:
         self.sde = build_sde(cfg.sde)
         self.data = build_data(cfg.data)
         self.images = images = is_image(cfg.data)
+        self.autoencoder = cfg.model.name == AUTOENCODER
         device = self.device
         apply_thread_policy(cfg, device)  # on the CPU, one thread for 2-D data (.threads)
+        # Latent diffusion: the frozen codec and the training images' latents (checked first).
+        self.codec, self.train_data = None, self.data
+        if cfg.model.autoencoder:
+            from .autoencoders import encode_training_set
+
+            self.codec, self.train_data = encode_training_set(cfg, self.data, device, latent)
+            distributed.on_main(_write_latent_record, workdir, cfg, self.codec)
         channels_last = images and tc.channels_last and device.type == "cuda"
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(tc.seed)
-            self.model = build_model(cfg, self.sde).to(device)
+            self.model = build_model(cfg, self.sde, shape=None if self.codec is None else
+                                     self.train_data.shape).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay, mode=tc.ema_mode, sigma_rel=tc.ema_sigma_rel)
@@ -351,7 +389,7 @@ class _Trainer:
         labels = ({} if self.num_classes is None else
                   dict(num_classes=self.num_classes, label_dropout=tc.label_dropout))
         if images:
-            self.batches = ImageBatches(self.data, batch_size=tc.batch_size, device=device,
+            self.batches = ImageBatches(self.train_data, batch_size=tc.batch_size, device=device,
                                         seed=tc.seed, flip=cfg.data.flip,
                                         channels_last=channels_last, **labels)
         else:
@@ -416,11 +454,15 @@ class _Trainer:
 
     # -- one optimizer step ----------------------------------------------------------------------
     def _loss(self, x0: torch.Tensor, y: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, HybridLoss | None]:
-        """The batch's mean training loss (and the hybrid loss's terms, for a learned variance);
-        ``y``: the labels of a class-conditional model."""
+              ) -> tuple[torch.Tensor, HybridLoss | AutoencoderTerms | None]:
+        """The batch's mean training loss (and the hybrid loss's terms, for a learned variance;
+        the autoencoder's, for a first stage); ``y``: the labels of a class-conditional model."""
         tc = self.cfg.train
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.autoencoder:
+                terms = autoencoder_loss(self.forward, x0, kl_weight=tc.kl_weight,
+                                         generator=self.noise_gen)
+                return terms.loss.mean(), terms
             if self.hybrid:
                 terms = hybrid_loss(
                     self.forward, self.sde, x0, vlb_weight=tc.vlb_weight, reduce=tc.reduce,
@@ -500,15 +542,24 @@ class _Trainer:
             self.t_last, self.s_last = now, step
             rec = {"step": step, "loss": self.loss_value, "lr": lr_at(step - 1, self.cfg),
                    "it_s": rate, "img_s": rate * tc.batch_size, "skipped": self.skipped}
-            if terms is not None:  # the mean L_t of the batch (nats, reduced like the MSE)
+            if isinstance(terms, AutoencoderTerms):  # nats per image / latent dim
+                d = self.data.shape
+                rec["nll"] = terms.nll.detach().float().mean().item() / math.prod(d)
+                rec["kl"] = terms.kl.detach().float().mean().item()
+            elif terms is not None:  # the mean L_t of the batch (nats, reduced like the MSE)
                 rec["vlb"] = distributed.all_reduce(terms.vlb.detach().float().mean(),
                                                     "mean").item()
             distributed.on_main(_append, metrics, dumps_strict(rec))
             bar.set_postfix(loss=f"{self.loss_value:.4f}", img_s=f"{rate * tc.batch_size:.0f}")
         if self.images and tc.sample_every and step % tc.sample_every == 0:
-            distributed.on_main(_write_grid, self.ema.module, self.sde, self.cfg,
-                                self.data.shape, self.workdir / "samples" /
-                                f"step_{step:09d}.png", self.device)
+            distributed.on_main(self._grid, self.workdir / "samples" / f"step_{step:09d}.png")
+
+    def _grid(self, path: Path) -> None:
+        """The EMA model's grid: samples (decoded, for latents) or reconstructions."""
+        shape = self.train_data.shape
+        images = self.data.x[:self.cfg.train.sample_n] if self.autoencoder else None
+        _write_grid(self.ema.module, self.sde, self.cfg, shape, path, self.device,
+                    codec=self.codec, images=images)
 
     def checkpoint(self) -> None:
         """Every ``train.ckpt_every`` steps, at the last and when stopping: write (rank 0) and
@@ -531,6 +582,8 @@ class _Trainer:
                  "skipped": self.skipped}
         if self.vlb_sampler is not None:
             state["vlb_sampler"] = self.vlb_sampler.state_dict()
+        if self.codec is not None:
+            state["latent"] = self.codec.metadata()
         return state
 
     def calibrate(self, *, keep_existing: bool = False) -> Path | None:
@@ -543,8 +596,8 @@ class _Trainer:
 
         tc, path = self.cfg.train, self.workdir / FILE
         if (not self.main or self.di.enabled or self.step != tc.steps or not tc.calibrate_nfe
-                or tc.calibrate_budget <= 0):
-            return None
+                or tc.calibrate_budget <= 0 or self.cfg.model.name == "autoencoder"):
+            return None  # an autoencoder has no sampler to calibrate
         if keep_existing and path.is_file():
             return path
         run = load_run(list_checkpoints(self.workdir)[-1], device=self.device)
@@ -563,7 +616,7 @@ class _Trainer:
         if keep_existing and plot.is_file():
             return plot
         if self.images:
-            _write_grid(self.ema.module, self.sde, self.cfg, self.data.shape, plot, self.device)
+            self._grid(plot)
             return plot
         from .plots import plot_toy_samples
 

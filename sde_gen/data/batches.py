@@ -13,6 +13,7 @@ unconditional run draws exactly what it drew before labels existed. Its state is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -112,6 +113,35 @@ class ToyBatches:
         _load_labels(self.labels, state)
 
 
+@dataclass(frozen=True)
+class LatentData:
+    """A split encoded by a latent-diffusion autoencoder: float latents and the images' labels;
+    :class:`ImageBatches` serves it as it serves :class:`~.images.ImageData` (no rescaling).
+
+    Shapes: ``x: (N, c, h, w)`` float32; ``y: (N,)`` int64 or ``None``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    num_classes: int | None
+    name: str
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def origin(self) -> str:
+        return f"the latents of {self.source or self.name}"
+
+    def empty_error(self) -> UserInputError:
+        return UserInputError(f"{self.origin}: the split holds no images")
+
+
 class ImageBatches:
     """Batches of images scaled to [-1, 1], resident on the device; labels (with dropout) only
     for a class-conditional model (``num_classes``), else dropped.
@@ -124,8 +154,8 @@ class ImageBatches:
         label_dropout: probability of the null label (with ``num_classes``).
     """
 
-    def __init__(self, data: ImageData, *, batch_size: int, device: torch.device, seed: int,
-                 flip: bool, channels_last: bool, num_classes: int | None = None,
+    def __init__(self, data: ImageData | LatentData, *, batch_size: int, device: torch.device,
+                 seed: int, flip: bool, channels_last: bool, num_classes: int | None = None,
                  label_dropout: float = 0.0) -> None:
         if num_classes is not None and (data.y is None or data.num_classes != num_classes):
             raise UserInputError(f"{data.origin} has {data.num_classes or 'no'} labelled "

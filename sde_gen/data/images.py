@@ -559,7 +559,8 @@ class DeviceBatches:
             self._perm, self._pos = self._new_perm(), 0
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        x = uint8_to_model(self.x[idx])
+        x = self.x[idx]
+        x = x if x.is_floating_point() else uint8_to_model(x)  # float: latents, as they are
         if self.flip:
             mask = torch.rand(len(idx), generator=self.generator, device=self.device) < 0.5
             x = torch.where(append_dims(mask, x.ndim), x.flip(-1), x)
