@@ -53,6 +53,8 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     check_run_state(state, path)
     tensors = {k: v.contiguous() for k, v in state["ema"].items()}
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
+    if "consistency" in state:  # a distilled run stays one (sde_gen.consistency)
+        meta["consistency"] = json.dumps(state["consistency"])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -95,4 +97,7 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         config, step = json.loads(meta["config"]), int(meta.get("step", 0))
     except ValueError as e:  # also json.JSONDecodeError
         raise CheckpointError(f"{path} has malformed metadata: {str(e)[:200]}") from None
-    return {"model": weights, "ema": weights, "config": config, "step": step}
+    state = {"model": weights, "ema": weights, "config": config, "step": step}
+    if "consistency" in meta:
+        state["consistency"] = json.loads(meta["consistency"])
+    return state

@@ -26,6 +26,7 @@ class LoadedRun:
 
     cfg: Config
     sde: SDE
+    #: a :class:`~sde_gen.consistency.ConsistencyModel` for a distilled run (``sde-gen distill``)
     model: ScoreModel
     checkpoint: Path
     step: int
@@ -131,6 +132,10 @@ def load_run(
     weights = state["ema"] if ema else state["model"]
     load_weights(model, weights, ckpt)
     model.to(device).eval().requires_grad_(False)
+    if "consistency" in state:  # sde-gen distill's student: sampled by solver 'consistency'
+        from ..consistency import ConsistencyModel
+
+        model = ConsistencyModel(model, sde, float(state["consistency"]["t_min"]))
     return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]))
 
 
