@@ -158,3 +158,18 @@ def test_misuse_is_one_line_and_writes_nothing(teacher, distilled, tmp_path, mon
         assert done.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert files(teacher) | files(distilled) == before
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_export_of_a_distilled_run_stays_a_consistency_model(distilled, tmp_path):
+    out = tmp_path / "cm.safetensors"
+    res = runner.invoke(app, ["export", "--ckpt", str(distilled), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    exported, run = load_run(out), load_run(distilled)
+    assert isinstance(exported.model, ConsistencyModel)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.full((8,), 0.5)
+    assert torch.equal(exported.model.consistency(x, t), run.model.consistency(x, t))
+    line = one_error_line(runner.invoke(app, ["likelihood", "--ckpt", str(distilled), "--n", "8",
+                                              "--out", str(tmp_path / "l.json"),
+                                              "--no-progress"]))
+    assert "not an eps-model" in line and not (tmp_path / "l.json").exists()

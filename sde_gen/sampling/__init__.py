@@ -8,6 +8,7 @@ and tools iterate over it. Conditional sampling with an unconditional model: :fu
 
 from .ancestral import sample_ancestral
 from .colorize import colorize
+from .consistency import sample_consistency
 from .ddim import sample_ddim
 from .deis import sample_deis
 from .dpm import sample_dpm
@@ -25,7 +26,7 @@ from .unipc import sample_unipc
 
 __all__ = [
     "SOLVERS", "Option", "SampleResult", "SolverSpec", "colorize", "impute", "make_grid",
-    "sample", "sample_ancestral", "sample_ddim", "sample_deis", "sample_dpm", "sample_em",
-    "sample_heun", "sample_ipndm", "sample_ode", "sample_pc", "sample_sde", "sample_torchsde",
-    "sample_unipc",
+    "sample", "sample_ancestral", "sample_consistency", "sample_ddim", "sample_deis",
+    "sample_dpm", "sample_em", "sample_heun", "sample_ipndm", "sample_ode", "sample_pc",
+    "sample_sde", "sample_torchsde", "sample_unipc",
 ]
