@@ -88,5 +88,5 @@ def check_consistency(model: Any, sde: SDE, ts: torch.Tensor, options: Mapping[s
 SPEC = SolverSpec(
     sample_consistency, "multistep consistency sampling, Song et al. 2023 Alg. 1 (a run "
     "distilled by `sde-gen distill`; no final denoise)",
-    steps=1, spacing=None, stochastic=True, check=check_consistency, model="consistency",
+    steps=1, spacing="karras", stochastic=True, check=check_consistency, model="consistency",
 )
