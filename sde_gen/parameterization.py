@@ -203,6 +203,26 @@ class CountingModel:
         self._checked = True
         return eps, x0
 
+    @property
+    def is_consistency_model(self) -> bool:
+        """Whether the wrapped model is a distilled consistency model
+        (:func:`sde_gen.consistency.is_consistency_model`)."""
+        return bool(getattr(self.model, "is_consistency_model", False))
+
+    @property
+    def t_min(self) -> float | None:
+        """The wrapped consistency model's boundary time (``None`` for other models)."""
+        return getattr(self.model, "t_min", None)
+
+    def consistency(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The wrapped consistency model's ``f(x, t)``, counted as one call."""
+        self.nfe += 1
+        out = self.model.consistency(x, t)
+        if not self._checked:
+            check_model_output(self.model, out, x)
+            self._checked = True
+        return out
+
     def eps_and_variance(self, x: torch.Tensor, t: torch.Tensor):
         """The wrapped model's ``(eps, v)``, counted as one call."""
         fn = learned_variance_fn(self.model)

@@ -12,6 +12,7 @@ import torch
 
 from sde_gen.analytic import GaussianMixture
 from sde_gen.errors import UserInputError
+from sde_gen.sampling.solvers import SOLVERS
 from sde_gen.sde import SDE, SDES, VPSDE
 
 F64 = torch.float64
@@ -22,6 +23,9 @@ SDE_NAMES = (*SDES, "vp_cosine")
 #: and wherever a contract holds for every path.
 DIFFUSION_SDES = {n: c for n, c in SDES.items() if not c().pure_noise_at_T}
 FLOW_SDES = {n: c for n, c in SDES.items() if n not in DIFFUSION_SDES}
+#: The registered solvers of eps-models: all but ``consistency``, which samples a distilled
+#: consistency model only (its contract: tests/test_consistency.py, tests/test_distill.py).
+EPS_SOLVERS = {n: spec for n, spec in SOLVERS.items() if spec.model == "eps"}
 
 # Tiny runs: ``section.key=value`` overrides that keep a training run to seconds on one CPU core.
 # A test adds its steps and what it checks (later overrides win).

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from helpers import SDES, mixture, seeded, user_error
+from helpers import EPS_SOLVERS, SDES, mixture, seeded, user_error
 from sde_gen.errors import SDEGenError
 from sde_gen.likelihood import log_likelihood
 from sde_gen.pf_ode import ODEDivergedError
-from sde_gen.sampling import SOLVERS, impute, sample
+from sde_gen.sampling import impute, sample
 from sde_gen.sampling.grid_file import OptimizedGrid, sde_signature
 from sde_gen.sampling.optimized_grid import optimize_grid
 from sde_gen.sde import VESDE, VPSDE
@@ -32,7 +32,7 @@ def _model(sde=None):
     (lambda x, t: (x, x), "returned a tuple, not a tensor"),
     (lambda x, t: (x > 0).long(), "returned torch.int64"),
 ])
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", list(EPS_SOLVERS))
 def test_a_wrong_model_output_is_named(bad, match: str, solver: str) -> None:
     sde = VPSDE()
     msg = user_error(lambda: sample(bad, sde, (4, 2), solver, steps=3, generator=seeded(0)))

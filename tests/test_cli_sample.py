@@ -4,7 +4,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli_runs import nan_weights
-from helpers import TINY_MLP, cli_sets
+from helpers import EPS_SOLVERS, TINY_MLP, cli_sets
 from sde_gen.app.cli import app
 from sde_gen.sampling import SOLVERS
 from sde_gen.sampling.solvers import solver_flags
@@ -64,7 +64,7 @@ def _expected_nfe(solver: str, steps: int | None, options: dict, extra: list[str
 
     if steps is None:  # the discrete chain between t_min = 0.01 and T of the run's VP SDE
         steps = len(chain_times(VPSDE(), 0.01)) - 1
-    return SOLVERS[solver].nfe(steps, options, denoise="--no-denoise" not in extra)
+    return EPS_SOLVERS[solver].nfe(steps, options, denoise="--no-denoise" not in extra)
 
 
 @pytest.mark.parametrize("solver, steps, options, extra", SAMPLE_CASES)
@@ -142,7 +142,7 @@ def test_sample_bad_input_is_one_line_error(run_dir, tmp_path, args, message):
 
 
 def test_sample_cases_cover_every_registered_solver():
-    assert {case[0] for case in SAMPLE_CASES} == set(SOLVERS)
+    assert {case[0] for case in SAMPLE_CASES} == set(EPS_SOLVERS)
 
 
 def test_sample_flags_and_their_help_come_from_the_registry():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import SDES, mixture, seeded, user_error
-from sde_gen.sampling import SOLVERS, sample
+from helpers import EPS_SOLVERS, SDES, mixture, seeded, user_error
+from sde_gen.sampling import sample
 from sde_gen.sampling.driver import plan
 
 F64 = torch.float64
@@ -28,7 +28,7 @@ class Counter:
 def _variants(name: str):
     """Each solver at its defaults, and at every other value of each option with choices
     (taken from the spec, so a new solver or option is covered without an edit here)."""
-    spec = SOLVERS[name]
+    spec = EPS_SOLVERS[name]
     yield {}
     for o in spec.options:
         for value in (o.choices or ((not o.default,) if o.type is bool else ())):
@@ -36,14 +36,14 @@ def _variants(name: str):
                 yield {o.name: value}
 
 
-CASES = [pytest.param(name, opts, id=f"{name}-{opts}") for name in SOLVERS
+CASES = [pytest.param(name, opts, id=f"{name}-{opts}") for name in EPS_SOLVERS
          for opts in _variants(name)]
 
 
 @pytest.mark.parametrize("name, options", CASES)
 @pytest.mark.parametrize("steps", [1, 6])
 def test_nfe_grid_and_trajectory_follow_the_spec(name: str, options: dict, steps: int) -> None:
-    spec = SOLVERS[name]
+    spec = EPS_SOLVERS[name]
     sde = SDES["vp"]()
     model = Counter(sde)
     if options.get("variance") == "learned":  # needs a model that learns it: refused up front
@@ -64,7 +64,7 @@ def test_nfe_grid_and_trajectory_follow_the_spec(name: str, options: dict, steps
         assert torch.isfinite(res.x).all()
 
 
-@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("name", list(EPS_SOLVERS))
 def test_options_are_checked_once_before_the_first_model_call(name: str) -> None:
     sde = SDES["vp"]()
     calls = []
@@ -75,22 +75,22 @@ def test_options_are_checked_once_before_the_first_model_call(name: str) -> None
 
     assert "takes no option 'nope'" in user_error(
         lambda: sample(model, sde, (2, 2), name, nope=1))
-    for o in SOLVERS[name].options:
+    for o in EPS_SOLVERS[name].options:
         bad = {bool: 2, int: "x", float: "x", str: 3}[o.type]
         assert o.name in user_error(lambda o=o, bad=bad: sample(model, sde, (2, 2), name,
                                                                  **{o.name: bad}))
     assert not calls
 
 
-@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("name", list(EPS_SOLVERS))
 def test_the_plan_completes_every_option(name: str) -> None:
     sde = SDES["ve"]()
     run = plan(mixture().eps_model(sde), sde, name, {})
-    assert run.options == SOLVERS[name].defaults()
+    assert run.options == EPS_SOLVERS[name].defaults()
     assert float(run.ts[0]) == sde.T and float(run.ts[-1]) == pytest.approx(sde.default_t_min,
                                                                             abs=1e-3)
-    spacing = SOLVERS[name].spacing_for(sde)
-    assert spacing == (SOLVERS[name].spacing or sde.few_step_spacing)
+    spacing = EPS_SOLVERS[name].spacing_for(sde)
+    assert spacing == (EPS_SOLVERS[name].spacing or sde.few_step_spacing)
 
 
 def test_a_users_sde_gets_its_declared_spacing() -> None:
@@ -99,6 +99,6 @@ def test_a_users_sde_gets_its_declared_spacing() -> None:
     class MyVP(SDES["vp"]):
         few_step_spacing = "karras"
 
-    assert SOLVERS["unipc"].spacing_for(MyVP()) == "karras"
-    assert SOLVERS["unipc"].spacing_for(SDES["vp"]()) == "quadratic"
-    assert SOLVERS["dpm"].spacing_for(MyVP()) == "logsnr"  # a solver's own spacing wins
+    assert EPS_SOLVERS["unipc"].spacing_for(MyVP()) == "karras"
+    assert EPS_SOLVERS["unipc"].spacing_for(SDES["vp"]()) == "quadratic"
+    assert EPS_SOLVERS["dpm"].spacing_for(MyVP()) == "logsnr"  # a solver's own spacing wins

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import FLOW_SDES, SDES, mixture, mixture_8d, seeded, user_error
+from helpers import EPS_SOLVERS, FLOW_SDES, SDES, mixture, mixture_8d, seeded, user_error
 from sde_gen.analytic import GaussianMixture
 from sde_gen.guidance import classifier_free
 from sde_gen.likelihood import decode, encode, log_likelihood, vlb
@@ -17,7 +17,7 @@ from sde_gen.metrics import sliced_wasserstein
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import ScoreModel
 from sde_gen.path_transfer import _scaled, on_path
-from sde_gen.sampling import SOLVERS, impute, sample
+from sde_gen.sampling import impute, sample
 from sde_gen.sampling.smc import impute_smc
 
 F64 = torch.float64
@@ -70,7 +70,7 @@ def test_score_model_predictions_are_finite_and_consistent_at_T(name, prediction
 def _order_variants():
     """Every deterministic, continuous solver variant with a declared order (from the
     registry)."""
-    for solver, spec in SOLVERS.items():
+    for solver, spec in EPS_SOLVERS.items():
         variants = [{}]
         for o in spec.options:
             values = o.choices or ((not o.default,) if o.type is bool else ())
@@ -102,7 +102,7 @@ def test_deterministic_solvers_from_T_converge(name, solver, options) -> None:
                      **options)
         assert float(res.ts[0]) == 1.0  # from T itself
         errs.append(float((res.x - ref).norm(dim=1).mean()))
-    p = SOLVERS[solver].convergence_order(options)
+    p = EPS_SOLVERS[solver].convergence_order(options)
     expected = min(p, 2) if solver in CAPPED else p
     slope = math.log2(errs[0] / errs[1])
     print(f"\n{name} {solver} {options}: order {p} (expected {expected}), slope {slope:.2f}")
@@ -130,7 +130,7 @@ def _sw_floor(gm: GaussianMixture, n: int) -> float:
 
 #: Every solver from T at its defaults on the flow path (the continuous ancestral chain; ddim with
 #: eta = 1 as a further stochastic case). Measured SW2 / floor 0.44-1.3 (2-D), 0.7-1.6 (8-D).
-DATA_CASES = [(s, {"discrete": False} if s == "ancestral" else {}) for s in SOLVERS] + [
+DATA_CASES = [(s, {"discrete": False} if s == "ancestral" else {}) for s in EPS_SOLVERS] + [
     ("ddim", {"eta": 1.0, "steps": 200})]
 
 
@@ -143,7 +143,7 @@ def test_every_solver_from_T_reproduces_the_data(name: str, problem: str) -> Non
     floor = _sw_floor(gm, n)
     data = gm.sample(n, generator=seeded(9), dtype=F64)
     for solver, opts in DATA_CASES:
-        if SOLVERS[solver].steps is None:  # the 1000-step stochastic solvers (time):
+        if EPS_SOLVERS[solver].steps is None:  # the 1000-step stochastic solvers (time):
             if problem == "8d":  # 2-D only,
                 continue
             if name == "trig":  # and at 250 steps on trig (measured 0.5-1.0 x floor)

@@ -12,8 +12,8 @@ from sde_gen.analytic import GaussianMixture
 from sde_gen.guidance import classifier_free, conditional
 from sde_gen.nets.mlp import MLP
 from sde_gen.parameterization import ScoreModel
-from sde_gen.sampling import SOLVERS, sample
-from tests.helpers import F64, SDES, mixture, seeded, user_error
+from sde_gen.sampling import sample
+from tests.helpers import EPS_SOLVERS, F64, SDES, mixture, seeded, user_error
 
 
 def _inputs(n: int = 9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +77,7 @@ def test_batched_call_equals_two_calls_on_a_network() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", list(EPS_SOLVERS))
 def test_one_nfe_per_batched_call_in_every_solver(solver: str) -> None:
     sde = SDES["vp"]()
     spy = Spy(sde)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import EPS_SOLVERS
 from sde_gen.analytic import GaussianMixture
 from sde_gen.errors import UserInputError
 from sde_gen.inverse import Mask, PosteriorModel, Projection, restore
-from sde_gen.sampling import SOLVERS
 from sde_gen.sde import SDES
 
 torch.set_num_threads(1)
@@ -41,7 +41,7 @@ def _exact_moments() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_every_solver_is_registered_here():
-    assert set(STEPS) == set(SOLVERS)
+    assert set(STEPS) == set(EPS_SOLVERS)
 
 
 @pytest.mark.parametrize("solver", list(STEPS))

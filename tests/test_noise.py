@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import SDES, mixture, seeded, user_error
+from helpers import EPS_SOLVERS, SDES, mixture, seeded, user_error
 from sde_gen.noise import IndexedGenerator, block_size_for, check_seed, rand, randint, randn
-from sde_gen.sampling import SOLVERS, impute, sample
+from sde_gen.sampling import impute, sample
 from sde_gen.sampling.smc import impute_smc
 
 F64 = torch.float64
@@ -78,8 +78,8 @@ def test_bad_seeds_and_shapes() -> None:
         IndexedGenerator(0, 0, 3).randn((4, 2))
 
 
-@pytest.mark.parametrize("solver", [name for name, spec in SOLVERS.items() if spec.is_stochastic()]
-                         + ["ddim"])
+@pytest.mark.parametrize("solver", [name for name, spec in EPS_SOLVERS.items()
+                                    if spec.is_stochastic()] + ["ddim"])
 def test_every_solver_gives_the_same_samples_in_any_batch(solver: str) -> None:
     sde = SDES["vp"]()
     model = mixture().eps_model(sde)

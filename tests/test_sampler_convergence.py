@@ -44,10 +44,10 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import DIFFUSION_SDES, F64, mixture, mixture_8d, seeded
+from helpers import DIFFUSION_SDES, EPS_SOLVERS, F64, mixture, mixture_8d, seeded
 from sde_gen.analytic import GaussianMixture
 from sde_gen.metrics import sliced_wasserstein
-from sde_gen.sampling import SOLVERS, sample
+from sde_gen.sampling import sample
 from sde_gen.sde import SDE, VESDE
 
 # The registered SDEs, VE with sigma_max 20.
@@ -69,13 +69,13 @@ class Config:
     @property
     def deterministic(self) -> bool:
         """From the registry (``SolverSpec.stochastic``)."""
-        return not SOLVERS[self.solver].is_stochastic(self.options)
+        return not EPS_SOLVERS[self.solver].is_stochastic(self.options)
 
 
 # One case per registered solver, taken from the registry: each at its default grid and options,
 # 4096 samples for a deterministic solver, 2048 for a stochastic one (1000-step defaults).
 CONFIGS = {name: Config(name, 2048 if spec.is_stochastic() else 4096)
-           for name, spec in SOLVERS.items()}
+           for name, spec in EPS_SOLVERS.items()}
 DETERMINISTIC = [k for k, c in CONFIGS.items() if c.deterministic]
 STOCHASTIC = [k for k, c in CONFIGS.items() if not c.deterministic]
 
@@ -192,7 +192,7 @@ def _order_variants():
     """Every deterministic solver variant with a declared order, from the registry: the
     defaults and each other value of an option with choices (torchdiffeq's fixed-step methods
     for ``ode``)."""
-    for name, spec in SOLVERS.items():
+    for name, spec in EPS_SOLVERS.items():
         variants = [{}]
         for o in spec.options:
             values = o.choices or ((not o.default,) if o.type is bool else ())
@@ -215,7 +215,7 @@ def observed_order(sde_name: str, solver: str, options: dict, model=None,
 
 @pytest.mark.parametrize("sde_name, solver, options", ORDER_CASES)
 def test_declared_order_is_the_observed_order(sde_name: str, solver: str, options: dict) -> None:
-    p = SOLVERS[solver].convergence_order(options)
+    p = EPS_SOLVERS[solver].convergence_order(options)
     slope = observed_order(sde_name, solver, options)
     print(f"\n{sde_name} {solver} {options}: declared order {p}, observed {slope:.2f}")
     assert p - ORDER_BELOW <= slope <= p + ORDER_ABOVE
@@ -223,7 +223,7 @@ def test_declared_order_is_the_observed_order(sde_name: str, solver: str, option
 
 def test_every_deterministic_solver_has_an_order_case() -> None:
     covered = {name for _, name, _ in (c.values for c in ORDER_CASES)}
-    adaptive = {n for n in DETERMINISTIC if SOLVERS[n].convergence_order() is None}
+    adaptive = {n for n in DETERMINISTIC if EPS_SOLVERS[n].convergence_order() is None}
     assert covered | adaptive == set(DETERMINISTIC) and adaptive == {"ode"}
 
 
@@ -233,7 +233,7 @@ ADAPTIVE_CASES = [pytest.param(p, s, id=f"{p}-{s}") for p in PROBLEMS for s in S
 @pytest.mark.parametrize("problem, sde_name", ADAPTIVE_CASES)
 def test_adaptive_ode_lands_within_its_tolerance(problem: str, sde_name: str) -> None:
     err = endpoint_error(problem, sde_name, "ode")
-    tol = SOLVERS["ode"].option("rtol").default
+    tol = EPS_SOLVERS["ode"].option("rtol").default
     print(f"\n{problem} {sde_name} ode: mean endpoint error {err:.3e} = {err / tol:.1f} x tol")
     assert err <= ADAPTIVE_FACTOR * tol
 
@@ -286,7 +286,7 @@ def test_adaptive_check_rejects_the_ddpm_off_by_one(problem: str, sde_name: str)
     """The adaptive ODE is accurate enough to expose the DDPM off-by-one ``t + 1/N``."""
     sde, gm = SDES[sde_name](), PROBLEMS[problem]
     err = endpoint_error(problem, sde_name, "ode", time_shifted(gm.eps_model(sde), sde.T / sde.N))
-    tol = SOLVERS["ode"].option("rtol").default
+    tol = EPS_SOLVERS["ode"].option("rtol").default
     print(f"\n{problem} {sde_name} ode t+1/N: {err / tol:.0f} x tol")
     assert err > ADAPTIVE_FACTOR * tol
 
@@ -302,7 +302,7 @@ def test_order_check_rejects_a_biased_model(sde_name: str, solver: str, options:
     the observed order of a solver of order 2 or more collapses below the declared one (a
     first-order solver's own error at 256 steps is of the size of these biases)."""
     sde, gm = SDES[sde_name](), PROBLEMS["2d"]
-    p = SOLVERS[solver].convergence_order(options)
+    p = EPS_SOLVERS[solver].convergence_order(options)
     for model in (scaled(gm.eps_model(sde), 0.99), time_shifted(gm.eps_model(sde),
                                                                  sde.T / sde.N)):
         slope = observed_order(sde_name, solver, options, model)

@@ -22,8 +22,8 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import F64, SDES, check_refuses_the_chain, refuses_the_chain, seeded
-from sde_gen.sampling import SOLVERS, sample
+from helpers import EPS_SOLVERS, F64, SDES, check_refuses_the_chain, refuses_the_chain, seeded
+from sde_gen.sampling import sample
 from sde_gen.sde import SDE, VESDE, VPSDE
 from sde_gen.tensor_utils import append_dims
 
@@ -79,12 +79,12 @@ class Variant:
     @property
     def stochastic(self) -> bool:
         """From the registry; checked against behaviour (x_mean, generator) below."""
-        return SOLVERS[self.solver].is_stochastic(self.options)
+        return EPS_SOLVERS[self.solver].is_stochastic(self.options)
 
 
 # Option variants per solver beyond its defaults, each with its closed-form NFE written here
 # independently of the registry's ``calls_per_step`` (None: the method decides). Every solver of
-# SOLVERS is tested at its defaults even without an entry (NFE from the registry).
+# EPS_SOLVERS is tested at its defaults even without an entry (NFE from the registry).
 CASES: dict[str, list[tuple[dict, Callable[[int], int] | None]]] = {
     "ancestral": [({}, lambda n: n), ({"variance": "beta_tilde"}, lambda n: n)],
     "ddim": [({}, lambda n: n), ({"eta": 0.5}, lambda n: n), ({"discrete": True}, lambda n: n)],
@@ -103,19 +103,19 @@ CASES: dict[str, list[tuple[dict, Callable[[int], int] | None]]] = {
 
 
 def _registry_nfe(solver: str, options: dict) -> Callable[[int], int] | None:
-    per_step = SOLVERS[solver].nfe(1, options, denoise=False)
+    per_step = EPS_SOLVERS[solver].nfe(1, options, denoise=False)
     return None if per_step is None else (lambda n: per_step * n)
 
 
-VARIANTS = [Variant(s, o, nfe) for s in SOLVERS
+VARIANTS = [Variant(s, o, nfe) for s in EPS_SOLVERS
             for o, nfe in CASES.get(s, [({}, _registry_nfe(s, {}))])]
 GRID = pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
 
 
 def test_variants_cover_every_registered_solver() -> None:
     """The parametrization follows the registry; stray entries (a removed solver) fail here."""
-    assert {v.solver for v in VARIANTS} == set(SOLVERS)
-    assert set(CASES) <= set(SOLVERS)
+    assert {v.solver for v in VARIANTS} == set(EPS_SOLVERS)
+    assert set(CASES) <= set(EPS_SOLVERS)
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v.nfe is not None],
@@ -123,7 +123,7 @@ def test_variants_cover_every_registered_solver() -> None:
 def test_registry_calls_per_step_match_the_closed_forms(variant: Variant) -> None:
     """``SolverSpec.nfe`` (used by the README table and the benchmarks) agrees with the test's
     own closed form, where the registry claims one."""
-    per_step = SOLVERS[variant.solver].nfe(1, variant.options, denoise=False)
+    per_step = EPS_SOLVERS[variant.solver].nfe(1, variant.options, denoise=False)
     if per_step is not None:
         assert per_step * STEPS == variant.nfe(STEPS)
 SDE_P = pytest.mark.parametrize("sde_name", list(SDES))
@@ -381,7 +381,7 @@ def test_torchsde_steps_on_the_requested_grid(spacing: str, method: str) -> None
         assert model.times[::2] == starts
         mids = ((res.ts[:-1] + res.ts[1:]) / 2).tolist()
         assert model.times[1::2] == pytest.approx(mids, rel=1e-12, abs=0)
-    assert res.nfe == model.calls == SOLVERS["sde"].nfe(len(starts), {"method": method},
+    assert res.nfe == model.calls == EPS_SOLVERS["sde"].nfe(len(starts), {"method": method},
                                                          denoise=False)
     assert res.trajectory.shape == (len(res.ts), 4, 2) and torch.equal(res.trajectory[-1], res.x)
 
@@ -486,7 +486,7 @@ BAD_END_TIMES = [
     # Regression: dpm with eps 2 gave samples of std 4e5, eps 1 or 0 all-NaN samples; heun with
     # eps 1 finite garbage; both took negative eps. ode with eps 0: torchdiffeq's "underflow".
     pytest.param(s, e, id=f"{s}-eps{e:g}")
-    for s in SOLVERS for e in (0.0, -0.1, 1.0, 2.0, float("nan"))
+    for s in EPS_SOLVERS for e in (0.0, -0.1, 1.0, 2.0, float("nan"))
 ]
 
 
@@ -507,7 +507,7 @@ def test_end_time_must_lie_inside_0_T(solver: str, eps: float) -> None:
 ])
 def test_option_values_are_checked_against_the_registry(kwargs: dict, match: str) -> None:
     name = next(iter(kwargs))
-    solver = next(s for s, spec in SOLVERS.items() if name in spec.option_names)
+    solver = next(s for s, spec in EPS_SOLVERS.items() if name in spec.option_names)
     sde = VPSDE()
     with pytest.raises(ValueError, match=match):
         sample(GaussianEps(sde), sde, (3, 2), solver, generator=seeded(0), **kwargs)

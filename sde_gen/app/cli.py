@@ -518,6 +518,53 @@ def calibrate(
     typer.echo(f"calibration: {path}")
 
 
+@app.command()
+@one_line_errors
+def distill(
+    ckpt: Ckpt = None,
+    steps: Annotated[list[int] | None, typer.Option(
+        "--steps", **number(int, 1, 1000),
+        help="Sampling step counts to report the distilled model at: --steps 1 2 4.")] = None,
+    more_steps: Annotated[list[int] | None, typer.Argument(
+        hidden=True, help="The values after the first of --steps 1 2 4.")] = None,
+    method: Annotated[str, typer.Option(
+        "--method", help="consistency: consistency distillation with a Heun teacher "
+                         "(sde_gen.consistency).")] = "consistency",
+    workdir: Annotated[Path | None, typer.Option(
+        "--workdir", "-w", help="Run directory of the distilled model (default: "
+                                "runs/<teacher>_consistency). Resumes from its latest "
+                                "checkpoint.")] = None,
+    intervals: Annotated[int, typer.Option(
+        "--intervals", **number(int, 1, 1000),
+        help="N: intervals of the distillation grid (Karras rho = 7).")] = 18,
+    set_: Sets = [],  # noqa: B006 (typer copies it)
+    progress: Progress = True,
+) -> None:
+    """Distill a trained run into a few-step consistency model (a run of its own, resumable;
+    sample it with 'sde-gen sample --solver consistency --steps K'). --set takes train.* keys."""
+    from .distill import distill as run_distill
+
+    res = run_distill(ckpt, workdir, method=method,
+                      steps=[*(steps or []), *(more_steps or [])] or (1, 2, 4),
+                      intervals=intervals, overrides=set_, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    tr = res.train
+    if tr.interrupted:
+        typer.echo(f"interrupted at step {tr.step}: checkpoint written to {tr.checkpoint}; run "
+                   "the same command to resume")
+        return
+    typer.echo(f"step {tr.step}: consistency loss {tr.loss:.4g} ({res.seconds:.0f} CPU s)")
+    typer.echo(f"checkpoint: {tr.checkpoint}")
+    for row in res.report["rows"]:
+        typer.echo(f"{row['steps']} step(s): energy distance to the teacher's ODE samples "
+                   f"{row['energy_distance']:.4g} (teacher's DDIM at {row['nfe']} NFE: "
+                   f"{row['teacher_ddim_energy_distance']:.4g})")
+    typer.echo(f"report: {res.report_path}")
+    typer.echo(f"sample: sde-gen sample --ckpt {tr.workdir} --solver consistency --steps "
+               f"{res.settings.steps[0]}")
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(

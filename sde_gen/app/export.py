@@ -55,6 +55,8 @@ def export_safetensors(ckpt: str | os.PathLike | None, out: str | os.PathLike) -
     meta = {"config": json.dumps(state["config"]), "step": str(state["step"]), "format": "sde-gen"}
     if "latent" in state:  # a latent run's scaling and autoencoder hash
         meta["latent"] = json.dumps(state["latent"])
+    if "consistency" in state:  # a distilled run stays one (sde_gen.consistency)
+        meta["consistency"] = json.dumps(state["consistency"])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -103,4 +105,6 @@ def load_safetensors(path: str | os.PathLike) -> dict:
             state["latent"] = json.loads(meta["latent"])
         except ValueError as e:
             raise CheckpointError(f"{path} has malformed metadata: {str(e)[:200]}") from None
+    if "consistency" in meta:
+        state["consistency"] = json.loads(meta["consistency"])
     return state

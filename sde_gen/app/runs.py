@@ -27,6 +27,7 @@ class LoadedRun:
 
     cfg: Config
     sde: SDE
+    #: a :class:`~sde_gen.consistency.ConsistencyModel` for a distilled run (``sde-gen distill``)
     model: ScoreModel
     checkpoint: Path
     step: int
@@ -170,6 +171,10 @@ def load_run(
 
         codec = codec_from_record(cfg.model.autoencoder, state.get("latent"),
                                   data_shape(cfg.data), device, str(ckpt))
+    if "consistency" in state:  # sde-gen distill's student: sampled by solver 'consistency'
+        from ..consistency import ConsistencyModel
+
+        model = ConsistencyModel(model, sde, float(state["consistency"]["t_min"]))
     return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=ckpt, step=int(state["step"]),
                      codec=codec)
 

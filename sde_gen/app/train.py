@@ -258,25 +258,30 @@ def _write_latent_record(workdir: Path, cfg: Config, codec) -> None:
     write_atomic(workdir / "latent.json", lambda tmp: tmp.write_text(text + "\n"))
 
 
-def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
+def train(cfg: Config, workdir: str | os.PathLike, *, progress: bool = True,
+          trainer: type[_Trainer] | None = None, **trainer_args: Any) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir`` (see :func:`_train`); under ``torchrun`` with
     several processes it joins the process group and trains with DDP (:mod:`.distributed`).
 
     The process that writes the run (rank 0) holds ``workdir``'s run lock (:mod:`.run_lock`)
-    throughout, so a second ``train`` on the same directory fails at once."""
+    throughout, so a second ``train`` on the same directory fails at once. ``trainer`` (a
+    subclass of ``_Trainer`` built with ``trainer_args``) replaces the objective and keeps the
+    loop, checkpoints and resume: :mod:`.distill`'s consistency distillation."""
     check_workdir(workdir)  # before the lock file is created in it
     di = distributed.setup(resolve_device(cfg.train.device))
     try:
         with ExitStack() as held:  # rank 0 holds the lock; a failure to take it stops every rank
             distributed.on_main(lambda: held.enter_context(run_lock(workdir)))
-            return _train(cfg, workdir, di, progress=progress and di.is_main)
+            return _train(cfg, workdir, di, progress=progress and di.is_main,
+                          trainer=trainer or _Trainer, trainer_args=trainer_args)
     finally:
         if di.enabled:
             distributed.cleanup()
 
 
 def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
-           progress: bool = True) -> TrainResult:
+           progress: bool = True, trainer: type[_Trainer] | None = None,
+           trainer_args: dict[str, Any] | None = None) -> TrainResult:
     """Train the eps-model of ``cfg`` in ``workdir``, resuming from its latest checkpoint.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/ckpt_*.pt`` and, for 2-D data,
@@ -296,11 +301,15 @@ def _train(cfg: Config, workdir: str | os.PathLike, di: distributed.DistInfo, *,
     if found is not None:
         check_run_state(found[1], found[0], resume=True)
         check_resume_config(cfg, found[1]["config"], workdir)
+    trainer = trainer or _Trainer
+    if found is not None:
+        trainer.check_resumable(found[1], found[0])
     distributed.on_main(_remove_stale_temps, workdir)  # under the run lock: no write is running
     if found is not None and cfg.model.autoencoder and "latent" not in found[1]:
         raise CheckpointError(f"cannot resume {workdir}: its checkpoint {found[0]} records no "
                               "autoencoder (it is not a latent-diffusion run); use a new --workdir")
-    run = _Trainer(cfg, workdir, di, latent=found[1].get("latent") if found else None)
+    run = trainer(cfg, workdir, di, latent=found[1].get("latent") if found else None,
+                  **(trainer_args or {}))
     run.resume(found)
     tc = cfg.train
     if run.step > tc.steps:  # checked before config.yaml is overwritten with the lower steps
@@ -417,6 +426,17 @@ class _Trainer:
         self.s_last = 0
 
     # -- resume ----------------------------------------------------------------------------------
+    @classmethod
+    def check_resumable(cls, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint that another kind of run wrote (``sde-gen distill``'s).
+
+        Raises:
+            CheckpointError: naming the checkpoint and the command that resumes it.
+        """
+        if "consistency" in state:
+            raise CheckpointError(f"{path} is a consistency distillation, not a training run: "
+                                  "resume it with sde-gen distill, or use a new --workdir")
+
     def resume(self, found: tuple[Path, dict[str, Any]] | None) -> None:
         """Restore every object and RNG from ``found``, the newest readable checkpoint and its
         path (see :func:`~.checkpoint.latest_readable_checkpoint`), if there is one."""

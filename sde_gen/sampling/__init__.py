@@ -10,6 +10,7 @@ grid for one model (LD3).
 from .ancestral import sample_ancestral
 from .calibrate import CALIBRATABLE, Calibration, calibrate
 from .colorize import colorize
+from .consistency import sample_consistency
 from .ddim import sample_ddim
 from .deis import sample_deis
 from .dpm import sample_dpm
@@ -28,7 +29,7 @@ from .unipc import sample_unipc
 __all__ = [
     "CALIBRATABLE", "Calibration", "calibrate",
     "SOLVERS", "Option", "SampleResult", "SolverSpec", "colorize", "impute", "make_grid",
-    "sample", "sample_ancestral", "sample_ddim", "sample_deis", "sample_dpm", "sample_em",
-    "sample_heun", "sample_ipndm", "sample_ode", "sample_pc", "sample_sde", "sample_torchsde",
-    "sample_unipc",
+    "sample", "sample_ancestral", "sample_consistency", "sample_ddim", "sample_deis",
+    "sample_dpm", "sample_em", "sample_heun", "sample_ipndm", "sample_ode", "sample_pc",
+    "sample_sde", "sample_torchsde", "sample_unipc",
 ]

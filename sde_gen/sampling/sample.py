@@ -56,7 +56,8 @@ def sample(
             example ``i`` is the same in any batch.
         dtype: the state's dtype when ``x_T`` is drawn (a real floating type).
         denoise: finish with Tweedie's ``x0 = (x - sigma_t eps) / alpha_t`` at ``t_min`` (one
-            NFE; for VP it is DDPM's last step ``x_1 -> x_0``).
+            NFE; for VP it is DDPM's last step ``x_1 -> x_0``). Not for ``consistency``,
+            whose last step is the sample at ``t_min`` (``SolverSpec.final_denoise``).
         progress: show a progress bar over grid steps.
         spacing: grid spacing (``uniform``, ``quadratic``, ``logsnr``, ``karras``; default the
             solver's).
@@ -90,7 +91,7 @@ def sample(
     with Progress(len(run.ts) - 1, desc=f"sample ({solver})", show=progress,
                   x_T=x_T if return_trajectory else None) as prog:
         x, x_mean = run.step(x_T, callback=prog.callback)
-    if denoise:
+    if denoise and run.spec.final_denoise:
         x = run.denoise(x)
     return SampleResult(x=x, x_mean=x_mean, nfe=run.counted.nfe, ts=run.ts,
                         trajectory=prog.trajectory(solver, len(run.ts)))

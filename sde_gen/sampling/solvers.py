@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..sde import SDES
-from . import ancestral, ddim, deis, dpm, ipndm, ode, sde_solvers, unipc
+from . import ancestral, consistency, ddim, deis, dpm, ipndm, ode, sde_solvers, unipc
 from .spec import Option, SolverSpec, fmt
 
 __all__ = ["SOLVERS", "Flag", "solver_flags", "solver_table"]
@@ -34,6 +34,7 @@ SOLVERS: dict[str, SolverSpec] = {
     "unipc": unipc.SPEC,
     "ipndm": ipndm.SPEC,
     "deis": deis.SPEC,
+    "consistency": consistency.SPEC,
 }
 
 
@@ -121,7 +122,7 @@ def _grid_text(spec: SolverSpec) -> str:
     grid = f"{spec.steps} {_spacing_text(spec)} intervals"
     if per_step is None:
         return f"{grid} (adaptive: the tolerances set the NFE)"
-    return f"{grid} (NFE {per_step * spec.steps + 1})"
+    return f"{grid} (NFE {spec.nfe(spec.steps)})"
 
 
 def _option_text(o: Option) -> str:

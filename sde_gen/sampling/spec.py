@@ -169,6 +169,9 @@ class SolverSpec:
         pure_start_calls: model calls of the first interval when the grid starts where
             ``alpha = 0`` (a flow path's ``T``), if the solver takes that step otherwise than
             its own (:mod:`.pure_start`: the reverse-SDE solvers take one posterior step).
+        model: the kind of model it samples: ``"eps"`` (any eps-model, every solver but one)
+            or ``"consistency"`` (a distilled consistency model, :mod:`sde_gen.consistency`,
+            whose last step lands on ``t_min`` itself: no final denoise).
     """
 
     fn: SolverFn
@@ -182,6 +185,13 @@ class SolverSpec:
     x0_by_model: bool = False
     check: SolverCheck | None = None
     pure_start_calls: int | None = None
+    model: str = "eps"
+
+    @property
+    def final_denoise(self) -> bool:
+        """Whether ``sample(denoise=True)`` ends with Tweedie's step (not for a consistency
+        model, whose output is already the sample at ``t_min``)."""
+        return self.model == "eps"
 
     def spacing_for(self, sde: SDE) -> str:
         """The default spacing of this solver on ``sde`` (see ``spacing``)."""
@@ -226,6 +236,7 @@ class SolverSpec:
         per_step = self.calls_per_step(self.defaults() | dict(options or {}))
         if per_step is None:
             return None
+        denoise = denoise and self.final_denoise
         if pure_start and self.pure_start_calls is not None:
             return self.pure_start_calls + per_step * (steps - 1) + int(denoise)
         return per_step * steps + int(denoise)
