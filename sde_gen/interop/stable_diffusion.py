@@ -315,8 +315,10 @@ def _load(cls: Any, folder: Path) -> Any:
     from transformers.utils import logging as transformers_logging
 
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar per component
     try:
         return cls.from_pretrained(folder, local_files_only=True)
     except Exception as e:  # OSError, ValueError, EnvironmentError, safetensors errors, ...
@@ -325,3 +327,5 @@ def _load(cls: Any, folder: Path) -> Any:
     finally:
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
+        if bars:
+            transformers_logging.enable_progress_bar()
