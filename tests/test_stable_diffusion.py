@@ -150,3 +150,15 @@ def test_bad_folders_and_inputs_are_one_line_errors(folder, tmp_path):
     assert sd.latent_shape(24, 32) == (4, 12, 16)
     assert "finite" in user_error(lambda: sd.guided(PROMPT, guidance=float("nan")))
     assert "finite" in user_error(lambda: sd.guided(PROMPT, guidance=-1.0))
+
+
+@pytest.mark.parametrize("solver", ["ddim", "ode", "dpm", "heun", "unipc", "ipndm", "deis"])
+def test_every_deterministic_solver_runs_the_guided_folder(loaded, solver):
+    """Each deterministic solver samples the guided prompt model: finite latents, and the same
+    latents again from the same x_T (no hidden randomness)."""
+    sd, _ = loaded
+    model = sd.guided(PROMPT, guidance=2.0)
+    opts = {"method": "euler"} if solver == "ode" else {}
+    runs = [sample(model, sd.sde, None, solver, x_T=x_T(4), steps=3, **opts) for _ in range(2)]
+    assert runs[0].x.shape == (2, 4, 8, 8) and torch.isfinite(runs[0].x).all()
+    assert torch.equal(runs[0].x, runs[1].x) and runs[0].nfe >= 3
