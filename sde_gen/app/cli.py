@@ -214,10 +214,11 @@ def sample(
     grid: Annotated[Path | None, typer.Option(
         "--grid", help="A grid file from 'sde-gen optimize-grid' (its times, and its solver and "
                        "options unless given).")] = None,
-    n: Annotated[int, typer.Option(
+    n: Annotated[int | None, typer.Option(
         "--n", "--num-samples", **number(int, 1),
         help="Number of samples, per class with --class all (--num-samples under torchrun, "
-             "whose parser takes --n for its own).")] = 2000,
+             "whose parser takes --n for its own). Default: 2000, or the rows of --x-T.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", **number(int, 1), help="Samples per batch.")] = 512,
     seed: Seed = 0,
@@ -242,6 +243,25 @@ def sample(
         "--use-calibration/--no-calibration",
         help="With --steps K alone, sample on the run's calibrated grid of K steps when there is "
              "one (and say so).")] = True,
+    prompt: Annotated[str | None, typer.Option(
+        "--prompt", help="Stable Diffusion folders: the text prompt ('' for the unconditional "
+                         "model); --guidance W then guides it against --negative-prompt: "
+                         "(1 + W) eps(prompt) - W eps(negative), i.e. diffusers' "
+                         "guidance_scale = 1 + W.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(
+        "--negative-prompt", help="With --prompt: the prompt guided away from (default '').")
+    ] = None,
+    height: Annotated[int | None, typer.Option(
+        "--height", **number(int, 1), help="With --prompt: image height in pixels (a multiple "
+                                           "of the VAE factor x the UNet's downsampling, 64 for "
+                                           "SD; default the UNet's sample_size x VAE factor).")
+    ] = None,
+    width: Annotated[int | None, typer.Option(
+        "--width", **number(int, 1), help="With --prompt: image width (as --height).")] = None,
+    x_T: Annotated[Path | None, typer.Option(
+        "--x-T", help="An .npy file of the initial noise (n, *shape), float (latents for a "
+                      "latent model; diffusers' latents=): sample from it instead of drawing "
+                      "it; sets --n.")] = None,
     **solver_opts,
 ) -> None:
     """Sample a trained model; write a PNG and an .npz of raw samples (sample i's noise depends
@@ -256,7 +276,8 @@ def sample(
                          denoise=denoise, device=device, progress=progress, class_=class_,
                          guidance=guidance, path=path, threads=threads,
                          solver_opts=solver_opts, calibration=calibration,
-                         use_calibration=use_calibration)
+                         use_calibration=use_calibration, prompt=prompt,
+                         negative_prompt=negative_prompt, height=height, width=width, x_T=x_T)
     if res.png is None:  # a torchrun rank other than 0
         return
     typer.echo(f"{res.n} samples with {res.solver}{res.what}: {res.nfe} NFE per batch, "

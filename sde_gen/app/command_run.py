@@ -34,14 +34,16 @@ def process_group(device: str) -> Iterator[distributed.DistInfo]:
 
 def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
              threads: int = 0, *, autoencoder_ok: bool = False,
-             pixels_only: str | None = None) -> LoadedRun:
+             pixels_only: str | None = None, text_ok: bool = False) -> LoadedRun:
     """:func:`~.runs.load_run` of ``ckpt`` on ``device``, then its thread policy
     (:func:`~.threads.apply_thread_policy`, ``threads`` > 0 overriding it).
 
     Raises:
         UserInputError: a first-stage autoencoder run, unless ``autoencoder_ok`` (``eval``):
             it has no score model to sample or score; a latent run for the command named by
-            ``pixels_only``, whose methods take a linear measurement of the model's variable.
+            ``pixels_only``, whose methods take a linear measurement of the model's variable;
+            a Stable Diffusion folder unless ``text_ok`` (``sample``): the other commands do not
+            take a prompt yet.
     """
     from . import runs
 
@@ -51,6 +53,9 @@ def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
                              "autoencoder): it has no score model; train one on its latents with "
                              f"--set model.autoencoder={run.workdir} (eval reports its "
                              "reconstructions)")
+    if run.text is not None and not text_ok:
+        raise UserInputError(f"{run.workdir} is a Stable Diffusion folder: only sde-gen sample "
+                             "(--prompt TEXT) takes one so far")
     if run.codec is not None and pixels_only:
         raise UserInputError(f"{pixels_only} on a latent run: its pixels are not linear in the "
                              "latent z (the decoder is not), and imputation needs them to be; use "

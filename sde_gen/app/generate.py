@@ -98,6 +98,7 @@ def generate(
     progress: bool = True,
     y: torch.Tensor | None = None,
     guidance: float | None = None,
+    x_T: torch.Tensor | None = None,
     **options: Any,
 ) -> Generated:
     """Draw ``n`` samples of per-example ``shape`` with :func:`~sde_gen.sampling.sample`.
@@ -129,6 +130,11 @@ def generate(
                              f"labels={'none' if y is None else 'given'}, w={guidance}")
     if y is not None:
         check_labels(model, y, n)
+    if x_T is not None and (not torch.is_tensor(x_T) or not x_T.is_floating_point()
+                            or tuple(x_T.shape) != (n, *shape)):
+        raise UserInputError(f"the initial noise must be a float tensor of shape "
+                             f"{(n, *shape)}, got {getattr(x_T, 'dtype', type(x_T).__name__)} "
+                             f"{tuple(getattr(x_T, 'shape', ()))}")
     seed = check_seed(seed)
     check_memory(n, shape)
     block = block_size_for(shape)
@@ -143,7 +149,13 @@ def generate(
         g = IndexedGenerator(seed, i * batch_size, b, block=block, device=device)
         eps_model = model if y is None else _bind_labels(
             model, y[i * batch_size:i * batch_size + b].to(device), guidance)
-        res = sample(eps_model, sde, (b, *shape), solver, generator=g, device=device, **options)
+        if x_T is None:
+            res = sample(eps_model, sde, (b, *shape), solver, generator=g, device=device,
+                         **options)
+        else:
+            x_start = x_T[i * batch_size:i * batch_size + b].to(device)
+            res = sample(eps_model, sde, None, solver, x_T=x_start, generator=g, device=device,
+                         **options)
         mine[i] = res.x.float().cpu()
         nfe = max(nfe, res.nfe)
     if torch.device(device).type == "cuda":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from .checkpoint import check_run_state, find_checkpoint, latest_run, load_check
 from .config import AUTOENCODER, Config, DataConfig, from_dict
 from .export import load_safetensors
 from .factory import build_model, build_sde
+
+if TYPE_CHECKING:
+    from ..interop.stable_diffusion import StableDiffusion
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class LoadedRun:
     image_shape: tuple[int, ...] | None = None
     #: A latent run's frozen autoencoder and scaling (``None``: the model diffuses pixels).
     codec: LatentCodec | None = None
+    #: A Stable Diffusion folder (text encoder, tokenizer, VAE): ``model`` then takes
+    #: ``(x, t, context)`` and is sampled through ``text.guided(prompt, ...)``.
+    text: StableDiffusion | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -141,7 +147,10 @@ def load_run(
     """
     if path is not None and Path(path).is_dir():
         from ..interop.diffusers import is_diffusers_folder
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
 
+        if is_stable_diffusion_folder(path):
+            return load_stable_diffusion_run(path, device=device)
         if is_diffusers_folder(path):
             return load_diffusers_run(path, device=device)
     ckpt = find_checkpoint(latest_run() if path is None else path)
@@ -202,6 +211,25 @@ def load_diffusers_run(path: str | os.PathLike, *, device: torch.device | str = 
                               shift=float(getattr(sde, "grid_shift", 1.0))))
     return LoadedRun(cfg=cfg, sde=sde, model=model, checkpoint=Path(path), step=0,
                      image_shape=shape)
+
+
+def load_stable_diffusion_run(path: str | os.PathLike, *,
+                              device: torch.device | str = "cpu") -> LoadedRun:
+    """A local Stable Diffusion pipeline folder as a :class:`LoadedRun` (``text`` set; ``codec``
+    at the UNet's default size, ``sample`` picks another with ``--height``/``--width``).
+
+    Raises:
+        UserInputError: see :func:`~sde_gen.interop.stable_diffusion.load_stable_diffusion`.
+    """
+    from ..interop.stable_diffusion import load_stable_diffusion
+
+    sd = load_stable_diffusion(path, device=device)
+    codec = sd.codec()
+    cfg = Config()
+    cfg = replace(cfg, data=DataConfig(name="npz", channels=codec.image_shape[0]),
+                  sde=replace(cfg.sde, name="vp", N=sd.sde.N))
+    return LoadedRun(cfg=cfg, sde=sd.sde, model=sd.model, checkpoint=Path(path), step=0,
+                     image_shape=codec.image_shape, codec=codec, text=sd)
 
 
 def with_data(run: LoadedRun, data: str | None) -> LoadedRun:

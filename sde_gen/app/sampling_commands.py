@@ -43,8 +43,8 @@ def parse_class(text: str | None, guidance: float | None) -> int | str | None:
     """
     if text is None:
         if guidance is not None:
-            raise UserInputError("--guidance needs --class K (the class to guide towards) or "
-                                 "--class all")
+            raise UserInputError("--guidance needs --class K (the class to guide towards), "
+                                 "--class all, or --prompt TEXT (a Stable Diffusion folder)")
         return None
     text = text.strip().lower()
     if text == "all":
@@ -191,18 +191,27 @@ def _label_text(label: int | str | None, guidance: float | None) -> str:
 
 def sample_command(
     ckpt: str | os.PathLike | None, *, solver: str | None = None, steps: int | None = None,
-    grid: str | os.PathLike | None = None, n: int = 2000, batch_size: int = 512, seed: int = 0,
+    grid: str | os.PathLike | None = None, n: int | None = None, batch_size: int = 512,
+    seed: int = 0,
     out: str | os.PathLike | None = None, t_min: float | None = None,
     spacing: str | None = None,
     denoise: bool = True, device: str = "auto", progress: bool = True,
     class_: str | None = None, guidance: float | None = None, path: str | None = None,
     threads: int = 0, solver_opts: dict[str, Any] | None = None,
     calibration: str | os.PathLike | None = None, use_calibration: bool = True,
+    prompt: str | None = None, negative_prompt: str | None = None, height: int | None = None,
+    width: int | None = None, x_T: str | os.PathLike | None = None,
 ) -> Sampled:
     """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
     and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
 
     ``path``: sample the model moved to that path (:func:`moved_to_path`).
+
+    A Stable Diffusion folder needs ``prompt`` (``""``: the unconditional model); ``guidance``
+    is then ``w`` of ``(1 + w) eps(c) - w eps(c_neg)`` against ``negative_prompt`` (default
+    ``""``), i.e. diffusers' ``guidance_scale = 1 + w``; ``height`` and ``width`` set the image
+    size. ``x_T``: an ``.npy`` file of the initial noise ``(n, *shape)`` (latents for a latent
+    model), which also sets ``n`` (:func:`load_noise`).
 
     ``steps`` alone (no grid, spacing, end time or path): the run's calibration of that many
     intervals is used when it has one (``calibration``: another file; ``use_calibration=False``:
@@ -218,8 +227,11 @@ def sample_command(
     from .generate import generate
     from .outputs import write_samples
 
-    label = parse_class(class_, guidance)
+    text = _check_text_options(prompt, negative_prompt, height, width, class_, path)
+    label = parse_class(class_, None if text else guidance)
     path = check_path_name(path)
+    noise = None if x_T is None else load_noise(x_T)
+    n = _noise_count(noise, n)
     if path is not None and (grid is not None or label is not None):
         raise UserInputError(f"--path does not combine with "
                              f"{'--grid' if grid is not None else '--class'}")
@@ -233,7 +245,11 @@ def sample_command(
     if tuned is not None and solver == tuned.solver:
         opts = {**tuned.options, **opts}
     with process_group(device) as di:
-        run = open_run(ckpt, di.device, threads)
+        run = open_run(ckpt, di.device, threads, text_ok=True)
+        run, prompted = _prompted(run, text, prompt, negative_prompt, height, width, guidance)
+        if noise is not None and tuple(noise.shape[1:]) != tuple(run.shape):
+            raise UserInputError(f"--x-T {x_T} holds noise of shape {tuple(noise.shape[1:])} per "
+                                 f"sample; this model samples {tuple(run.shape)}")
         if tuned is not None:  # made for this run's SDE? (checked before sampling)
             from ..sampling.optimized_grid import OptimizedGrid
 
@@ -258,28 +274,110 @@ def sample_command(
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         total = n if y is None else len(y)
         opts = checkpoint_sampler_defaults(run, solver, opts)
+        base = run.model if prompted is None else prompted
         if cal is not None:
-            model, sde, grid_opts = run.model, run.sde, dict(ts=cal.ts)
+            model, sde, grid_opts = base, run.sde, dict(ts=cal.ts)
         elif path is None:
-            model, sde, grid_opts = run.model, run.sde, dict(steps=steps, t_min=t_min,
-                                                             spacing=spacing)
+            model, sde, grid_opts = base, run.sde, dict(steps=steps, t_min=t_min,
+                                                        spacing=spacing)
         else:
             moved = moved_to_path(run, path, solver, steps=steps, t_min=t_min, spacing=spacing)
             model, sde, grid_opts = moved.model, moved.sde, moved.grid
         gen = generate(model, sde, total, run.shape, solver,
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
-                       denoise=denoise, y=y, guidance=guidance, **grid_opts, **opts)
+                       denoise=denoise, y=y, guidance=None if text else guidance, x_T=noise,
+                       **grid_opts, **opts)
         x = run.decode(gen.x)  # a latent run's samples are decoded to images
         n_bad = count_nonfinite(x) if run.codec is not None else gen.n_nonfinite
         if n_bad:
             raise UserInputError(f"{n_bad} of {total} samples are NaN or infinite (the "
                                  "model or the solver diverged); nothing was written")
         what = _label_text(label, guidance) + ("" if path is None else f", on the {path} path")
+        if text:
+            what += f", prompt {prompt!r}" + (f", guidance {guidance:g}" if guidance else "")
         if not di.is_main:
             return Sampled(total, solver, what, gen.nfe, gen.seconds, None, None)
     png, npz = write_samples(x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
                              nrow=nrow, labels=y)
     return Sampled(total, solver, what, gen.nfe, gen.seconds, png, npz)
+
+
+def _check_text_options(prompt: str | None, negative_prompt: str | None, height: int | None,
+                        width: int | None, class_: str | None, path: str | None) -> bool:
+    """Whether the text options are in use; checked against the options they exclude.
+
+    Raises:
+        UserInputError: ``--negative-prompt``, ``--height`` or ``--width`` without ``--prompt``,
+            or ``--prompt`` with ``--class`` or ``--path``.
+    """
+    if prompt is None:
+        given = [f for f, v in (("--negative-prompt", negative_prompt), ("--height", height),
+                                ("--width", width)) if v is not None]
+        if given:
+            raise UserInputError(f"{', '.join(given)} need --prompt TEXT (a Stable Diffusion "
+                                 "folder)")
+        return False
+    if class_ is not None or path is not None:
+        raise UserInputError(f"--prompt does not combine with "
+                             f"{'--class' if class_ is not None else '--path'}")
+    return True
+
+
+def _prompted(run: Any, text: bool, prompt: str | None, negative_prompt: str | None,
+              height: int | None, width: int | None, guidance: float | None):
+    """``(run, model)``: a Stable Diffusion run at the asked size with the prompt bound
+    (:meth:`~sde_gen.interop.stable_diffusion.StableDiffusion.guided`, prompts encoded once),
+    or ``(run, None)`` for every other run.
+
+    Raises:
+        UserInputError: a prompt for a model that takes none, a Stable Diffusion folder without
+            one, or a size that is not a multiple of the VAE factor times the UNet's
+            downsampling.
+    """
+    from dataclasses import replace
+
+    if run.text is None:
+        if text:
+            raise UserInputError("--prompt needs a text-conditional model (a Stable Diffusion "
+                                 "pipeline folder); this model takes no prompt")
+        return run, None
+    if not text:
+        raise UserInputError(f"{run.workdir} is a Stable Diffusion folder: give --prompt TEXT "
+                             "(--prompt '' for the unconditional model)")
+    codec = run.text.codec(height, width)
+    run = replace(run, codec=codec, image_shape=codec.image_shape)
+    return run, run.text.guided(prompt, negative_prompt=negative_prompt,
+                                guidance=guidance or 0.0)
+
+
+def load_noise(path: str | os.PathLike) -> torch.Tensor:
+    """The initial noise in an ``.npy`` file, ``(n, *shape)``, finite floats, as float32.
+
+    Raises:
+        UserInputError: an unreadable file, integers, non-finite values or fewer than 2 axes.
+    """
+    import numpy as np
+
+    path = check_input_file(path, "--x-T")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"--x-T {path}: cannot read an .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f" or arr.ndim < 2 or not len(arr):
+        raise UserInputError(f"--x-T {path} must hold a float array (n, *shape), got "
+                             f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}")
+    if not np.isfinite(arr).all():
+        raise UserInputError(f"--x-T {path} holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def _noise_count(noise: torch.Tensor | None, n: int | None) -> int:
+    """``--n`` (default 2000), or the rows of ``--x-T``, which must agree with a given ``--n``."""
+    if noise is None:
+        return 2000 if n is None else n
+    if n is not None and n != len(noise):
+        raise UserInputError(f"--n {n} but --x-T holds {len(noise)} samples' noise; drop --n")
+    return len(noise)
 
 
 def _calibration_for(run: Any, steps: int, solver: str | None,
