@@ -111,6 +111,10 @@ def test_model_fingerprint_follows_the_weights():
     (["--nfe", 10, "--budget", 0], "budget must be a positive number of seconds, got 0.0"),
     (["--nfe", 10, "--budget", "nan"], "budget must be a positive number of seconds, got nan"),
     (["--nfe", 1], r"nfe must be 1 \+ 1 k \(k >= 1\), got 1"),
+    (["--nfe", 0], r"nfe must be 1 \+ 1 k \(k >= 1\), got 0"),
+    (["--nfe", 1, "--solver", "ipndm"], r"ipndm makes 1 model call\(s\) per interval"),
+    (["--nfe", 10, "--budget", "inf"], "budget must be a positive number of seconds, got inf"),
+    (["--nfe", 10, "--budget", -3], "budget must be a positive number of seconds, got -3.0"),
     (["--nfe", 10, "--solver", "heun"], "cannot be calibrated"),
     (["--nfe", 10, 10], "distinct NFEs"),
 ])
@@ -119,6 +123,14 @@ def test_bad_calibrate_input_is_one_line(args, match, tmp_path):
 
     line = one_error_line(_invoke("calibrate", "--ckpt", tmp_path / "nothing", *args))
     assert re.search(match, line), line  # refused before the (missing) run is read
+
+
+@pytest.mark.parametrize("budget, words", [("nan", "expected a finite number, got nan"),
+                                           ("-1", "-1.0 is below the minimum 0.0")])
+def test_a_bad_training_calibration_budget_is_one_line(budget, words, tmp_path):
+    line = one_error_line(_invoke("train", *cli_sets([*TRAIN, f"train.calibrate_budget={budget}"]),
+                                  "-w", tmp_path / "run", "--no-progress"))
+    assert f"train.calibrate_budget: {words}" in line and not (tmp_path / "run").exists()
 
 
 def test_training_calibrates_by_default_within_its_budget(tmp_path):

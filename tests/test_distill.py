@@ -23,6 +23,7 @@ from sde_gen.app.cli import app, main
 from sde_gen.app.distill import distill
 from sde_gen.app.runs import load_run
 from sde_gen.consistency import ConsistencyModel
+from sde_gen.sampling.grid_file import OptimizedGrid, sde_signature
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,21 @@ def test_sample_with_the_consistency_solver(distilled, tmp_path, k):
     assert x.shape == (64, 2) and torch.isfinite(x).all()
 
 
+def test_sample_picks_the_consistency_solver_for_a_distilled_run(distilled, tmp_path):
+    out = tmp_path / "s.png"
+    res = runner.invoke(app, ["sample", "--ckpt", str(distilled), "--steps", "2", "--n", "16",
+                              "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "sampling with --solver consistency" in res.output and "2 NFE per batch" in res.output
+    x = torch.from_numpy(np.load(out.with_suffix(".npz"))["samples"])
+    explicit = tmp_path / "e.png"
+    res = runner.invoke(app, ["sample", "--ckpt", str(distilled), "--solver", "consistency",
+                              "--steps", "2", "--n", "16", "--out", str(explicit),
+                              "--no-progress"])
+    assert res.exit_code == 0 and "sampling with --solver consistency" not in res.output
+    assert torch.equal(x, torch.from_numpy(np.load(explicit.with_suffix(".npz"))["samples"]))
+
+
 def test_distill_resumes_bitwise(teacher, tmp_path):
     sets = [*FAST, "train.steps=40"]
     full = distill(teacher, tmp_path / "full", steps=[1], overrides=sets, progress=False)
@@ -121,13 +137,26 @@ def test_sigterm_checkpoints_and_the_distillation_resumes_bitwise(teacher, tmp_p
 
 def test_misuse_is_one_line_and_writes_nothing(teacher, distilled, tmp_path, monkeypatch,
                                                capsys):
+    sde = load_run(distilled).sde
+    grid = OptimizedGrid(ts=torch.tensor([sde.T, 0.3, 1e-3], dtype=torch.float64), solver="dpm",
+                         options={"order": 2}, nfe=3, error_before=1.0, error_after=0.5,
+                         heldout_before=1.1, heldout_after=0.6, seconds=0.1, method="gits",
+                         sde=sde_signature(sde)).save(tmp_path / "grid.json")
     before = files(teacher) | files(distilled)
     cases = {
         "not distilled": (["sample", "--ckpt", str(teacher), "--solver", "consistency",
                            "--no-progress"],
                           "samples a distilled consistency model"),
         "eps solver": (["sample", "--ckpt", str(distilled), "--solver", "ddim", "--no-progress"],
-                       "solver='consistency'"),
+                       "--solver ddim cannot sample it; use --solver consistency"),
+        "grid file": (["sample", "--ckpt", str(distilled), "--grid", str(grid), "--no-progress"],
+                      "--grid cannot sample it"),
+        "path": (["sample", "--ckpt", str(distilled), "--path", "flow", "--no-progress"],
+                 "--path cannot sample it"),
+        "calibration file": (["sample", "--ckpt", str(distilled), "--steps", "3", "--calibration",
+                              str(grid), "--no-progress"], "--calibration cannot sample it"),
+        "calibrate": (["calibrate", "--ckpt", str(distilled), "--nfe", "4", "--budget", "1"],
+                      "no solver grid to calibrate"),
         "end time": (["sample", "--ckpt", str(distilled), "--solver", "consistency",
                       "--t-min", "0.01", "--no-progress"], "distilled to t_min=0.001"),
         "repeated": (["distill", "--ckpt", str(teacher), "--steps", "1", "1"], "repeats"),

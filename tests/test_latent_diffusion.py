@@ -142,6 +142,34 @@ def test_latent_samples_are_the_decoded_latents(runs):
         torch.testing.assert_close(x, vae.decode(gen.x / s + b).sample, rtol=0, atol=1e-6)
 
 
+def test_a_distilled_latent_run_samples_decoded_images(runs, tmp_path):
+    from sde_gen.app.generate import generate
+    from sde_gen.consistency import ConsistencyModel
+
+    runner, cm = CliRunner(), tmp_path / "cm"
+    res = runner.invoke(app, ["distill", "--ckpt", str(runs["ldm"]), "--steps", "1", "2", "-w",
+                              str(cm), "--no-progress",
+                              *cli_sets(["train.steps=4", "train.batch_size=8"])])
+    assert res.exit_code == 0, res.output
+    run, teacher = load_run(cm), load_run(runs["ldm"])
+    assert isinstance(run.model, ConsistencyModel)
+    # the student diffuses the teacher's latents: the same autoencoder and scaling
+    assert run.codec.metadata() == teacher.codec.metadata()
+    assert run.shape == (2, 4, 4) and run.data_shape == (1, 8, 8)
+    out = tmp_path / "s.png"
+    res = runner.invoke(app, ["sample", "--ckpt", str(cm), "--steps", "2", "--n", "5", "--out",
+                              str(out), *CPU])
+    assert res.exit_code == 0, res.output
+    assert "sampling with --solver consistency" in res.output
+    npz = np.load(out.with_suffix(".npz"))
+    assert npz["images"].shape == (5, 1, 8, 8) and npz["images"].dtype == np.uint8
+    # the images are the decoder's outputs of the consistency model's latents
+    gen = generate(run.model, run.sde, 5, run.shape, "consistency", steps=2, progress=False)
+    assert gen.x.shape == (5, 2, 4, 4)
+    torch.testing.assert_close(torch.from_numpy(npz["samples"]), run.decode(gen.x), rtol=0,
+                               atol=1e-6)
+
+
 def test_resume_is_bitwise_and_checks_the_autoencoder(runs, tmp_path):
     sets = [*LDM, f"model.autoencoder={runs['ae']}", "train.steps=6", "train.ckpt_every=3"]
     cfg = load_config(None, sets)

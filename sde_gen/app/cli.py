@@ -207,8 +207,8 @@ def train(
 def sample(
     solver: Annotated[str | None, typer.Option(
         "--solver", "-s", help=f"One of {', '.join(SOLVERS)} (sde_gen.sampling.SOLVERS; each "
-                               "flag below names the solvers it applies to). Default: ode, or "
-                               "the --grid file's solver.")] = None,
+                               "flag below names the solvers it applies to). Default: ode, the "
+                               "--grid file's solver, or consistency on a distilled run.")] = None,
     ckpt: Ckpt = None,
     steps: Steps = None,
     grid: Annotated[Path | None, typer.Option(

@@ -101,8 +101,11 @@ class _Distiller(_Trainer):
 
     def __init__(self, cfg: Config, workdir: Path, di: distributed.DistInfo, *,
                  settings: DistillSettings, teacher: torch.nn.Module,
-                 latent: dict | None = None) -> None:
-        super().__init__(cfg, workdir, di, latent=latent)
+                 teacher_latent: dict | None = None, latent: dict | None = None) -> None:
+        # A latent teacher's student diffuses the teacher's latents: a fresh distillation takes
+        # the teacher's record (autoencoder hash and scaling), not a scaling recomputed from the
+        # data (which may differ in its last bits on another device).
+        super().__init__(cfg, workdir, di, latent=latent if latent is not None else teacher_latent)
         self.settings = settings
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         # The student starts as the teacher ([Song23cm] Sec. 5); resume() overwrites both.
@@ -224,7 +227,8 @@ def distill(
     _check_settings(workdir, settings)
     t0 = time.process_time()
     res = train(cfg, workdir, progress=progress, trainer=_Distiller, settings=settings,
-                teacher=teacher.model)
+                teacher=teacher.model,
+                teacher_latent=None if teacher.codec is None else teacher.codec.metadata())
     seconds = time.process_time() - t0
     if res.interrupted:
         return DistillResult(res, settings, seconds, None, None)

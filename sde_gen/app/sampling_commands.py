@@ -250,6 +250,9 @@ def sample_command(
         if noise is not None and tuple(noise.shape[1:]) != tuple(run.shape):
             raise UserInputError(f"--x-T {x_T} holds noise of shape {tuple(noise.shape[1:])} per "
                                  f"sample; this model samples {tuple(run.shape)}")
+        if getattr(run.model, "is_consistency_model", False):
+            solver, opts = _consistency_solver(run, asked_solver, solver_opts, grid=grid,
+                                               path=path, calibration=calibration)
         if tuned is not None:  # made for this run's SDE? (checked before sampling)
             from ..sampling.optimized_grid import OptimizedGrid
 
@@ -300,6 +303,29 @@ def sample_command(
     png, npz = write_samples(x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
                              nrow=nrow, labels=y)
     return Sampled(total, solver, what, gen.nfe, gen.seconds, png, npz)
+
+
+def _consistency_solver(run: Any, asked: str | None, solver_opts: dict[str, Any] | None, *,
+                        grid: Any, path: str | None, calibration: Any) -> tuple[str, dict]:
+    """``("consistency", its options)`` for a distilled run (``sde-gen distill``): chosen, with a
+    line on stderr, when no solver was asked.
+
+    Raises:
+        UserInputError: another solver, ``--grid``, ``--path`` or ``--calibration`` (all are for
+            eps-models).
+    """
+    given = [f for f, v in (("--grid", grid), ("--path", path), ("--calibration", calibration))
+             if v is not None]
+    if asked not in (None, "consistency"):
+        given.insert(0, f"--solver {asked}")
+    if given:
+        raise UserInputError(f"{run.workdir} is a distilled consistency model, not an eps-model: "
+                             f"{', '.join(given)} cannot sample it; use --solver consistency "
+                             "--steps K")
+    if asked is None:
+        print("a distilled consistency model: sampling with --solver consistency",
+              file=sys.stderr)
+    return "consistency", solver_options("consistency", solver_opts or {})
 
 
 def _check_text_options(prompt: str | None, negative_prompt: str | None, height: int | None,
@@ -427,6 +453,9 @@ def calibrate_command(
         check_calibration_input(solver, nfe, budget)
     dev = resolve_device(device)
     run = open_run(ckpt, dev, threads)
+    if getattr(run.model, "is_consistency_model", False):
+        raise UserInputError(f"{run.workdir} is a distilled consistency model: it has no solver "
+                             "grid to calibrate; sample it with --solver consistency --steps K")
     cals = calibrate_run(run.model, run.sde, run.shape, list(nfes), budget_s=budget,
                          solver=solver, n=n, seed=seed, device=dev)
     path = run.workdir / FILE
