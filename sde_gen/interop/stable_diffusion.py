@@ -116,9 +116,13 @@ class PromptModel:
     ``w = 0``: ``eps(x, t, c)`` from a ``B``-row call; ``w > 0``: ``(1 + w) eps(x, t, c) -
     w eps(x, t, c_neg)`` ([Ho22] Eq. 6) from one call on the ``2B`` rows ``cat(x, x)``.
 
+    With ``P`` prompts, row ``j`` of every batch is conditioned on prompt ``j mod P`` (a grid
+    tuned on a few prompts: the same draws always meet the same prompts).
+
     Args:
         model: the text-conditional eps-model.
-        context, negative: ``(1, L, D)`` (every row) or ``(B, L, D)`` prompt embeddings.
+        context, negative: ``(P, L, D)`` prompt embeddings (``P = 1``: every row), the negative
+            one ``(1, L, D)`` or ``(P, L, D)``.
         scale: ``w >= 0`` (diffusers' ``guidance_scale`` is ``1 + w``).
     """
 
@@ -133,9 +137,15 @@ class PromptModel:
 
     @staticmethod
     def _rows(c: torch.Tensor, batch: int, x: torch.Tensor) -> torch.Tensor:
-        if c.shape[0] not in (1, batch):
-            raise UserInputError(f"{c.shape[0]} prompt embeddings for a batch of {batch} rows")
-        return c.to(x.device).expand(batch, *c.shape[1:])
+        """``(batch, L, D)``: row ``j`` gets prompt ``j mod P`` (no copy for ``P = 1``)."""
+        c = c.to(x.device)
+        if c.shape[0] == 1:
+            return c.expand(batch, *c.shape[1:])
+        return c[torch.arange(batch, device=c.device) % c.shape[0]]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The UNet's weights (a calibration made on some prompts is this model's for any)."""
+        return self.model.state_dict()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -224,10 +234,14 @@ class StableDiffusion(nn.Module):
                guidance: float = 0.0) -> PromptModel:
         """The eps-model ``(x, t) -> eps`` of ``prompt`` guided away from ``negative_prompt``
         (default the empty prompt) with weight ``guidance`` (:class:`PromptModel`); each prompt
-        is encoded here, once."""
+        is encoded here, once. A list of ``P`` prompts conditions row ``j`` on prompt
+        ``j mod P``."""
         scale = check_guidance(guidance)
         context = self.encode_prompt(prompt)
         negative = self.encode_prompt("" if negative_prompt is None else negative_prompt)
+        if negative.shape[0] not in (1, context.shape[0]):
+            raise UserInputError(f"{negative.shape[0]} negative prompts for {context.shape[0]} "
+                                 "prompts; give one, or one per prompt")
         return PromptModel(self.model, context, negative, scale)
 
 
