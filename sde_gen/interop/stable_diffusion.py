@@ -261,7 +261,9 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
     Args:
         path: the folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
             ``tokenizer/``, ``scheduler/``).
-        device, dtype: where the networks go and their dtype (eval mode, gradients off).
+        device, dtype: where the networks go and their dtype (eval mode, gradients off;
+            loaded in ``dtype`` as diffusers' ``torch_dtype`` does; sampling stays in the
+            solver's float32, each call casts to the weights' dtype and back).
 
     Returns:
         A :class:`StableDiffusion`.
@@ -303,9 +305,9 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
     except ImportError:
         raise UserInputError(f"a Stable Diffusion folder needs transformers: {INSTALL_HINT}"
                              ) from None
-    unet = _load(diffusers.UNet2DConditionModel, path / "unet")
-    vae = _load(diffusers.AutoencoderKL, path / "vae")
-    text_encoder = _load(transformers.CLIPTextModel, path / "text_encoder")
+    unet = _load(diffusers.UNet2DConditionModel, path / "unet", torch_dtype=dtype)
+    vae = _load(diffusers.AutoencoderKL, path / "vae", torch_dtype=dtype)
+    text_encoder = _load(transformers.CLIPTextModel, path / "text_encoder", dtype=dtype)
     tokenizer = _load(getattr(transformers, classes["tokenizer"]), path / "tokenizer")
     width, cross = text_encoder.config.hidden_size, unet.config.cross_attention_dim
     if width != cross:
@@ -318,13 +320,12 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
                                     sampler_defaults=defaults)
     for net in (model, vae, text_encoder):
         net.to(device).eval().requires_grad_(False)
-        if dtype != torch.float32:
-            net.to(dtype)
     return StableDiffusion(model, sde, vae, text_encoder, tokenizer)
 
 
-def _load(cls: Any, folder: Path) -> Any:
-    """``cls.from_pretrained(folder)`` offline, logs silenced; one-line error on failure."""
+def _load(cls: Any, folder: Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder, **kwargs)`` offline, logs silenced; one-line error on
+    failure."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -334,7 +335,7 @@ def _load(cls: Any, folder: Path) -> Any:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar per component
     try:
-        return cls.from_pretrained(folder, local_files_only=True)
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
     except Exception as e:  # OSError, ValueError, EnvironmentError, safetensors errors, ...
         reason = " ".join(str(e).split())[:240] or type(e).__name__
         raise UserInputError(f"cannot load {folder.name}/ of {folder.parent}: {reason}") from None
