@@ -112,5 +112,7 @@ def test_prompt_on_an_unconditional_model_and_other_commands(folder, ddpm_folder
     assert "missing the vae/ component" in one_error_line(res)
     res = CliRunner().invoke(app, ["optimize-grid", "--ckpt", str(folder), "--device", "cpu",
                                    "--out", str(tmp_path / "g.json")])
-    assert "only sde-gen sample (--prompt TEXT) takes one so far" in one_error_line(res)
+    assert "is a Stable Diffusion folder: give --prompt TEXT" in one_error_line(res)
+    res = CliRunner().invoke(app, ["eval", "--ckpt", str(folder), "--device", "cpu"])
+    assert "this command does not" in one_error_line(res)
     assert not list(tmp_path.glob("o.*")) and not (tmp_path / "g.json").exists()

@@ -256,11 +256,32 @@ def test_figures_decode_and_restore_guides_through_the_decoder(runs, tmp_path):
     assert np.asarray(Image.open(tmp_path / "r.png")).shape == (8, 3 * 8 + 2 * 2)
     res = CliRunner().invoke(app, [*args, "--method", "mmps", "--out", str(tmp_path / "m.png")])
     assert "only --method dps" in one_error_line(res)
-    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "mask.png")
-    res = CliRunner().invoke(app, ["inpaint", "--ckpt", str(runs["ldm"]), "--image",
-                                   str(tmp_path / "mask.png"), "--mask", str(tmp_path / "mask.png"),
-                                   "--out", str(tmp_path / "i.png"), "--device", "cpu"])
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "grey.png")
+    res = CliRunner().invoke(app, ["colorize", "--ckpt", str(runs["ldm"]), "--image",
+                                   str(tmp_path / "grey.png"), "--out", str(tmp_path / "c.png"),
+                                   "--device", "cpu"])
     assert "not linear in the latent" in one_error_line(res)
+    assert "restore --task colorize --method dps" in one_error_line(res)
+
+
+def test_inpaint_imputes_latents_and_keeps_known_pixels(runs, tmp_path):
+    """``sde-gen inpaint`` on a latent run: the latents of the wholly known 2x2 blocks are
+    imputed (replacement), decoded, and the known pixels are the input's exactly."""
+    from PIL import Image
+
+    digit = load_images("digits", split="test").x[0, 0].numpy()
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    mask = np.full((8, 8), 255, np.uint8)
+    mask[4:] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    res = CliRunner().invoke(app, [
+        "inpaint", "--ckpt", str(runs["ldm"]), "--image", str(tmp_path / "digit.png"), "--mask",
+        str(tmp_path / "mask.png"), "--steps", "20", "--out", str(tmp_path / "i.png"), "--device",
+        "cpu"])
+    assert res.exit_code == 0, res.output
+    got = np.asarray(Image.open(tmp_path / "i.png"))
+    np.testing.assert_array_equal(got[:4], digit[:4])
+    assert got[4:].std() > 0  # filled in, not left blank
 
 
 def test_latent_dps_reduces_the_measurement_residual(runs):

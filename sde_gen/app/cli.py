@@ -40,10 +40,14 @@ from .cli_options import (
     EndTime,
     Factor,
     Guidance,
+    Height,
+    NegativePrompt,
     NoiseStd,
     Particles,
     PathName,
     Progress,
+    Prompt,
+    Prompts,
     Resample,
     Restorations,
     RestoreMask,
@@ -55,6 +59,7 @@ from .cli_options import (
     Spacing,
     Steps,
     Threads,
+    Width,
     Zeta,
     number,
     out_option,
@@ -243,25 +248,18 @@ def sample(
         "--use-calibration/--no-calibration",
         help="With --steps K alone, sample on the run's calibrated grid of K steps when there is "
              "one (and say so).")] = True,
-    prompt: Annotated[str | None, typer.Option(
-        "--prompt", help="Stable Diffusion folders: the text prompt ('' for the unconditional "
-                         "model); --guidance W then guides it against --negative-prompt: "
-                         "(1 + W) eps(prompt) - W eps(negative), i.e. diffusers' "
-                         "guidance_scale = 1 + W.")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(
-        "--negative-prompt", help="With --prompt: the prompt guided away from (default '').")
-    ] = None,
-    height: Annotated[int | None, typer.Option(
-        "--height", **number(int, 1), help="With --prompt: image height in pixels (a multiple "
-                                           "of the VAE factor x the UNet's downsampling, 64 for "
-                                           "SD; default the UNet's sample_size x VAE factor).")
-    ] = None,
-    width: Annotated[int | None, typer.Option(
-        "--width", **number(int, 1), help="With --prompt: image width (as --height).")] = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    height: Height = None,
+    width: Width = None,
     x_T: Annotated[Path | None, typer.Option(
         "--x-T", help="An .npy file of the initial noise (n, *shape), float (latents for a "
                       "latent model; diffusers' latents=): sample from it instead of drawing "
                       "it; sets --n.")] = None,
+    decode_batch: Annotated[int | None, typer.Option(
+        "--decode-batch", **number(int, 1),
+        help="Latent models: decode the samples this many at a time (1: diffusers' VAE slicing, "
+             "the least memory; default 256).")] = None,
     **solver_opts,
 ) -> None:
     """Sample a trained model; write a PNG and an .npz of raw samples (sample i's noise depends
@@ -277,7 +275,8 @@ def sample(
                          guidance=guidance, path=path, threads=threads,
                          solver_opts=solver_opts, calibration=calibration,
                          use_calibration=use_calibration, prompt=prompt,
-                         negative_prompt=negative_prompt, height=height, width=width, x_T=x_T)
+                         negative_prompt=negative_prompt, height=height, width=width, x_T=x_T,
+                         decode_batch=decode_batch)
     if res.png is None:  # a torchrun rank other than 0
         return
     typer.echo(f"{res.n} samples with {res.solver}{res.what}: {res.nfe} NFE per batch, "
@@ -298,13 +297,17 @@ def inpaint(
         "--mask", help="PNG of the run's size, black (0) where pixels are to be filled in, "
                        "white (1 or 255) where known.")],
     out: Annotated[Path, out_option("Output PNG path (the known pixels are the input's).")],
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
     **options,
 ) -> None:
     """Inpaint an image of an image run: fill in the masked-out (black) pixels with the run's
-    model (--seed seeds the sampler)."""
+    model (--seed seeds the sampler). A latent run or a Stable Diffusion folder (--prompt)
+    imputes the latents of the wholly known 8x8 (f x f) blocks, then pastes the known pixels."""
     from .editing import edit_command
 
-    path = edit_command("inpaint", ckpt, image, out, mask=mask, **options)
+    path = edit_command("inpaint", ckpt, image, out, mask=mask, prompt=prompt,
+                        negative_prompt=negative_prompt, **options)
     typer.echo(f"inpainted with {_edit_text(options)}: {path}")
 
 
@@ -359,17 +362,22 @@ def restore(
     seed: Seed = 0,
     device: Device = "auto",
     threads: Threads = 0,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    guidance: Guidance = None,
 ) -> None:
     """Restore an image of an image run from a linear measurement y = A x0 + s z (inpainting,
     super-resolution, deblurring, colorization) with DPS, PiGDM, MMPS, SMC or replacement
-    (--seed seeds the sampler)."""
+    (--seed seeds the sampler; a Stable Diffusion folder: with --prompt, DPS through the VAE's
+    decoder at the image's size)."""
     from .restoring import restore_command
 
     path = restore_command(ckpt, task, image, out, noise_std=noise_std, method=method, mask=mask,
                            factor=factor, blur_sigma=blur_sigma, n=n, steps=steps, t_min=t_min,
                            seed=seed, device=device, threads=threads, particles=particles,
                            zeta=zeta, step=dps_step, cg_steps=cg_steps, solver=solver,
-                           resample=resample)
+                           resample=resample, prompt=prompt, negative_prompt=negative_prompt,
+                           guidance=guidance)
     typer.echo(f"restored ({task}, {method}, s = {noise_std:g}), {n} samples: {path}")
 
 
@@ -483,16 +491,24 @@ def optimize_grid(
         "Grid file (.json; default <run>/grid_<solver>_<nfe>nfe.json).")] = None,
     device: Device = "auto",
     threads: Threads = 0,
+    prompt: Prompts = None,
+    negative_prompt: NegativePrompt = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
     **solver_opts,
 ) -> None:
     """Optimize the time grid of a solver at a fixed NFE for a trained model (GITS / descent;
-    --seed seeds the tuning draws, seed + 1 the held-out ones)."""
+    --seed seeds the tuning draws, seed + 1 the held-out ones; a Stable Diffusion folder: on a
+    few --prompt's)."""
     from .sampling_commands import optimize_grid_command
 
     g, path = optimize_grid_command(ckpt, solver=solver, nfe=nfe, search=search, n=n,
                                     n_heldout=n_heldout, evals=evals, t_min=t_min, spacing=spacing,
                                     seed=seed, out=out, device=device, threads=threads,
-                                    solver_opts=solver_opts)
+                                    solver_opts=solver_opts, prompts=prompt,
+                                    negative_prompt=negative_prompt, guidance=guidance,
+                                    height=height, width=width)
     typer.echo(f"{solver} at {g.nfe} NFE, {search} on {n} draws, {g.seconds:.1f} s")
     typer.echo(f"endpoint error, tuning draws: {g.error_before:.4g} -> {g.error_after:.4g} "
                f"({g.error_after / g.error_before:.2f}x)")
@@ -524,14 +540,22 @@ def calibrate(
     seed: Seed = 0,
     device: Device = "auto",
     threads: Threads = 0,
+    prompt: Prompts = None,
+    negative_prompt: NegativePrompt = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
 ) -> None:
     """Learn the run's fast-solver time grid at each NFE by gradient through the solver (LD3)
-    and store it in <run>/calibration.json; 'sample --steps K' then uses it."""
+    and store it in <run>/calibration.json; 'sample --steps K' then uses it (a Stable Diffusion
+    folder: calibrated on a few --prompt's, used for any)."""
     from .sampling_commands import calibrate_command
 
     nfes = [*(nfe or []), *(more_nfe or [])] or [5, 10, 20]
     cals, path = calibrate_command(ckpt, nfes=nfes, solver=solver, budget=budget, n=n,
-                                   seed=seed, device=device, threads=threads)
+                                   seed=seed, device=device, threads=threads, prompts=prompt,
+                                   negative_prompt=negative_prompt, guidance=guidance,
+                                   height=height, width=width)
     for c in cals:
         typer.echo(f"{c.nfe} NFE ({c.solver}, sample --steps {c.steps}): endpoint error "
                    f"{c.error_start:.4g} -> {c.error:.4g} on the calibration draws "

@@ -91,7 +91,27 @@ PathName = Annotated[str | None, typer.Option(
 Guidance = Annotated[float | None, typer.Option(
     "--guidance", **number(float, 0.0),
     help="Classifier-free guidance scale w >= 0 with --class: (1 + w) eps(x, t, K) - "
-         "w eps(x, t, null) (0: the conditional model).")]
+         "w eps(x, t, null) (0: the conditional model); with --prompt: (1 + w) eps(prompt) - "
+         "w eps(negative), i.e. diffusers' guidance_scale = 1 + w.")]
+
+# Stable Diffusion folders
+Prompt = Annotated[str | None, typer.Option(
+    "--prompt", help="Stable Diffusion folders: the text prompt ('' for the unconditional "
+                     "model); --guidance W then guides it against --negative-prompt: "
+                     "(1 + W) eps(prompt) - W eps(negative), i.e. diffusers' "
+                     "guidance_scale = 1 + W.")]
+Prompts = Annotated[list[str] | None, typer.Option(
+    "--prompt", help="Stable Diffusion folders: a prompt to tune on; repeat it for a few "
+                     "(prior draw j meets prompt j mod P); guided with --guidance W against "
+                     "--negative-prompt.")]
+NegativePrompt = Annotated[str | None, typer.Option(
+    "--negative-prompt", help="With --prompt: the prompt guided away from (default '').")]
+Height = Annotated[int | None, typer.Option(
+    "--height", **number(int, 1), help="With --prompt: image height in pixels (a multiple of the "
+                                       "VAE factor x the UNet's downsampling, 64 for SD; default "
+                                       "the UNet's sample_size x VAE factor).")]
+Width = Annotated[int | None, typer.Option(
+    "--width", **number(int, 1), help="With --prompt: image width (as --height).")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file "
                                                 "(default: built-in 2-D toy config).")]
 Sets = Annotated[list[str], typer.Option(

@@ -42,8 +42,8 @@ def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
         UserInputError: a first-stage autoencoder run, unless ``autoencoder_ok`` (``eval``):
             it has no score model to sample or score; a latent run for the command named by
             ``pixels_only``, whose methods take a linear measurement of the model's variable;
-            a Stable Diffusion folder unless ``text_ok`` (``sample``): the other commands do not
-            take a prompt yet.
+            a Stable Diffusion folder unless ``text_ok`` (the commands that take ``--prompt``:
+            ``sample``, ``optimize-grid``, ``calibrate``, ``restore``, ``inpaint``).
     """
     from . import runs
 
@@ -54,12 +54,13 @@ def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
                              f"--set model.autoencoder={run.workdir} (eval reports its "
                              "reconstructions)")
     if run.text is not None and not text_ok:
-        raise UserInputError(f"{run.workdir} is a Stable Diffusion folder: only sde-gen sample "
-                             "(--prompt TEXT) takes one so far")
+        raise UserInputError(f"{run.workdir} is a Stable Diffusion folder: sample, "
+                             "optimize-grid, calibrate, restore and inpaint (with --prompt TEXT) "
+                             "take one; this command does not")
     if run.codec is not None and pixels_only:
         raise UserInputError(f"{pixels_only} on a latent run: its pixels are not linear in the "
                              "latent z (the decoder is not), and imputation needs them to be; use "
-                             "sde-gen restore --task inpaint --method dps (DPS through the "
+                             f"sde-gen restore --task {pixels_only} --method dps (DPS through the "
                              "decoder)")
     apply_thread_policy(run.cfg, device, threads)
     return run

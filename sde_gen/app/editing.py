@@ -218,6 +218,9 @@ def inpaint_file(run: LoadedRun, image: str | os.PathLike, mask: str | os.PathLi
         UserInputError: bad pictures (see the module), labels, or a non-finite result; checked
             before the sampler runs except the last.
     """
+    if run.codec is not None:
+        return _inpaint_latent(run, image, mask, out, label=label, guidance=guidance, seed=seed,
+                               device=device, **options)
     shape = _run_shape(run, "inpaint")
     x_known = read_image_for_run(image, shape)
     known = read_mask(mask, shape)
@@ -229,6 +232,49 @@ def inpaint_file(run: LoadedRun, image: str | os.PathLike, mask: str | os.PathLi
     check_nonfinite(res.x)
     original = torch.from_numpy(read_png(image))
     pixels = torch.where(known[0].bool(), original, model_to_uint8(res.x[0].float().cpu()))
+    return write_png(pixels, out)
+
+
+def latent_mask(known: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(..., H, W)`` pixel mask -> ``(..., H/f, W/f)``: a latent cell is known where every
+    pixel of its ``f x f`` block is (a cell with an unknown pixel is filled in)."""
+    lead = known.shape[:-2]
+    blocks = known.reshape(-1, 1, *known.shape[-2:]).float()
+    cells = -torch.nn.functional.max_pool2d(-blocks, factor)  # min over each block
+    return cells.reshape(*lead, *cells.shape[-2:])
+
+
+def _inpaint_latent(run: LoadedRun, image: str | os.PathLike, mask: str | os.PathLike,
+                    out: str | os.PathLike, *, label: int | None, guidance: float | None,
+                    seed: int, device: torch.device | str, **options: Any) -> Path:
+    """:func:`inpaint_file` on a latent run (a Stable Diffusion folder with its prompt bound):
+    imputation of the latents ([Avrahami23] blended latent diffusion, with any of
+    :func:`~sde_gen.sampling.impute`'s methods). The known latents are the encoder's posterior
+    mean of the image, known where every pixel of the cell's ``f x f`` block is
+    (:func:`latent_mask`); the latents are decoded and the known pixels pasted back. Exact in
+    latent space (the latent imputation is ``impute``'s); approximate as an image completion,
+    by the autoencoder's reconstruction error of the known region."""
+    shape = run.data_shape
+    _run_shape(run, "inpaint")
+    x = read_image_for_run(image, shape)
+    known = read_mask(mask, shape)
+    cells = latent_mask(known[0], run.codec.factor)
+    if not cells.any():
+        f = run.codec.factor
+        raise UserInputError(f"--mask {mask} has no wholly known {f}x{f} block: the latent model "
+                             f"conditions on latent cells, each {f}x{f} pixels")
+    model = run.model if run.text is not None else labelled_model(run, label, guidance)
+    from ..sampling import impute
+
+    codec_device = next(run.codec.vae.parameters()).device
+    with torch.no_grad():
+        z_known = run.codec.encode(x.to(codec_device)).float().to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    res = impute(model, run.sde, z_known, cells.to(device), generator=g, **options)
+    decoded = run.decode(res.x)
+    check_nonfinite(decoded)
+    original = torch.from_numpy(read_png(image))
+    pixels = torch.where(known[0].bool(), original, model_to_uint8(decoded[0].float().cpu()))
     return write_png(pixels, out)
 
 
@@ -299,25 +345,38 @@ def edit_command(
     guidance: float | None = None, seed: int = 0, device: str = "auto", threads: int = 0,
     method: str = "replacement", solver: str | None = None, steps: int | None = None,
     t_min: float | None = None, resample: int = 1, particles: int | None = None,
-    denoise: bool = True, **solver_opts: Any,
+    denoise: bool = True, prompt: str | None = None, negative_prompt: str | None = None,
+    **solver_opts: Any,
 ) -> Path:
     """``sde-gen inpaint`` (``command="inpaint"``, with ``mask``) or ``sde-gen colorize``: the
     options (:func:`edit_options`; ``solver_opts``: the solver flags, ``None`` where not given)
     and ``out`` checked before the checkpoint is read, the run loaded with its thread policy,
-    the picture written to ``out``.
+    the picture written to ``out``. ``inpaint`` on a Stable Diffusion folder takes ``prompt``
+    (guided with ``guidance`` against ``negative_prompt``) at the image's size.
 
     Raises:
-        UserInputError: see :func:`edit_options`, :func:`inpaint_file`, :func:`colorize_file`.
+        UserInputError: see :func:`edit_options`, :func:`inpaint_file`, :func:`colorize_file`,
+            :func:`~.prompting.bind_prompt`.
     """
     from .command_run import open_run
     from .distributed import resolve_device
     from .outputs import check_out_path
+    from .prompting import bind_prompt, check_text_options
 
     opts = edit_options(method=method, solver=solver, steps=steps, t_min=t_min, resample=resample,
                         particles=particles, denoise=denoise, solver_opts=solver_opts)
+    check_text_options(prompt, negative_prompt, None, None)
     out = check_out_path(out, ".png")  # before the checkpoint is even read
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads, pixels_only=command)
+    run = open_run(ckpt, dev, threads, pixels_only=None if command == "inpaint" else command,
+                   text_ok=command == "inpaint")
+    if command == "inpaint" and (run.text is not None or prompt is not None):
+        if class_ is not None:
+            raise UserInputError("--class does not combine with --prompt")
+        height, width = read_png(image).shape[1:]
+        run = bind_prompt(run, prompt, negative_prompt=negative_prompt, guidance=guidance,
+                          height=height, width=width)
+        guidance = None  # the prompt's, bound in the model
     kw = dict(label=class_, guidance=guidance, seed=seed, device=dev, **opts)
     if command == "inpaint":
         return inpaint_file(run, image, mask, out, **kw)

@@ -10,7 +10,8 @@ atomically at the end, so a failure leaves no file.
 
 On a latent run only ``--method dps`` is defined: it guides through the decoder
 (:func:`sde_gen.latent.restore.restore_latent`, whose docstring says what is exact and what is
-approximate); the restorations are decoded.
+approximate); the restorations are decoded. A Stable Diffusion folder is such a run once
+``--prompt`` is bound (:mod:`.prompting`), at the size the measurement implies.
 """
 
 from __future__ import annotations
@@ -228,30 +229,52 @@ def _restore_latent_file(run: LoadedRun, task: str, image: str | os.PathLike,
     return write_png(strip(tiles), out)
 
 
+def image_size(task: str, image: str | os.PathLike, factor: int | None) -> tuple[int, int]:
+    """``(height, width)`` of the images the measurement ``image`` is of (``superres``: its
+    size times the factor)."""
+    a = read_png(image)
+    f = (factor if factor is not None else TASK_FLAGS["superres"][1]) if task == "superres" \
+        else 1
+    return a.shape[1] * f, a.shape[2] * f
+
+
 def restore_command(ckpt: str | os.PathLike | None, task: str, image: str | os.PathLike,
                     out: str | os.PathLike, *, noise_std: float, method: str,
                     mask: str | os.PathLike | None = None, factor: int | None = None,
                     blur_sigma: float | None = None, n: int = 4, steps: int | None = None,
                     t_min: float | None = None, seed: int = 0, device: str = "auto",
-                    threads: int = 0, **flags: Any) -> Path:
+                    threads: int = 0, prompt: str | None = None,
+                    negative_prompt: str | None = None, guidance: float | None = None,
+                    **flags: Any) -> Path:
     """``sde-gen restore``: the options and ``out`` checked before the checkpoint is read, the
     run loaded with its thread policy, the strip written to ``out`` (``flags``: the method flags
-    of :data:`METHOD_FLAGS`, ``None`` where not given).
+    of :data:`METHOD_FLAGS`, ``None`` where not given). A Stable Diffusion folder takes
+    ``prompt`` (guided with ``guidance`` against ``negative_prompt``) at the image's size.
 
     Raises:
         UserInputError: see :func:`restore_options`, :func:`check_task_flags`,
-            :func:`restore_file`.
+            :func:`restore_file`, :func:`~.prompting.bind_prompt`.
     """
     from .command_run import open_run
     from .distributed import resolve_device
     from .outputs import check_out_path
+    from .prompting import bind_prompt, check_text_options
 
     opts = restore_options(method=method, noise_std=noise_std, task=task, **flags)
     check_task_flags(task, mask=mask, factor=factor, blur_sigma=blur_sigma)
+    check_text_options(prompt, negative_prompt, None, None)
+    if guidance is not None and prompt is None:
+        raise UserInputError("--guidance needs --prompt TEXT (a Stable Diffusion folder)")
     opts.update({k: v for k, v in (("steps", steps), ("t_min", t_min)) if v is not None})
     out = check_out_path(out, ".png")
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = open_run(ckpt, dev, threads, text_ok=True)
+    if run.text is not None and prompt is not None:
+        height, width = image_size(task, image, factor)
+        run = bind_prompt(run, prompt, negative_prompt=negative_prompt, guidance=guidance,
+                          height=height, width=width)
+    else:
+        run = bind_prompt(run, prompt)  # refuses a prompt without a text model, and vice versa
     if run.codec is not None:
         check_latent_method(method)
         if flags.get("step") not in (None, "paper"):
@@ -260,5 +283,5 @@ def restore_command(ckpt: str | os.PathLike | None, task: str, image: str | os.P
                         factor=factor, blur_sigma=blur_sigma, seed=seed, device=dev, **opts)
 
 
-__all__ = ["METHOD_FLAGS", "TASKS", "check_task_flags", "image_clip", "measurement",
+__all__ = ["METHOD_FLAGS", "TASKS", "check_task_flags", "image_clip", "image_size", "measurement",
            "restore_command", "restore_file", "restore_options", "strip"]

@@ -17,6 +17,7 @@ from ..errors import UserInputError
 from ..sampling.result import count_nonfinite
 from .command_run import check_input_file, open_run, process_group
 from .outputs import check_out_path, writing
+from .prompting import bind_prompt, check_text_options, describe
 from .solver_options import checkpoint_sampler_defaults, solver_options
 
 
@@ -201,6 +202,7 @@ def sample_command(
     calibration: str | os.PathLike | None = None, use_calibration: bool = True,
     prompt: str | None = None, negative_prompt: str | None = None, height: int | None = None,
     width: int | None = None, x_T: str | os.PathLike | None = None,
+    decode_batch: int | None = None,
 ) -> Sampled:
     """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
     and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
@@ -211,7 +213,8 @@ def sample_command(
     is then ``w`` of ``(1 + w) eps(c) - w eps(c_neg)`` against ``negative_prompt`` (default
     ``""``), i.e. diffusers' ``guidance_scale = 1 + w``; ``height`` and ``width`` set the image
     size. ``x_T``: an ``.npy`` file of the initial noise ``(n, *shape)`` (latents for a latent
-    model), which also sets ``n`` (:func:`load_noise`).
+    model), which also sets ``n`` (:func:`load_noise`). ``decode_batch``: a latent model's
+    samples are decoded that many at a time (1: diffusers' VAE slicing; default 256).
 
     ``steps`` alone (no grid, spacing, end time or path): the run's calibration of that many
     intervals is used when it has one (``calibration``: another file; ``use_calibration=False``:
@@ -227,9 +230,12 @@ def sample_command(
     from .generate import generate
     from .outputs import write_samples
 
-    text = _check_text_options(prompt, negative_prompt, height, width, class_, path)
+    text = check_text_options(prompt, negative_prompt, height, width,
+                              {"--class": class_, "--path": path})
     label = parse_class(class_, None if text else guidance)
     path = check_path_name(path)
+    if decode_batch is not None and (isinstance(decode_batch, bool) or decode_batch < 1):
+        raise UserInputError(f"--decode-batch must be >= 1, got {decode_batch}")
     noise = None if x_T is None else load_noise(x_T)
     n = _noise_count(noise, n)
     if path is not None and (grid is not None or label is not None):
@@ -246,7 +252,8 @@ def sample_command(
         opts = {**tuned.options, **opts}
     with process_group(device) as di:
         run = open_run(ckpt, di.device, threads, text_ok=True)
-        run, prompted = _prompted(run, text, prompt, negative_prompt, height, width, guidance)
+        run = bind_prompt(run, prompt, negative_prompt=negative_prompt, guidance=guidance,
+                          height=height, width=width)
         if noise is not None and tuple(noise.shape[1:]) != tuple(run.shape):
             raise UserInputError(f"--x-T {x_T} holds noise of shape {tuple(noise.shape[1:])} per "
                                  f"sample; this model samples {tuple(run.shape)}")
@@ -277,7 +284,7 @@ def sample_command(
             check_out_path(out.with_suffix(".npz"), ".npz", flag="the samples file beside --out")
         total = n if y is None else len(y)
         opts = checkpoint_sampler_defaults(run, solver, opts)
-        base = run.model if prompted is None else prompted
+        base = run.model
         if cal is not None:
             model, sde, grid_opts = base, run.sde, dict(ts=cal.ts)
         elif path is None:
@@ -290,14 +297,14 @@ def sample_command(
                        batch_size=batch_size, seed=seed, device=di.device, progress=progress,
                        denoise=denoise, y=y, guidance=None if text else guidance, x_T=noise,
                        **grid_opts, **opts)
-        x = run.decode(gen.x)  # a latent run's samples are decoded to images
+        x = run.decode(gen.x, batch_size=decode_batch or 256)  # a latent run's: to images
         n_bad = count_nonfinite(x) if run.codec is not None else gen.n_nonfinite
         if n_bad:
             raise UserInputError(f"{n_bad} of {total} samples are NaN or infinite (the "
                                  "model or the solver diverged); nothing was written")
         what = _label_text(label, guidance) + ("" if path is None else f", on the {path} path")
         if text:
-            what += f", prompt {prompt!r}" + (f", guidance {guidance:g}" if guidance else "")
+            what += describe(prompt, guidance)
         if not di.is_main:
             return Sampled(total, solver, what, gen.nfe, gen.seconds, None, None)
     png, npz = write_samples(x, run.cfg, out, title=f"{solver}, {gen.nfe} NFE{what}",
@@ -326,54 +333,6 @@ def _consistency_solver(run: Any, asked: str | None, solver_opts: dict[str, Any]
         print("a distilled consistency model: sampling with --solver consistency",
               file=sys.stderr)
     return "consistency", solver_options("consistency", solver_opts or {})
-
-
-def _check_text_options(prompt: str | None, negative_prompt: str | None, height: int | None,
-                        width: int | None, class_: str | None, path: str | None) -> bool:
-    """Whether the text options are in use; checked against the options they exclude.
-
-    Raises:
-        UserInputError: ``--negative-prompt``, ``--height`` or ``--width`` without ``--prompt``,
-            or ``--prompt`` with ``--class`` or ``--path``.
-    """
-    if prompt is None:
-        given = [f for f, v in (("--negative-prompt", negative_prompt), ("--height", height),
-                                ("--width", width)) if v is not None]
-        if given:
-            raise UserInputError(f"{', '.join(given)} need --prompt TEXT (a Stable Diffusion "
-                                 "folder)")
-        return False
-    if class_ is not None or path is not None:
-        raise UserInputError(f"--prompt does not combine with "
-                             f"{'--class' if class_ is not None else '--path'}")
-    return True
-
-
-def _prompted(run: Any, text: bool, prompt: str | None, negative_prompt: str | None,
-              height: int | None, width: int | None, guidance: float | None):
-    """``(run, model)``: a Stable Diffusion run at the asked size with the prompt bound
-    (:meth:`~sde_gen.interop.stable_diffusion.StableDiffusion.guided`, prompts encoded once),
-    or ``(run, None)`` for every other run.
-
-    Raises:
-        UserInputError: a prompt for a model that takes none, a Stable Diffusion folder without
-            one, or a size that is not a multiple of the VAE factor times the UNet's
-            downsampling.
-    """
-    from dataclasses import replace
-
-    if run.text is None:
-        if text:
-            raise UserInputError("--prompt needs a text-conditional model (a Stable Diffusion "
-                                 "pipeline folder); this model takes no prompt")
-        return run, None
-    if not text:
-        raise UserInputError(f"{run.workdir} is a Stable Diffusion folder: give --prompt TEXT "
-                             "(--prompt '' for the unconditional model)")
-    codec = run.text.codec(height, width)
-    run = replace(run, codec=codec, image_shape=codec.image_shape)
-    return run, run.text.guided(prompt, negative_prompt=negative_prompt,
-                                guidance=guidance or 0.0)
 
 
 def load_noise(path: str | os.PathLike) -> torch.Tensor:
@@ -435,13 +394,20 @@ def _calibration_for(run: Any, steps: int, solver: str | None,
 def calibrate_command(
     ckpt: str | os.PathLike | None, *, nfes: list[int], solver: str | None = None,
     budget: float = 60.0, n: int = 256, seed: int = 0, device: str = "auto", threads: int = 0,
+    prompts: list[str] | None = None, negative_prompt: str | None = None,
+    guidance: float | None = None, height: int | None = None, width: int | None = None,
 ):
     """``sde-gen calibrate``: learn the run's grid at each NFE (:func:`~.calibration.
     calibrate_run`) and store them in ``<run>/calibration.json`` (atomically, replacing the
     file); returns the calibrations and the path.
 
+    A Stable Diffusion folder is calibrated on ``prompts`` (draw ``j`` meets prompt
+    ``j mod P``) guided with ``guidance`` at ``height x width``; the file, in the folder, is
+    then used by ``sample --steps K`` for any prompt.
+
     Raises:
-        UserInputError: a bad NFE, solver or budget (before the checkpoint is read).
+        UserInputError: a bad NFE, solver or budget (before the checkpoint is read), or bad
+            text options (:mod:`.prompting`).
     """
     from ..sampling.calibrate import check_calibration_input
     from .calibration import FILE, calibrate_run, save_calibrations
@@ -451,11 +417,16 @@ def calibrate_command(
         raise UserInputError(f"give one or more distinct NFEs to calibrate, got {list(nfes)}")
     for nfe in nfes:
         check_calibration_input(solver, nfe, budget)
+    check_text_options(prompts, negative_prompt, height, width)
+    if guidance is not None and not prompts:
+        raise UserInputError("--guidance needs --prompt TEXT (a Stable Diffusion folder)")
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = open_run(ckpt, dev, threads, text_ok=True)
     if getattr(run.model, "is_consistency_model", False):
         raise UserInputError(f"{run.workdir} is a distilled consistency model: it has no solver "
                              "grid to calibrate; sample it with --solver consistency --steps K")
+    run = bind_prompt(run, prompts, negative_prompt=negative_prompt, guidance=guidance,
+                      height=height, width=width)
     cals = calibrate_run(run.model, run.sde, run.shape, list(nfes), budget_s=budget,
                          solver=solver, n=n, seed=seed, device=dev)
     path = run.workdir / FILE
@@ -468,14 +439,19 @@ def optimize_grid_command(
     n: int = 256, n_heldout: int = 256, evals: int = 200, t_min: float | None = None,
     spacing: str | None = None, seed: int = 0, out: str | os.PathLike | None = None,
     device: str = "auto", threads: int = 0, solver_opts: dict[str, Any] | None = None,
+    prompts: list[str] | None = None, negative_prompt: str | None = None,
+    guidance: float | None = None, height: int | None = None, width: int | None = None,
 ):
     """``sde-gen optimize-grid``: tune the time grid of ``solver`` at ``nfe`` for the run and
     write it as a grid file (default ``<run>/grid_<solver>_<nfe>nfe.json``); returns the
     :class:`~sde_gen.sampling.optimized_grid.OptimizedGrid` and the path.
 
+    A Stable Diffusion folder is tuned on ``prompts`` (draw ``j`` meets prompt ``j mod P``)
+    guided with ``guidance`` against ``negative_prompt`` at ``height x width``.
+
     Raises:
         UserInputError: a bad option or output path (checked before the checkpoint is read where
-            the run is not needed).
+            the run is not needed), or bad text options (:mod:`.prompting`).
     """
     from ..sampling.grids import check_spacing
     from ..sampling.optimized_grid import optimize_grid, steps_for_nfe
@@ -487,8 +463,13 @@ def optimize_grid_command(
         check_spacing(spacing)
     if out is not None:
         check_out_path(out, ".json")
+    check_text_options(prompts, negative_prompt, height, width)
+    if guidance is not None and not prompts:
+        raise UserInputError("--guidance needs --prompt TEXT (a Stable Diffusion folder)")
     dev = resolve_device(device)
-    run = open_run(ckpt, dev, threads)
+    run = bind_prompt(open_run(ckpt, dev, threads, text_ok=True), prompts,
+                      negative_prompt=negative_prompt, guidance=guidance, height=height,
+                      width=width)
     out = check_out_path(out or run.workdir / f"grid_{solver}_{nfe}nfe.json", ".json")
     g = optimize_grid(run.model, run.sde, run.shape, solver, nfe, method=search, n=n,
                       n_heldout=n_heldout, t_min=t_min, spacing=spacing, seed=seed, evals=evals,

@@ -116,9 +116,13 @@ class PromptModel:
     ``w = 0``: ``eps(x, t, c)`` from a ``B``-row call; ``w > 0``: ``(1 + w) eps(x, t, c) -
     w eps(x, t, c_neg)`` ([Ho22] Eq. 6) from one call on the ``2B`` rows ``cat(x, x)``.
 
+    With ``P`` prompts, row ``j`` of every batch is conditioned on prompt ``j mod P`` (a grid
+    tuned on a few prompts: the same draws always meet the same prompts).
+
     Args:
         model: the text-conditional eps-model.
-        context, negative: ``(1, L, D)`` (every row) or ``(B, L, D)`` prompt embeddings.
+        context, negative: ``(P, L, D)`` prompt embeddings (``P = 1``: every row), the negative
+            one ``(1, L, D)`` or ``(P, L, D)``.
         scale: ``w >= 0`` (diffusers' ``guidance_scale`` is ``1 + w``).
     """
 
@@ -133,9 +137,15 @@ class PromptModel:
 
     @staticmethod
     def _rows(c: torch.Tensor, batch: int, x: torch.Tensor) -> torch.Tensor:
-        if c.shape[0] not in (1, batch):
-            raise UserInputError(f"{c.shape[0]} prompt embeddings for a batch of {batch} rows")
-        return c.to(x.device).expand(batch, *c.shape[1:])
+        """``(batch, L, D)``: row ``j`` gets prompt ``j mod P`` (no copy for ``P = 1``)."""
+        c = c.to(x.device)
+        if c.shape[0] == 1:
+            return c.expand(batch, *c.shape[1:])
+        return c[torch.arange(batch, device=c.device) % c.shape[0]]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The UNet's weights (a calibration made on some prompts is this model's for any)."""
+        return self.model.state_dict()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -224,10 +234,14 @@ class StableDiffusion(nn.Module):
                guidance: float = 0.0) -> PromptModel:
         """The eps-model ``(x, t) -> eps`` of ``prompt`` guided away from ``negative_prompt``
         (default the empty prompt) with weight ``guidance`` (:class:`PromptModel`); each prompt
-        is encoded here, once."""
+        is encoded here, once. A list of ``P`` prompts conditions row ``j`` on prompt
+        ``j mod P``."""
         scale = check_guidance(guidance)
         context = self.encode_prompt(prompt)
         negative = self.encode_prompt("" if negative_prompt is None else negative_prompt)
+        if negative.shape[0] not in (1, context.shape[0]):
+            raise UserInputError(f"{negative.shape[0]} negative prompts for {context.shape[0]} "
+                                 "prompts; give one, or one per prompt")
         return PromptModel(self.model, context, negative, scale)
 
 
@@ -247,7 +261,9 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
     Args:
         path: the folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
             ``tokenizer/``, ``scheduler/``).
-        device, dtype: where the networks go and their dtype (eval mode, gradients off).
+        device, dtype: where the networks go and their dtype (eval mode, gradients off;
+            loaded in ``dtype`` as diffusers' ``torch_dtype`` does; sampling stays in the
+            solver's float32, each call casts to the weights' dtype and back).
 
     Returns:
         A :class:`StableDiffusion`.
@@ -289,9 +305,9 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
     except ImportError:
         raise UserInputError(f"a Stable Diffusion folder needs transformers: {INSTALL_HINT}"
                              ) from None
-    unet = _load(diffusers.UNet2DConditionModel, path / "unet")
-    vae = _load(diffusers.AutoencoderKL, path / "vae")
-    text_encoder = _load(transformers.CLIPTextModel, path / "text_encoder")
+    unet = _load(diffusers.UNet2DConditionModel, path / "unet", torch_dtype=dtype)
+    vae = _load(diffusers.AutoencoderKL, path / "vae", torch_dtype=dtype)
+    text_encoder = _load(transformers.CLIPTextModel, path / "text_encoder", dtype=dtype)
     tokenizer = _load(getattr(transformers, classes["tokenizer"]), path / "tokenizer")
     width, cross = text_encoder.config.hidden_size, unet.config.cross_attention_dim
     if width != cross:
@@ -304,13 +320,12 @@ def load_stable_diffusion(path: str | os.PathLike, *, device: torch.device | str
                                     sampler_defaults=defaults)
     for net in (model, vae, text_encoder):
         net.to(device).eval().requires_grad_(False)
-        if dtype != torch.float32:
-            net.to(dtype)
     return StableDiffusion(model, sde, vae, text_encoder, tokenizer)
 
 
-def _load(cls: Any, folder: Path) -> Any:
-    """``cls.from_pretrained(folder)`` offline, logs silenced; one-line error on failure."""
+def _load(cls: Any, folder: Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder, **kwargs)`` offline, logs silenced; one-line error on
+    failure."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -320,7 +335,7 @@ def _load(cls: Any, folder: Path) -> Any:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar per component
     try:
-        return cls.from_pretrained(folder, local_files_only=True)
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
     except Exception as e:  # OSError, ValueError, EnvironmentError, safetensors errors, ...
         reason = " ".join(str(e).split())[:240] or type(e).__name__
         raise UserInputError(f"cannot load {folder.name}/ of {folder.parent}: {reason}") from None
