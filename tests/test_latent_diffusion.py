@@ -168,6 +168,15 @@ def test_a_distilled_latent_run_samples_decoded_images(runs, tmp_path):
     assert gen.x.shape == (5, 2, 4, 4)
     torch.testing.assert_close(torch.from_numpy(npz["samples"]), run.decode(gen.x), rtol=0,
                                atol=1e-6)
+    # eval samples it with the consistency solver too, and says why there is no bits/dim
+    res = runner.invoke(app, ["eval", "--ckpt", str(cm), "--n", "8", "--classifier-steps", "2",
+                              "--out", str(tmp_path / "e.json"), *CPU])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["solver"] == "consistency" and rep["nfe"] == 1 and "bpd" not in rep
+    assert "no probability-flow ODE" in rep["bpd_note"] and "fd_classifier" in rep
+    res = runner.invoke(app, ["eval", "--ckpt", str(cm), "--solver", "ddim", *CPU])
+    assert "--solver ddim cannot sample it" in one_error_line(res)
 
 
 def test_resume_is_bitwise_and_checks_the_autoencoder(runs, tmp_path):

@@ -618,10 +618,12 @@ def eval_(
     n: Annotated[int, typer.Option(
         "--n", "--num-samples", **number(int, 2),
         help="Generated images for FID / FD-classifier (--num-samples under torchrun).")] = 1000,
-    solver: Annotated[str, typer.Option(
-        "--solver", help="Sampler for the generated images.")] = "ddim",
+    solver: Annotated[str | None, typer.Option(
+        "--solver", help="Sampler for the generated images (default ddim; consistency on a "
+                         "distilled run).")] = None,
     steps: Annotated[int | None, typer.Option(
-        "--steps", **number(int, 1), help="Sampler grid intervals.")] = 49,
+        "--steps", **number(int, 1), help="Sampler grid intervals (default 49 with the default "
+                                          "solver; a distilled run: 1).")] = None,
     n_bpd: Annotated[int, typer.Option(
         "--n-bpd", **number(int, 0), help="Test images for bits/dim (0: skip).")] = 256,
     batch_size: Annotated[int, typer.Option(
@@ -649,7 +651,8 @@ def eval_(
                    f"{rep['vae_bpd_stderr']:.4f}")
         typer.echo(f"result: {path}")
         return
-    rows = [("samples", f"{n} with {solver}, {rep['nfe']} NFE, {rep['sample_seconds']:.1f} s"),
+    rows = [("samples", f"{n} with {rep['solver']}, {rep['nfe']} NFE, "
+                        f"{rep['sample_seconds']:.1f} s"),
             ("FID", f"{rep['fid']:.2f}" if rep["fid"] is not None else rep["fid_note"])]
     rows.append(("FD-classifier (not FID)", f"{rep['fd_classifier']:.4f}"
                  if "fd_classifier" in rep else rep["fd_classifier_note"]))
@@ -662,6 +665,8 @@ def eval_(
     if "bpd" in rep:
         rows.append(("test bits/dim", f"{rep['bpd']:.4f} +- {rep['bpd_stderr']:.4f} "
                                       f"({rep['bpd_n']} images)"))
+    if "bpd_note" in rep:
+        rows.append(("test bits/dim", rep["bpd_note"]))
     for k, v in rows:
         typer.echo(f"{k:<24} {v}")
     typer.echo(f"result: {path}")

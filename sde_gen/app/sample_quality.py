@@ -222,16 +222,22 @@ def evaluate_run(run: LoadedRun, *, n: int = 1000, solver: str = "ddim", steps: 
 
 def eval_command(
     ckpt: str | os.PathLike | None, *, data: str | None = None, n: int = 1000,
-    solver: str = "ddim", steps: int | None = 49, n_bpd: int = 256, batch_size: int = 256,
-    seed: int = 0, classifier_steps: int = 1500, out: str | os.PathLike | None = None,
-    device: str = "auto", progress: bool = True, threads: int = 0,
+    solver: str | None = None, steps: int | None = None, n_bpd: int = 256,
+    batch_size: int = 256, seed: int = 0, classifier_steps: int = 1500,
+    out: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
+    threads: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """``sde-gen eval``: :func:`evaluate_run` of the run (on ``data``, default its own), written
     as a JSON report (default ``<run>/eval.json``); returns it and its path.
 
+    ``solver``/``steps`` default to ``ddim`` with 49 intervals, and on a distilled run
+    (``sde-gen distill``) to ``consistency`` with the solver's own steps; a distilled run has no
+    probability-flow ODE of its own, so its report has no bits/dim (``bpd_note`` says so).
+
     Raises:
         UserInputError: an unknown solver or a bad output path (before the checkpoint is read), a
-            2-D run, non-finite samples or scores (nothing is written then).
+            2-D run, an eps-model solver on a distilled run, non-finite samples or scores
+            (nothing is written then).
     """
     from .command_run import open_run
     from .distributed import resolve_device
@@ -239,13 +245,23 @@ def eval_command(
     from .runs import with_data
     from .solver_options import check_solver, checkpoint_sampler_defaults
 
-    check_solver(solver)
+    if solver is not None:
+        check_solver(solver)
     if out is not None:
         check_out_path(out, ".json")
     dev = resolve_device(device)
     run = open_run(ckpt, dev, threads, autoencoder_ok=True)
     if not is_image(run.cfg.data):
         raise UserInputError(NOT_IMAGES)
+    distilled = getattr(run.model, "is_consistency_model", False)
+    if distilled and solver not in (None, "consistency"):
+        raise UserInputError(f"{run.workdir} is a distilled consistency model, not an eps-model: "
+                             f"--solver {solver} cannot sample it; use --solver consistency (the "
+                             "default here)")
+    if distilled:
+        solver = "consistency"
+    else:
+        solver, steps = solver or "ddim", 49 if steps is None else steps
     run = with_data(run, data)
     out = check_out_path(out or run.workdir / "eval.json", ".json")
     if run.is_autoencoder:  # a first stage: reconstruction error and its likelihood
@@ -253,9 +269,14 @@ def eval_command(
 
         rep = evaluate_autoencoder(run, n=n, batch_size=batch_size, seed=seed, device=dev)
         return rep, write_json(rep, out)
-    rep = evaluate_run(run, n=n, solver=solver, steps=steps, n_bpd=n_bpd, batch_size=batch_size,
+    rep = evaluate_run(run, n=n, solver=solver, steps=steps,
+                       n_bpd=0 if distilled else n_bpd, batch_size=batch_size,
                        seed=seed, classifier_steps=classifier_steps, device=dev,
                        progress=progress, options=checkpoint_sampler_defaults(run, solver, {}))
+    if distilled and n_bpd:
+        rep["bpd_note"] = ("bits/dim skipped: a consistency model has no probability-flow ODE "
+                           "of its own (sde-gen likelihood --ckpt TEACHER gives the teacher's)")
+        note(rep["bpd_note"])
     bad = nonfinite_keys(rep, ("fid", "fd_classifier", "bpd"))
     if bad:
         raise UserInputError(f"the evaluation is not finite ({bad}); nothing was written")
