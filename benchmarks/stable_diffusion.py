@@ -43,17 +43,26 @@ import numpy as np
 import torch
 
 from benchmarks.common import header, table, write_result
+from benchmarks.peers import import_diffusers
 
 PROMPT = "a watercolour fox"
 NEGATIVE = "blurry"
 
 
+def _diffusers():
+    """diffusers (the peer), or exit with the note of :func:`benchmarks.peers.import_diffusers`."""
+    diffusers = import_diffusers()
+    if diffusers is None:
+        raise SystemExit(1)
+    return diffusers
+
+
 def build_pipeline(folder: Path, scale: float) -> dict:
     """Save a random SD 1.x-architecture pipeline with channels ``scale`` x SD's; returns the
     sizes (parameters per component)."""
-    import diffusers
     import transformers
 
+    diffusers = _diffusers()
     torch.manual_seed(0)
     ch = [max(32, int(round(c * scale / 32)) * 32) for c in (320, 640, 1280, 1280)]
     cross = ch[0] * 2
@@ -99,9 +108,8 @@ def run_side(side: str, folder: Path, latents: Path, out: Path, steps: int,
     torch.set_num_threads(1)
     x_T = torch.from_numpy(np.load(latents))
     n = x_T.shape[0]
+    diffusers = _diffusers()
     if side == "diffusers":
-        import diffusers
-
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(
             folder, safety_checker=None, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
@@ -112,8 +120,6 @@ def run_side(side: str, folder: Path, latents: Path, out: Path, steps: int,
                        num_images_per_prompt=n, output_type="pt")
             return out.images * 2 - 1  # [0, 1] -> [-1, 1]
     else:
-        import diffusers
-
         from sde_gen.interop.stable_diffusion import load_stable_diffusion
         from sde_gen.sampling import sample
 
