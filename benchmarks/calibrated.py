@@ -279,7 +279,8 @@ def digits(run_dir, kd, df, *, nfes: tuple[int, ...] = (10, 20), n: int = 64,
                                             sde=case.sde, model=case.model, x_T=case.x_T,
                                             ref=case.ref), nfe, kd, df)}
         peers = [f"{_fmt(row[k][0])} {row[k][1]}" for k in ("diffusers", "k-diffusion")]
-        out.append(f"| {nfe} | {cal.solver} | {_fmt(row['ours'])} | {_fmt(row['default'])} | "
+        label = cal.solver + (" + scales" if "step_scales" in cal.options else "")
+        out.append(f"| {nfe} | {label} | {_fmt(row['ours'])} | {_fmt(row['default'])} | "
                    f"{cal.iterations} | {cal.seconds + tch.seconds / len(nfes):.0f} | "
                    f"{peers[0]} | {peers[1]} | {_ratio(row['ours'], _best(row))} |")
         log(out[-1])

@@ -109,7 +109,8 @@ class Calibration:
     ``sample(model, sde, shape, cal.solver, ts=cal.ts, **cal.options)`` makes ``nfe`` model calls.
 
     Attributes:
-        solver, options: the registered solver and its options.
+        solver, options: the registered solver and its options (ipndm's learned
+            ``step_scales`` among them when they were kept; JSON-serializable).
         ts: the learned grid, ``(K + 1,)`` float64, strictly decreasing from ``T`` to ``t_min``.
         nfe: model calls of one run on it, the final denoise included.
         start: where the descent started: ``"gits"`` or the solver's default spacing.
