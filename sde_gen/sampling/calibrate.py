@@ -45,6 +45,7 @@ coefficients).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -170,6 +171,7 @@ def teacher(model: EpsModel, sde: SDE, shape: tuple[int, ...], *, n_val: int = 1
     Raises:
         UserInputError: a bad shape, ``n_val`` or ``t_min``.
     """
+    _load_optim()
     clock = time.perf_counter()
     shape = check_shape(shape)
     if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
@@ -269,25 +271,22 @@ def _student(fn, model: EpsModel, sde: SDE, x: torch.Tensor, ts: torch.Tensor,
     return eps_to_x0(x, model(x, ts[-1].to(x.dtype).expand(x.shape[0])), alpha, sigma)
 
 
-class _Adam:
-    """Adam ([Kingma15] Alg. 1) on a few tensors, in place (``torch.optim`` imports
-    ``torch._dynamo`` on first use: seconds of a calibration's budget)."""
+@functools.cache
+def _load_optim() -> None:
+    """Build one ``torch.optim.Adam``: its first construction imports ``torch._dynamo`` (1.5-4 s
+    on a 2-core CPU), paid once per process before any calibration's clock starts."""
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
-    def __init__(self, params: list[torch.Tensor], lrs: list[float], betas=(0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
 
-    @torch.no_grad()
-    def step(self, grads) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            m_hat, v_hat = m / (1 - b1 ** self.t), v / (1 - b2 ** self.t)
-            p.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
+def _adam(params: list[torch.Tensor], lrs: list[float]) -> torch.optim.Adam:
+    """Adam ([Kingma15] Alg. 1) with one step size per tensor."""
+    return torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
+
+
+def _step(adam: torch.optim.Adam, params: list[torch.Tensor], grads) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g
+    adam.step()
 
 
 def _distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -350,6 +349,7 @@ def calibrate(
 
     Refs: [Tong25ld3] Sec. 3.
     """
+    _load_optim()
     start_clock = time.perf_counter()
     solver, steps, budget = check_calibration_input(solver, nfe, budget_s)
     if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
@@ -390,7 +390,7 @@ def calibrate(
         ball = radius * sigma_T * math.sqrt(x_T[0].numel())
         x_soft = x_T.clone().requires_grad_(ball > 0)
         params = [theta] + ([x_soft] if ball > 0 else [])
-        adam = _Adam(params, [lr, lr * ball / math.sqrt(x_T[0].numel())][:len(params)])
+        adam = _adam(params, [lr, lr * ball / math.sqrt(x_T[0].numel())][:len(params)])
         scales = None  # phase 2: (K,) step scales, learned with the grid from the best grid
         best_theta, best_scales = theta.detach().clone(), None
         rows_per_step = min(BATCH, n)
@@ -403,7 +403,7 @@ def calibrate(
                     theta.copy_(best_theta)
                 scales = torch.ones(steps, dtype=torch.float64, requires_grad=True)
                 params = [theta, scales] + ([x_soft] if ball > 0 else [])
-                adam = _Adam(params, [lr, SCALES_LR, lr * ball / math.sqrt(x_T[0].numel())
+                adam = _adam(params, [lr, SCALES_LR, lr * ball / math.sqrt(x_T[0].numel())
                                       ][:len(params)])
                 since_best = 0
             if since_best >= patience or time.perf_counter() - start_clock > budget:
@@ -416,7 +416,7 @@ def calibrate(
             if not torch.isfinite(loss):
                 break
             # the model's own parameters get no .grad: only theta (and x') are differentiated
-            adam.step(torch.autograd.grad(loss, params))
+            _step(adam, params, torch.autograd.grad(loss, params))
             it += 1
             with torch.no_grad():
                 if scales is not None:  # inside step_scales' range, far from a sign flip
