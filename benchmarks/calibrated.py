@@ -36,7 +36,7 @@ import torch
 from benchmarks import fast_samplers as fs
 from benchmarks import flow_paths as fp
 from benchmarks.samplers import PROBLEMS as TUNING_PROBLEMS
-from sde_gen.sampling import calibrate, sample
+from sde_gen.sampling import CALIBRATABLE, calibrate, sample
 from sde_gen.sampling.calibrate import teacher
 from sde_gen.sde import SDES
 
@@ -105,8 +105,9 @@ def run_case(case: SimpleNamespace, kd, df, budget_s: float,
                      **cal.options)
         assert res.nfe == nfe, (cal.solver, res.nfe, nfe)
         default = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, steps=cal.steps,
-                         **cal.options)
-        rows.append({"case": case.label, "role": case.role, "nfe": nfe, "solver": cal.solver,
+                         **CALIBRATABLE[cal.solver])
+        label = cal.solver + (" + scales" if "step_scales" in cal.options else "")
+        rows.append({"case": case.label, "role": case.role, "nfe": nfe, "solver": label,
                      "ours": _err(res.x, case.ref), "default": _err(default.x, case.ref),
                      "start": cal.start, "iterations": cal.iterations,
                      "seconds": cal.seconds + tch.seconds / len(nfes),
@@ -272,13 +273,14 @@ def digits(run_dir, kd, df, *, nfes: tuple[int, ...] = (10, 20), n: int = 64,
             x = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, ts=cal.ts,
                        **cal.options).x
             d = sample(case.model, case.sde, None, cal.solver, x_T=case.x_T, steps=cal.steps,
-                       **cal.options).x
+                       **CALIBRATABLE[cal.solver]).x
         row = {"ours": case.err(x), "default": case.err(d),
                **best_peers(SimpleNamespace(name=case.name, role=case.role, path="vp",
                                             sde=case.sde, model=case.model, x_T=case.x_T,
                                             ref=case.ref), nfe, kd, df)}
         peers = [f"{_fmt(row[k][0])} {row[k][1]}" for k in ("diffusers", "k-diffusion")]
-        out.append(f"| {nfe} | {cal.solver} | {_fmt(row['ours'])} | {_fmt(row['default'])} | "
+        label = cal.solver + (" + scales" if "step_scales" in cal.options else "")
+        out.append(f"| {nfe} | {label} | {_fmt(row['ours'])} | {_fmt(row['default'])} | "
                    f"{cal.iterations} | {cal.seconds + tch.seconds / len(nfes):.0f} | "
                    f"{peers[0]} | {peers[1]} | {_ratio(row['ours'], _best(row))} |")
         log(out[-1])

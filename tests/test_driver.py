@@ -76,7 +76,7 @@ def test_options_are_checked_once_before_the_first_model_call(name: str) -> None
     assert "takes no option 'nope'" in user_error(
         lambda: sample(model, sde, (2, 2), name, nope=1))
     for o in EPS_SOLVERS[name].options:
-        bad = {bool: 2, int: "x", float: "x", str: 3}[o.type]
+        bad = {bool: 2, int: "x", float: "x", str: 3, tuple: "x"}[o.type]
         assert o.name in user_error(lambda o=o, bad=bad: sample(model, sde, (2, 2), name,
                                                                  **{o.name: bad}))
     assert not calls

@@ -320,7 +320,7 @@ def test_registry_options_are_the_functions_keywords(name):
         options = {k: v for k, v in options.items() if k not in ("clip_sample", "threshold")}
     assert keywords == options
     for o in spec.options:
-        assert o.help and o.type in (bool, int, float, str), o
+        assert o.help and o.type in (bool, int, float, str, tuple), o
         o.check(o.default)  # every default passes its own check
         if o.choices is not None and o.default is not None:
             assert o.default in o.choices

@@ -17,12 +17,18 @@ grids: steps in ``sigma~`` that shrink by a constant ratio), while the variable-
 keep the full order. At few steps the fixed weights are the more accurate ones on the
 exact-score mixtures (benchmarks/results/fast_samplers.md), hence the default.
 
+``step_scales`` ``(s_0, ..., s_{K-1})`` multiply each interval's increment,
+``y_{k+1} = y_k + s_k sum_j C[k, j] eps_{k-j}``: learned per model by
+:func:`~.calibrate.calibrate` with the grid (a few coefficients, in the spirit of PAS
+[Wang25pas], which learns corrections of the sampling direction), ``None`` = all 1. The model is
+still called at the grid times, once per interval.
+
 | symbol here | [Zhang23]              | meaning                                 |
 | ----------- | ---------------------- | --------------------------------------- |
 | b[q, j]     | AB coefficients        | weight of ``eps_{k-j}`` at order ``q``  |
 | sigma~      | rho (rhoAB-DEIS)       | [Karras22]'s noise level ``sigma(t)``   |
 
-Refs: [Zhang23], App. (iPNDM); [Karras22] Eq. (4).
+Refs: [Zhang23], App. (iPNDM); [Karras22] Eq. (4); [Wang25pas] (learned coefficients).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import grid_coeffs
+from ..errors import UserInputError
 from ..noise import Generator
 from ..parameterization import EpsModel
 from ..sde import SDE
@@ -81,6 +88,7 @@ def sample_ipndm(
     *,
     order: int = 3,
     variable_step: bool = False,
+    step_scales: list[float] | torch.Tensor | None = None,
     generator: Generator = None,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +99,9 @@ def sample_ipndm(
             lower orders. Order 1 is DDIM (eta = 0).
         variable_step: Adams-Bashforth weights for the grid's unequal steps in ``sigma~`` instead
             of the fixed equal-step ones.
+        step_scales: ``(K,)`` factors of each interval's increment (module docstring), e.g. a
+            calibration's; a tensor keeps their gradient. The first interval from a pure-noise
+            ``T`` (DDIM's limit step) takes none: ``step_scales[0]`` is unused there.
 
     Returns:
         ``(x, x)`` at ``ts[-1]``.
@@ -101,11 +112,23 @@ def sample_ipndm(
     """
     if starts_pure(sde, ts):  # alpha = 0 at ts[0]: the first step's finite limit
         x = ddim_first_step(model, sde, x_T, ts)
+        rest = None if step_scales is None else step_scales[1:]
         return continue_after_first(x, x, ts, callback, lambda x, ts, cb: sample_ipndm(
-            model, sde, x, ts, order=order, variable_step=variable_step, callback=cb))
+            model, sde, x, ts, order=order, variable_step=variable_step, step_scales=rest,
+            callback=cb))
     coeffs = grid_coeffs(sde, ts)
     weights = ipndm_coefficients(coeffs.sigma_tilde, order, variable_step=bool(variable_step))
+    if step_scales is not None:
+        weights = weights * torch.as_tensor(step_scales, dtype=torch.float64,
+                                            device=weights.device).reshape(-1, 1)
     return eps_multistep(model, x_T, ts, coeffs.alpha, weights, callback=callback)
+
+
+def _check_step_scales(model, sde: SDE, ts: torch.Tensor, options) -> None:
+    scales = options.get("step_scales")
+    if scales is not None and len(scales) != len(ts) - 1:
+        raise UserInputError(f"step_scales has {len(scales)} entries; the grid has "
+                             f"{len(ts) - 1} intervals (one each)")
 
 
 SPEC = SolverSpec(
@@ -114,9 +137,11 @@ SPEC = SolverSpec(
         Option("order", int, 3, "Adams–Bashforth order", choices=tuple(AB_COEFFS)),
         Option("variable_step", bool, False, "Adams–Bashforth weights for the grid's "
                "unequal steps in σ/α instead of the fixed equal-step ones"),
+        Option("step_scales", tuple, None, "a factor per grid interval on its increment "
+               "(learned by calibrate; one per interval)", min=0.0, max=10.0, min_open=True),
         *x0_options(),
     ),
-    steps=19, spacing=None, x0_by_model=True,
+    steps=19, spacing=None, x0_by_model=True, check=_check_step_scales,
     # fixed weights on an unequal grid: second order at most (module docstring)
     order=lambda o: o["order"] if o["variable_step"] else min(o["order"], 2),
 )

@@ -67,6 +67,8 @@ def solver_flags() -> list[Flag]:
     by_name: dict[str, list[tuple[str, Option]]] = {}
     for solver, spec in SOLVERS.items():
         for o in spec.options:
+            if o.type is tuple:  # learned coefficients: from a calibration file, not typed
+                continue
             by_name.setdefault(o.name, []).append((solver, o))
     flags = []
     for name, uses in by_name.items():

@@ -36,7 +36,9 @@ class Option:
 
     Attributes:
         name: the keyword (``eta``); the CLI flag is ``--eta`` unless ``flag`` says otherwise.
-        type: ``bool``, ``int``, ``float`` or ``str``.
+        type: ``bool``, ``int``, ``float``, ``str``, or ``tuple``: a sequence of finite floats
+            within ``min``/``max`` (learned coefficients; no command-line flag, see
+            :func:`~.solvers.solver_flags`).
         default: the value ``sample()`` passes when the option is not given (``None`` allowed:
             "not set", e.g. ``sde``'s ``method=None`` for the built-in Euler-Maruyama loop).
         help: one line for ``--help`` and the README.
@@ -70,6 +72,15 @@ class Option:
         """Raise :class:`~sde_gen.errors.UserInputError` unless ``value`` is a valid setting."""
         noun = self.noun or self.name
         if value is None and self.default is None:
+            return
+        if self.type is tuple:
+            items = list(value) if isinstance(value, (list, tuple)) else None
+            if items is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in items):
+                raise UserInputError(f"{noun} must be a list of numbers, got {value!r}")
+            for v in items:
+                Option(self.name, float, None, "", min=self.min, max=self.max,
+                       min_open=self.min_open, noun=f"each of {noun}").check(v)
             return
         numeric = self.type in (int, float)
         accepted = {bool: bool, int: int, float: (int, float)}.get(self.type, self.type)
