@@ -223,7 +223,7 @@ def test_bad_input_is_one_line(folder, tmp_path, args, message):
 
 
 def test_a_prompt_on_a_pixel_run_is_refused(tmp_path):
-    """--prompt on a model that takes none: one line (a DDPM folder)."""
+    """--prompt or --dtype on a model that takes none: one line (a DDPM folder)."""
     import diffusers
 
     torch.manual_seed(0)
@@ -236,6 +236,9 @@ def test_a_prompt_on_a_pixel_run_is_refused(tmp_path):
     res = invoke("optimize-grid", "--ckpt", tmp_path / "ddpm", *CPU, "--prompt", PROMPT,
                  "--out", tmp_path / "g.json")
     assert "--prompt needs a text-conditional model" in one_error_line(res)
+    res = invoke("sample", "--ckpt", tmp_path / "ddpm", *CPU, "--dtype", "float16", "--out",
+                 tmp_path / "s.png")
+    assert "--dtype applies to Stable Diffusion folders" in one_error_line(res)
 
 
 def test_float16_weights_sample_within_half_precision_of_float32(folder, sd):
@@ -253,3 +256,25 @@ def test_float16_weights_sample_within_half_precision_of_float32(folder, sd):
     assert scale > 10 and (got - want).abs().max() < 3e-3 * scale
     images = half.codec().decode(got)
     assert images.dtype == torch.float16 and torch.isfinite(images).all()
+
+
+def test_sample_dtype_float16_equals_the_api(folder, tmp_path):
+    """``sample --dtype float16`` loads the folder's weights in float16 and samples exactly what
+    the Python API samples with ``load_stable_diffusion(dtype=torch.float16)``."""
+    noise = np.random.default_rng(2).standard_normal((2, 4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "x_T.npy", noise)
+    out = tmp_path / "h.png"
+    res = invoke("sample", "--ckpt", folder, *CPU, "--no-progress", "--solver", "dpm", "--steps",
+                 4, "--prompt", PROMPT, "--height", 8, "--width", 8, "--x-T",
+                 tmp_path / "x_T.npy", "--dtype", "float16", "--out", out)
+    assert res.exit_code == 0, res.output
+    half = load_stable_diffusion(folder, dtype=torch.float16)
+    z = sample(half.guided(PROMPT), half.sde, None, "dpm", x_T=torch.from_numpy(noise),
+               steps=4).x
+    want = half.codec(8, 8).decode(z).float().numpy()
+    np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["samples"], want, rtol=0,
+                               atol=1e-6)
+    res = invoke("sample", "--ckpt", folder, *CPU, "--prompt", PROMPT, "--dtype", "float64",
+                 "--out", tmp_path / "x.png")
+    assert "unknown --dtype 'float64'; choose one of float32, float16, bfloat16" in \
+        one_error_line(res)

@@ -260,6 +260,10 @@ def sample(
         "--decode-batch", **number(int, 1),
         help="Latent models: decode the samples this many at a time (1: diffusers' VAE slicing, "
              "the least memory; default 256).")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", help="Stable Diffusion folders: the weights' dtype, float32 (default), "
+                        "float16 or bfloat16 (diffusers' torch_dtype; the solver stays in "
+                        "float32).")] = None,
     **solver_opts,
 ) -> None:
     """Sample a trained model; write a PNG and an .npz of raw samples (sample i's noise depends
@@ -276,7 +280,7 @@ def sample(
                          solver_opts=solver_opts, calibration=calibration,
                          use_calibration=use_calibration, prompt=prompt,
                          negative_prompt=negative_prompt, height=height, width=width, x_T=x_T,
-                         decode_batch=decode_batch)
+                         decode_batch=decode_batch, dtype=dtype)
     if res.png is None:  # a torchrun rank other than 0
         return
     typer.echo(f"{res.n} samples with {res.solver}{res.what}: {res.nfe} NFE per batch, "

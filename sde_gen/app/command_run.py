@@ -34,9 +34,11 @@ def process_group(device: str) -> Iterator[distributed.DistInfo]:
 
 def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
              threads: int = 0, *, autoencoder_ok: bool = False,
-             pixels_only: str | None = None, text_ok: bool = False) -> LoadedRun:
-    """:func:`~.runs.load_run` of ``ckpt`` on ``device``, then its thread policy
-    (:func:`~.threads.apply_thread_policy`, ``threads`` > 0 overriding it).
+             pixels_only: str | None = None, text_ok: bool = False,
+             dtype: torch.dtype | None = None) -> LoadedRun:
+    """:func:`~.runs.load_run` of ``ckpt`` on ``device`` (``dtype``: a Stable Diffusion folder's
+    weights), then its thread policy (:func:`~.threads.apply_thread_policy`, ``threads`` > 0
+    overriding it).
 
     Raises:
         UserInputError: a first-stage autoencoder run, unless ``autoencoder_ok`` (``eval``):
@@ -47,7 +49,7 @@ def open_run(ckpt: str | os.PathLike | None, device: torch.device | str,
     """
     from . import runs
 
-    run = runs.load_run(ckpt, device=device)
+    run = runs.load_run(ckpt, device=device, dtype=dtype)
     if run.is_autoencoder and not autoencoder_ok:
         raise UserInputError(f"{run.workdir} is a first-stage autoencoder run (model.name="
                              "autoencoder): it has no score model; train one on its latents with "

@@ -136,21 +136,30 @@ def load_run(
     *,
     device: torch.device | str = "cpu",
     ema: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> LoadedRun:
     """Load a run (a checkpoint file or a run directory; default the latest under ``runs/``).
 
-    The model gets the EMA weights unless ``ema=False``; it is put in eval mode.
+    The model gets the EMA weights unless ``ema=False``; it is put in eval mode. ``dtype``: the
+    weights' dtype of a Stable Diffusion folder (default float32).
 
     Raises:
         CheckpointError: no run, an unreadable or incomplete checkpoint, or weights that do not
             fit the checkpoint's own config.
+        UserInputError: ``dtype`` for anything but a Stable Diffusion folder.
     """
-    if path is not None and Path(path).is_dir():
-        from ..interop.diffusers import is_diffusers_folder
+    folder = path is not None and Path(path).is_dir()
+    if folder:
         from ..interop.stable_diffusion import is_stable_diffusion_folder
 
         if is_stable_diffusion_folder(path):
-            return load_stable_diffusion_run(path, device=device)
+            return load_stable_diffusion_run(path, device=device, dtype=dtype or torch.float32)
+    if dtype is not None:
+        raise UserInputError("--dtype applies to Stable Diffusion folders; other runs sample in "
+                             "float32")
+    if folder:
+        from ..interop.diffusers import is_diffusers_folder
+
         if is_diffusers_folder(path):
             return load_diffusers_run(path, device=device)
     ckpt = find_checkpoint(latest_run() if path is None else path)
@@ -213,8 +222,8 @@ def load_diffusers_run(path: str | os.PathLike, *, device: torch.device | str = 
                      image_shape=shape)
 
 
-def load_stable_diffusion_run(path: str | os.PathLike, *,
-                              device: torch.device | str = "cpu") -> LoadedRun:
+def load_stable_diffusion_run(path: str | os.PathLike, *, device: torch.device | str = "cpu",
+                              dtype: torch.dtype = torch.float32) -> LoadedRun:
     """A local Stable Diffusion pipeline folder as a :class:`LoadedRun` (``text`` set; ``codec``
     at the UNet's default size, ``sample`` picks another with ``--height``/``--width``).
 
@@ -223,7 +232,7 @@ def load_stable_diffusion_run(path: str | os.PathLike, *,
     """
     from ..interop.stable_diffusion import load_stable_diffusion
 
-    sd = load_stable_diffusion(path, device=device)
+    sd = load_stable_diffusion(path, device=device, dtype=dtype)
     codec = sd.codec()
     cfg = Config()
     cfg = replace(cfg, data=DataConfig(name="npz", channels=codec.image_shape[0]),

@@ -202,7 +202,7 @@ def sample_command(
     calibration: str | os.PathLike | None = None, use_calibration: bool = True,
     prompt: str | None = None, negative_prompt: str | None = None, height: int | None = None,
     width: int | None = None, x_T: str | os.PathLike | None = None,
-    decode_batch: int | None = None,
+    decode_batch: int | None = None, dtype: str | None = None,
 ) -> Sampled:
     """``sde-gen sample``: draw ``n`` samples (per class with ``class_="all"``) and write a PNG
     and an ``.npz`` of them (default ``<run>/samples_<solver>[_class<K>|_all_classes].png``).
@@ -214,7 +214,9 @@ def sample_command(
     ``""``), i.e. diffusers' ``guidance_scale = 1 + w``; ``height`` and ``width`` set the image
     size. ``x_T``: an ``.npy`` file of the initial noise ``(n, *shape)`` (latents for a latent
     model), which also sets ``n`` (:func:`load_noise`). ``decode_batch``: a latent model's
-    samples are decoded that many at a time (1: diffusers' VAE slicing; default 256).
+    samples are decoded that many at a time (1: diffusers' VAE slicing; default 256). ``dtype``
+    (``float32``, ``float16``, ``bfloat16``): a Stable Diffusion folder's weights (the solver
+    stays in float32).
 
     ``steps`` alone (no grid, spacing, end time or path): the run's calibration of that many
     intervals is used when it has one (``calibration``: another file; ``use_calibration=False``:
@@ -236,6 +238,7 @@ def sample_command(
     path = check_path_name(path)
     if decode_batch is not None and (isinstance(decode_batch, bool) or decode_batch < 1):
         raise UserInputError(f"--decode-batch must be >= 1, got {decode_batch}")
+    weights = None if dtype is None else weights_dtype(dtype)
     noise = None if x_T is None else load_noise(x_T)
     n = _noise_count(noise, n)
     if path is not None and (grid is not None or label is not None):
@@ -251,7 +254,7 @@ def sample_command(
     if tuned is not None and solver == tuned.solver:
         opts = {**tuned.options, **opts}
     with process_group(device) as di:
-        run = open_run(ckpt, di.device, threads, text_ok=True)
+        run = open_run(ckpt, di.device, threads, text_ok=True, dtype=weights)
         run = bind_prompt(run, prompt, negative_prompt=negative_prompt, guidance=guidance,
                           height=height, width=width)
         if noise is not None and tuple(noise.shape[1:]) != tuple(run.shape):
@@ -333,6 +336,17 @@ def _consistency_solver(run: Any, asked: str | None, solver_opts: dict[str, Any]
         print("a distilled consistency model: sampling with --solver consistency",
               file=sys.stderr)
     return "consistency", solver_options("consistency", solver_opts or {})
+
+
+#: ``--dtype`` names and the weights' dtypes they load.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def weights_dtype(name: str) -> torch.dtype:
+    """The torch dtype of ``--dtype NAME``; an unknown name is a one-line error."""
+    if name not in DTYPES:
+        raise UserInputError(f"unknown --dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def load_noise(path: str | os.PathLike) -> torch.Tensor:
