@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import sys
 from pathlib import Path
@@ -10,6 +11,38 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: While a dict (:func:`recording`), every :func:`mean_l2` call stores ``mean -> (per-draw
+#: distances, samples)`` in it: ``benchmarks/calibrated.py`` reads a peer's draws back by the
+#: error it reported (the paired bootstrap, the digits' FD-classifier).
+RECORDED: dict[float, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def recording() -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Start recording :func:`mean_l2`'s draws afresh; returns the record."""
+    global RECORDED
+    RECORDED = {}
+    return RECORDED
+
+
+def mean_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean L2 distance of the rows of ``x`` to ``ref`` (``inf`` where not finite)."""
+    e = (x.to(ref.dtype) - ref).reshape(x.shape[0], -1).norm(dim=1)
+    m = float(e.mean())
+    m = m if math.isfinite(m) else math.inf
+    if RECORDED is not None:
+        RECORDED[m] = (e, x.detach())
+    return m
+
+
+def paired_ratio_ci(a: torch.Tensor, b: torch.Tensor, level: float = 0.9,
+                    resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``mean(a) / mean(b)`` over draws resampled in pairs
+    (``a`` and ``b``: per-draw errors of two methods from the same draws)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(a), (resamples, len(a)), generator=g)
+    r = (a.double()[idx].mean(1) / b.double()[idx].mean(1)).sort().values
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    return float(r[int(lo * (resamples - 1))]), float(r[int(hi * (resamples - 1))])
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

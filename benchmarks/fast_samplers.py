@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import mean_l2
 from benchmarks.peers import import_diffusers, import_kdiffusion, kdiffusion_denoiser, ve_sigma
 from benchmarks.samplers import PROBLEMS as TUNING_PROBLEMS
 from benchmarks.samplers import ROOT, TimedModel, environment
@@ -108,8 +109,7 @@ class Case:
         return f"{self.name} / {self.sde_name}"
 
     def err(self, x: torch.Tensor) -> float:
-        e = (x.to(DTYPE) - self.ref).reshape(x.shape[0], -1).norm(dim=1).mean()
-        return float(e) if torch.isfinite(e) else math.inf
+        return mean_l2(x, self.ref)
 
 
 # -- ours -----------------------------------------------------------------------------------------
@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrated", action="store_true",
                     help="only the calibrated default against the best peers at 4-20 NFE on "
                          "every path; replaces that section of --out, keeps the rest")
+    ap.add_argument("--calibrated-mining", action="store_true",
+                    help="only the hard-draw mining ablation of the calibration (teacher mine 8 "
+                         "against 1) at 10 and 20 NFE")
     ap.add_argument("--calibrated-soft", action="store_true",
                     help="only the soft-loss ablation of the calibration (tuning cases, 10 NFE); "
                          "replaces that section of --out")
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="--calibrated: only these cases ('8d-aniso / ve'), at 10 and 20 NFE")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.calibrated or args.calibrated_soft or args.calibrated_digits:
+    if args.calibrated or args.calibrated_soft or args.calibrated_digits or args.calibrated_mining:
         return calibrated_section(args)
     t0 = time.perf_counter()
     kd, df = import_kdiffusion(), import_diffusers()
@@ -397,6 +400,9 @@ def calibrated_section(args) -> None:
         marker = calibrated.DIGITS_MARKER
     elif args.calibrated_soft:
         section, marker = calibrated.soft_ablation(quick=args.quick), calibrated.SOFT_MARKER
+    elif args.calibrated_mining:
+        section = calibrated.mining_ablation(quick=args.quick)
+        marker = calibrated.MINING_MARKER
     else:
         budget = args.calibrate_budget or calibrated.BUDGET_S
         rows, seconds = calibrated.run(import_kdiffusion(), import_diffusers(), quick=args.quick,
@@ -407,7 +413,9 @@ def calibrated_section(args) -> None:
             " --cases " + " ".join(f"'{c}'" for c in args.cases) if args.cases else "") + (
             f" --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
             if args.cases or args.calibrate_budget else "")
-        section, marker = calibrated.report(rows, seconds, budget, command), calibrated.MARKER
+        section = calibrated.report(rows, seconds, budget, command,
+                                    n_test=200 if args.quick else calibrated.N_TEST)
+        marker = calibrated.MARKER
         out.with_name(out.stem + "_calibrated.json").write_text(dumps_strict(rows, indent=1)
                                                                 + "\n")
     print("\n".join(section))

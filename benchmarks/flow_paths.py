@@ -32,13 +32,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import header, table, write_result
+from benchmarks.common import header, mean_l2, table, write_result
 from benchmarks.fast_samplers import UNSEEN, gmean
 from benchmarks.peers import import_diffusers
 from benchmarks.samplers import PROBLEMS as TUNING
@@ -94,8 +93,7 @@ class Case:
 
     @staticmethod
     def err(x: torch.Tensor, ref: torch.Tensor) -> float:
-        e = (x.to(F64) - ref).norm(dim=1).mean()
-        return float(e) if torch.isfinite(e) else math.inf
+        return mean_l2(x, ref)
 
 
 def run_ours(case: Case, solver: str, opts: dict, nfe: int, spacing: str | None) -> float:

@@ -184,3 +184,64 @@ def test_learned_step_scales_beat_the_grid_alone_held_out_and_survive_the_file(t
     path = save_calibrations(tmp_path / FILE, [both], sde, model)
     loaded = load_calibrations(path, sde, model)[10]
     assert loaded.options == both.options and torch.equal(loaded.ts, both.ts)
+
+
+def test_a_mined_teacher_is_a_stratified_sample_of_the_prior():
+    """``mine = 8``: the plain draws come first, unchanged; the pool's top 1/32 by the proxy are
+    solved too, each weighted ``1 / |pool|``; the weights sum to 1; and the weighted mean error of
+    a fixed coarse grid estimates its mean over the prior (4000 fresh draws, exact endpoints)."""
+    from sde_gen.sampling.calibrate import teacher
+
+    sde, gm = SDES["ve"](), mixture()
+    model = gm.eps_model(sde)
+    plain = teacher(model, sde, (64, 2), n_val=32, generator=seeded(5), dtype=F64)
+    mined = teacher(model, sde, (64, 2), n_val=32, generator=seeded(5), dtype=F64, mine=8)
+    assert plain.w is None and plain.screened == 0 and mined.screened == 8 * 96
+    assert torch.equal(mined.x_T[:64], plain.x_T) and torch.equal(mined.x_val[:32], plain.x_val)
+    assert torch.allclose(mined.ref[:64], plain.ref, atol=1e-6)
+    w = mined.weights()
+    hard = torch.isclose(w, torch.tensor(1 / 768, dtype=F64), rtol=1e-12, atol=0)
+    new = len(w) - 96
+    assert abs(float(w.sum()) - 1) < 1e-12 and 0 < new <= int(hard.sum()) == 24
+    n_T = len(mined.x_T)  # the new draws are all of the hard stratum, in both sets
+    assert bool(hard[64:n_T].all()) and bool(hard[n_T + 32:].all()) and n_T > 64
+    # the tight endpoints of the mined draws are the exact ones
+    x = torch.cat([mined.x_T, mined.x_val])
+    t_min = sde.default_t_min
+    exact = gm.denoise(gm.ode_endpoint(sde, x, t_min, tol=1e-9), torch.full((len(x),), t_min,
+                                                                           dtype=F64), sde)
+    ref = torch.cat([mined.ref, mined.ref_val])
+    assert float((ref - exact).norm(dim=1).max()) < 1e-4
+    # the stratified estimate of a coarse grid's mean error, against 4000 fresh draws
+    coarse = sample(model, sde, None, "ipndm", x_T=x, steps=4, order=3).x
+    err = (coarse - exact).norm(dim=1)
+    assert float(err[hard].mean()) > 2 * float(err[~hard].mean())  # the proxy found hard draws
+    estimate = float((w * err).sum())
+    x_new = sde.prior_sampling((4000, 2), generator=seeded(6), dtype=F64)
+    truth = float((sample(model, sde, None, "ipndm", x_T=x_new, steps=4, order=3).x
+                   - gm.denoise(gm.ode_endpoint(sde, x_new, t_min, tol=1e-9),
+                                torch.full((4000,), t_min, dtype=F64), sde)).norm(dim=1).mean())
+    assert abs(estimate / truth - 1) < 0.15, (estimate, truth)
+
+
+def test_calibration_on_a_mined_teacher_reports_the_weighted_error():
+    from sde_gen.sampling.calibrate import _distance, teacher
+
+    sde, gm = SDES["vp"](), mixture()
+    model = gm.eps_model(sde)
+    tch = teacher(model, sde, (32, 2), n_val=16, generator=seeded(7), dtype=F64, mine=4)
+    cal = calibrate(model, sde, (32, 2), nfe=6, max_iterations=8, given_teacher=tch, dtype=F64)
+    x, ref = torch.cat([tch.x_T, tch.x_val]), torch.cat([tch.ref, tch.ref_val])
+    fn = SOLVERS[cal.solver].fn.__wrapped__
+    with torch.no_grad():
+        e = _distance(_student(fn, model, sde, x, cal.ts, cal.options), ref, tch.weights())
+    assert math.isclose(cal.error, float(e), rel_tol=1e-9) and cal.error <= cal.error_start
+
+
+@pytest.mark.parametrize("mine", [0, -2, 1.5, True])
+def test_a_bad_mine_is_one_line(mine):
+    from sde_gen.sampling.calibrate import teacher
+
+    sde, gm = SDES["vp"](), mixture()
+    msg = user_error(lambda: teacher(gm.eps_model(sde), sde, (8, 2), mine=mine))
+    assert f"mine must be a positive integer, got {mine!r}" in msg
